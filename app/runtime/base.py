@@ -1,0 +1,145 @@
+"""The contract between the reconciler and a container runtime.
+
+The reconciler only speaks this protocol, so the local engine (Docker/Podman) and Kubernetes are
+interchangeable. Adapters translate their client library's exceptions into the ones below (raised
+``from e``) and never touch the database: they get a ``WorkloadSpec`` in and report
+``RevisionState`` out.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+LABEL_CONTAINER_ID = "dockyard.dev/container-id"
+LABEL_REVISION = "dockyard.dev/revision"
+LABEL_MANAGED_BY = "dockyard.dev/managed-by"
+MANAGED_BY = "dockyard"
+
+
+@dataclass(frozen=True)
+class GpuSelector:
+    """One acceptable GPU model, with the node-label values that identify it."""
+
+    code: str
+    name: str
+    label_values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """Everything a runtime needs to run one revision of one container."""
+
+    container_id: str
+    revision: int
+    name: str
+    owner: str
+    slug: str
+    image: str
+    cpu: float
+    ram: str
+    ram_bytes: int
+    gpu: int
+    ephemeral_storage: str
+    ephemeral_storage_bytes: int
+    port: int
+    command: tuple[str, ...] | None = None
+    arguments: tuple[str, ...] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    desired_gpus: tuple[GpuSelector, ...] = ()
+
+
+class Phase(enum.StrEnum):
+    """What the runtime says about one revision."""
+
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RevisionState:
+    """The observed state of one revision of a container in the runtime."""
+
+    container_id: str
+    revision: int
+    phase: Phase
+    reason: str = ""
+    message: str = ""
+    endpoint: str | None = None
+    """``host:port`` where the revision serves, when the runtime exposes one locally."""
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """Something changed for this container in the runtime; the reconciler re-observes it."""
+
+    container_id: str
+
+
+@dataclass(frozen=True)
+class LogLine:
+    timestamp: datetime
+    line: str
+    stream: str
+    revision: int
+
+
+class RuntimeAdapterError(Exception):
+    """Base of every error a runtime adapter raises."""
+
+
+class RuntimeUnavailable(RuntimeAdapterError):
+    """The engine or API server cannot be reached; temporary, retried with backoff."""
+
+
+class RuntimeConflict(RuntimeAdapterError):
+    """The runtime refused a write because the object changed underneath; retry after re-reading."""
+
+
+class RuntimeRejected(RuntimeAdapterError):
+    """The runtime refused the spec permanently (e.g. GPUs on an engine without GPU support)."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A place where revisions of containers run."""
+
+    name: str
+
+    async def apply(self, spec: WorkloadSpec) -> None:
+        """Make sure this revision is (being) run; idempotent. Older revisions keep running."""
+
+    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+        """Remove every revision of the container except ``keep_revision``; idempotent."""
+
+    async def remove(self, container_id: str) -> None:
+        """Remove every runtime object of the container; idempotent."""
+
+    async def observe(self, container_id: str) -> list[RevisionState]:
+        """The state of every revision of the container present in the runtime."""
+
+    async def list_managed(self) -> dict[str, set[int]]:
+        """Every container id with Dockyard-managed objects, and the revisions present."""
+
+    def watch(self) -> AsyncIterator[RuntimeEvent]:
+        """Events for managed objects, for as long as the caller iterates."""
+        ...
+
+    def logs(
+        self,
+        container_id: str,
+        *,
+        revision: int | None = None,
+        follow: bool = True,
+        tail: int | None = 100,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        """Log lines of the container's revision (the newest present one when None)."""
+        ...
+
+    async def close(self) -> None:
+        """Release clients and connections."""
