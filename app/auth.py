@@ -1,0 +1,188 @@
+"""Bearer-token authentication, shared by REST, GraphQL and WebSocket subscriptions.
+
+Two modes. Local (the embedded default): an ES256 key generated on first start in the data
+directory signs tokens minted by ``dockyard token``. OIDC (``DOCKYARD_AUTH_ISSUER`` set): keys come
+from the issuer's discovery document and JWKS, cached and refreshed when a token names an unknown
+``kid``. Either way joserfc checks the signature against an algorithm allow-list and the claims
+registry checks ``exp``, ``nbf``, ``iss`` and ``aud``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from joserfc import jwt
+from joserfc.errors import InvalidKeyIdError, JoseError
+from joserfc.jwk import ECKey, KeySet
+from joserfc.jwt import JWTClaimsRegistry
+
+from app.domain.errors import Unauthenticated
+from app.domain.principal import Principal
+from app.settings import Settings
+
+LOCAL_ISSUER = "dockyard-local"
+KEY_FILE = "signing-key.json"
+JWKS_REFRESH_MIN_INTERVAL = 10.0
+MAX_TOKEN_LENGTH = 16 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str) -> Principal: ...
+
+
+def roles_from_claims(claims: dict[str, Any], claim: str) -> frozenset[str]:
+    """Roles under a dotted claim path; Keycloak's ``realm_access.roles`` is a fallback."""
+    for path in (claim, "realm_access.roles"):
+        value: Any = claims
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, list):
+            return frozenset(str(role) for role in value)
+        if isinstance(value, str):
+            return frozenset(value.split())
+    return frozenset()
+
+
+class _JwtVerifier:
+    """Signature, algorithm and claims checks common to both modes."""
+
+    def __init__(self, *, settings: Settings, issuer: str) -> None:
+        self._settings = settings
+        self._algorithms = list(settings.auth_algorithms)
+        self._registry = JWTClaimsRegistry(
+            leeway=settings.auth_leeway_seconds,
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": settings.auth_audience},
+            sub={"essential": True},
+            exp={"essential": True},
+        )
+
+    def _keys(self, *, refresh: bool) -> KeySet:
+        raise NotImplementedError
+
+    def verify(self, token: str) -> Principal:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("invalid_token: the bearer token is empty or too long")
+        try:
+            try:
+                decoded = jwt.decode(token, self._keys(refresh=False), algorithms=self._algorithms)
+            except InvalidKeyIdError:
+                decoded = jwt.decode(token, self._keys(refresh=True), algorithms=self._algorithms)
+            self._registry.validate(decoded.claims)
+        except JoseError as e:
+            raise Unauthenticated(f"invalid_token: {e.description or e.error}") from e
+        except (ValueError, TypeError) as e:
+            raise Unauthenticated("invalid_token: the bearer token is malformed") from e
+        subject = decoded.claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("invalid_token: the sub claim must be a non-empty string")
+        return Principal(
+            subject=subject,
+            roles=roles_from_claims(decoded.claims, self._settings.auth_roles_claim),
+        )
+
+
+class LocalKeys(_JwtVerifier):
+    """The data directory's signing key: verifies tokens and mints new ones."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings=settings, issuer=LOCAL_ISSUER)
+        self._key = _load_or_create_key(settings.data_dir / KEY_FILE)
+        self._keyset = KeySet([self._key])
+
+    def _keys(self, *, refresh: bool) -> KeySet:
+        return self._keyset
+
+    def mint(self, *, subject: str, roles: list[str], ttl_seconds: int) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": LOCAL_ISSUER,
+            "aud": self._settings.auth_audience,
+            "sub": subject,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_seconds,
+        }
+        top, *rest = self._settings.auth_roles_claim.split(".")
+        claims[top] = _nest(rest, roles)
+        return jwt.encode({"alg": "ES256", "kid": self._key.kid}, claims, self._key)
+
+
+def _nest(path: list[str], value: Any) -> Any:
+    return {path[0]: _nest(path[1:], value)} if path else value
+
+
+def _load_or_create_key(path: Path) -> ECKey:
+    if path.exists():
+        return ECKey.import_key(json.loads(path.read_text(encoding="utf-8")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ECKey.generate_key("P-256", auto_kid=True)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(key.as_dict(private=True), handle)
+    try:
+        # link() fails if another process created the key first; then we use theirs.
+        os.link(temporary, path)
+    except FileExistsError:
+        return ECKey.import_key(json.loads(path.read_text(encoding="utf-8")))
+    finally:
+        temporary.unlink(missing_ok=True)
+    log.info("generated a new local signing key in %s", path)
+    return key
+
+
+class OidcVerifier(_JwtVerifier):
+    """Verifies tokens of an OIDC issuer with keys from its JWKS, cached."""
+
+    def __init__(self, settings: Settings, *, http: httpx.Client | None = None) -> None:
+        assert settings.auth_issuer is not None
+        issuer = settings.auth_issuer
+        super().__init__(settings=settings, issuer=issuer)
+        self._issuer = issuer.rstrip("/")
+        self._http = http or httpx.Client(timeout=10.0)
+        self._lock = threading.Lock()
+        self._keyset: KeySet | None = None
+        self._fetched_at = 0.0
+
+    def _fetch(self) -> KeySet:
+        try:
+            discovery = self._http.get(f"{self._issuer}/.well-known/openid-configuration")
+            discovery.raise_for_status()
+            jwks_uri = discovery.json()["jwks_uri"]
+            response = self._http.get(jwks_uri)
+            response.raise_for_status()
+            return KeySet.import_key_set(response.json())
+        except (httpx.HTTPError, KeyError, ValueError, JoseError) as e:
+            raise Unauthenticated(f"invalid_token: cannot load the issuer's keys ({e})") from e
+
+    def _keys(self, *, refresh: bool) -> KeySet:
+        with self._lock:
+            stale = time.monotonic() - self._fetched_at > JWKS_REFRESH_MIN_INTERVAL
+            if self._keyset is None or (refresh and stale):
+                self._keyset = self._fetch()
+                self._fetched_at = time.monotonic()
+            return self._keyset
+
+
+def make_verifier(settings: Settings) -> TokenVerifier:
+    return OidcVerifier(settings) if settings.auth_issuer else LocalKeys(settings)
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer …`` header value."""
+    if not header:
+        raise Unauthenticated("invalid_token: missing Authorization: Bearer <token> header")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("invalid_token: expected Authorization: Bearer <token>")
+    return token.strip()

@@ -1,0 +1,47 @@
+"""Per-process state and the authentication dependency shared by both transports.
+
+Authentication happens once, here; authorization happens in the services after the object is
+loaded. REST routes and the GraphQL context both depend on ``current_principal``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+
+from app.auth import TokenVerifier, bearer_token
+from app.domain.principal import Principal
+from app.services.context import ServiceContext
+from app.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    ctx: ServiceContext
+    verifier: TokenVerifier
+
+
+def app_state(connection: HTTPConnection) -> AppState:
+    state: AppState = connection.app.state.dockyard
+    return state
+
+
+def authenticate(state: AppState, authorization: str | None) -> Principal:
+    """The principal of an ``Authorization`` header value; Unauthenticated otherwise."""
+    return state.verifier.verify(bearer_token(authorization))
+
+
+def current_principal(request: Request) -> Principal:
+    return authenticate(app_state(request), request.headers.get("authorization"))
+
+
+def service_context(request: Request) -> ServiceContext:
+    return app_state(request).ctx
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+Ctx = Annotated[ServiceContext, Depends(service_context)]

@@ -1,0 +1,57 @@
+"""Errors the domain raises; transports map each ``code`` to their own form (HTTP status,
+GraphQL ``extensions.code``), so both APIs report the same failure the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One offending input field and how to fix it."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class DomainError(Exception):
+    """Base of expected failures; ``code`` is stable and documented."""
+
+    code = "INTERNAL"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Unauthenticated(DomainError):
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(DomainError):
+    code = "FORBIDDEN"
+
+
+class NotFound(DomainError):
+    code = "NOT_FOUND"
+
+
+class Conflict(DomainError):
+    code = "CONFLICT"
+
+
+class ValidationFailed(DomainError):
+    code = "BAD_USER_INPUT"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(str(error) for error in errors))
+        self.errors = errors
+
+
+class MalformedInput(ValidationFailed):
+    """The request body is not parseable at all (not JSON)."""
+
+    code = "MALFORMED_JSON"

@@ -1,0 +1,79 @@
+"""Database tables: the desired state (container spec, revisions) and the observed status.
+
+``generation`` counts spec changes and always equals the newest revision number;
+``observed_generation`` is the generation the runtime status is about (Knative's split between
+desired and observed state). A deleted container is tombstoned (``deleted_at``) at once and
+purged by the reconciler only after its runtime objects are gone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Column, Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ContainerStatus:
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    FAILED = "failed"
+
+
+class Container(SQLModel, table=True):
+    __tablename__ = "containers"
+    __table_args__ = (
+        sa.Index(
+            "uq_containers_owner_name_live",
+            "created_by",
+            "name",
+            unique=True,
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+        ),
+        sa.Index("ix_containers_owner_created", "created_by", "date_created"),
+    )
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True, max_length=36)
+    name: str = Field(max_length=63)
+    created_by: str = Field(max_length=255)
+    slug: str = Field(max_length=26, unique=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=ContainerStatus.DEPLOYING, max_length=16)
+    status_reason: str = Field(default="", max_length=128)
+    status_message: str = Field(default="", sa_column=Column(sa.Text, nullable=False, default=""))
+    generation: int = Field(default=1)
+    observed_generation: int = Field(default=0)
+    ready_revision: int | None = Field(default=None)
+    date_created: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    date_updated: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True, index=True)
+    )
+
+
+class Revision(SQLModel, table=True):
+    __tablename__ = "revisions"
+    __table_args__ = (
+        sa.UniqueConstraint("container_id", "revision_number", name="uq_revisions_number"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    container_id: str = Field(foreign_key="containers.id", index=True, max_length=36)
+    revision_number: int
+    image: str = Field(max_length=512)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_by: str = Field(max_length=255)
+    date_created: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )

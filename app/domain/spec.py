@@ -1,0 +1,302 @@
+"""The container spec users send, and its validation.
+
+Both transports hand the raw JSON object to the services, which validate it here, so REST and
+GraphQL accept and refuse exactly the same input with exactly the same messages. Every message
+names the field (by its JSON name) and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+from pydantic.alias_generators import to_camel
+
+from app.domain.errors import FieldError, ValidationFailed
+from app.domain.gpus import GpuCatalog
+from app.domain.quantity import parse_quantity
+
+NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+ENV_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_IMAGE = 512
+MAX_QUANTITY = 32
+MAX_LIST_ITEMS = 256
+MAX_ITEM_LENGTH = 4096
+MAX_ENV_ENTRIES = 256
+MAX_ENV_KEY = 256
+MAX_ENV_VALUE = 32 * 1024
+MAX_DESIRED_GPUS = 25
+
+DEFAULTS: dict[str, Any] = {
+    "cpu": 1,
+    "ram": "512Mi",
+    "gpu": 0,
+    "ephemeralStorage": "1Gi",
+    "port": 8080,
+    "env": {},
+    "command": None,
+    "arguments": None,
+    "desiredGPUs": [],
+}
+
+_EXPECTED: dict[str, str] = {
+    "name": "a string: a DNS-1123 label such as my-service",
+    "image": "a string with an explicit tag or digest, e.g. nginx:1.27",
+    "cpu": "a number greater than 0, e.g. 1 or 0.5",
+    "ram": "a string holding a Kubernetes quantity, e.g. 512Mi or 2Gi",
+    "gpu": "a whole number of GPUs, 0 or more",
+    "ephemeralStorage": "a string holding a Kubernetes quantity, e.g. 10Gi",
+    "command": 'null or a list of strings, e.g. ["/bin/server"]',
+    "arguments": 'null or a list of strings, e.g. ["--verbose"]',
+    "env": 'an object mapping variable names to string values, e.g. {"FOO": "bar"}',
+    "port": 'a port number 1-65535, as a number or a string, e.g. "8080"',
+    "desiredGPUs": 'null or a list of GPU model codes or names, e.g. ["a100"]',
+}
+
+
+def _port(value: object) -> object:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
+
+
+StrList = list[Annotated[StrictStr, Field(max_length=MAX_ITEM_LENGTH)]]
+
+
+class ContainerInput(BaseModel):
+    """The JSON object of a create or update request; every field optional at this stage."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=False)
+
+    name: StrictStr | None = Field(None, max_length=63)
+    image: StrictStr | None = Field(None, max_length=MAX_IMAGE)
+    cpu: StrictInt | StrictFloat | None = None
+    ram: StrictStr | None = Field(None, max_length=MAX_QUANTITY)
+    gpu: StrictInt | None = None
+    ephemeral_storage: StrictStr | None = Field(None, max_length=MAX_QUANTITY)
+    command: StrList | None = Field(None, max_length=MAX_LIST_ITEMS)
+    arguments: StrList | None = Field(None, max_length=MAX_LIST_ITEMS)
+    env: dict[StrictStr, Annotated[StrictStr, Field(max_length=MAX_ENV_VALUE)]] | None = Field(
+        None, max_length=MAX_ENV_ENTRIES
+    )
+    port: Annotated[StrictInt | None, BeforeValidator(_port)] = None
+    desired_gpus: list[Annotated[StrictStr, Field(max_length=64)]] | None = Field(
+        None, alias="desiredGPUs", max_length=MAX_DESIRED_GPUS
+    )
+
+
+FIELDS = tuple(info.alias or name for name, info in ContainerInput.model_fields.items())
+
+
+class ContainerSpec(BaseModel):
+    """A complete, valid container spec; revisions snapshot exactly this."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    name: str
+    image: str
+    cpu: float
+    ram: str
+    gpu: int
+    ephemeral_storage: str
+    command: list[str] | None
+    arguments: list[str] | None
+    env: dict[str, str]
+    port: int
+    desired_gpus: list[str] = Field(alias="desiredGPUs")
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Operator-configured bounds on what a container may ask for."""
+
+    max_cpu: float = 64
+    max_gpu: int = 8
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif text:
+            text += f".{part}"
+        else:
+            text = str(part)
+    return text or "body"
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = str(error["type"])
+    loc = error["loc"]
+    top = str(loc[0]) if loc else ""
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return f"unknown field; allowed fields: {', '.join(FIELDS)}"
+    if kind == "model_type" or (kind == "dict_type" and not loc):
+        return "the request body must be a JSON object"
+    if kind in ("too_long", "too_short", "string_too_long", "string_too_short"):
+        return str(error["msg"]).replace("Value", "must be a value", 1).lower()
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    if len(loc) == 1 and top in _EXPECTED:
+        return f"must be {_EXPECTED[top]}"
+    if top == "env":
+        return "values must be strings (quote numbers and booleans)"
+    if top in ("command", "arguments", "desiredGPUs"):
+        return "each item must be a string"
+    return str(error["msg"])
+
+
+def _field_errors(error: ValidationError) -> list[FieldError]:
+    seen: dict[str, FieldError] = {}
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        # A union reports one error per member type; the first one per field is enough.
+        loc = tuple(
+            part
+            for part in loc
+            if part not in ("int", "float", "str")
+            and not (isinstance(part, str) and part.startswith("function-"))
+        )
+        field = _location(loc)
+        if field not in seen:
+            seen[field] = FieldError(field, _message({**item, "loc": loc}))
+    return list(seen.values())
+
+
+def parse_input(data: object) -> ContainerInput:
+    """Type-check a raw JSON value; ValidationFailed names every offending field."""
+    if not isinstance(data, Mapping):
+        raise ValidationFailed([FieldError("body", "the request body must be a JSON object")])
+    try:
+        return ContainerInput.model_validate(dict(data))
+    except ValidationError as e:
+        raise ValidationFailed(_field_errors(e)) from e
+
+
+def _image_error(image: str) -> str | None:
+    if not image or image != image.strip() or any(c.isspace() for c in image):
+        return "must be a non-empty image reference without spaces, e.g. nginx:1.27"
+    if "@" in image:
+        _, digest = image.split("@", 1)
+        if re.fullmatch(r"[a-z0-9]+:[a-f0-9]{32,}", digest) is None:
+            return "digest must look like sha256:<hex>, e.g. nginx@sha256:0123…"
+        return None
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return f"must include a tag, e.g. {last or 'nginx'}:1.27"
+    tag = last.split(":", 1)[1]
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag) is None:
+        return "tag must be 1-128 letters, digits, '_', '.' or '-', e.g. nginx:1.27"
+    return None
+
+
+def _quantity_error(value: str) -> str | None:
+    try:
+        size = parse_quantity(value)
+    except ValueError:
+        return f"{value!r} is not a Kubernetes quantity; use e.g. 512Mi, 2Gi or 1G"
+    if size <= 0:
+        return "must be greater than 0, e.g. 512Mi"
+    return None
+
+
+def build_spec(fields: Mapping[str, Any], *, limits: Limits, catalog: GpuCatalog) -> ContainerSpec:
+    """Check the invariants of a complete spec (JSON field names) and return it normalised."""
+    errors: list[FieldError] = []
+    name = fields.get("name")
+    image = fields.get("image")
+    for required in ("name", "image"):
+        if fields.get(required) is None:
+            errors.append(FieldError(required, "is required"))
+    if isinstance(name, str) and NAME_PATTERN.match(name) is None:
+        errors.append(
+            FieldError(
+                "name",
+                "must be a DNS-1123 label: 1-63 lowercase letters, digits or '-', "
+                "starting and ending with a letter or digit, e.g. my-service",
+            )
+        )
+    if isinstance(image, str) and (problem := _image_error(image)):
+        errors.append(FieldError("image", problem))
+    cpu = fields["cpu"]
+    if cpu is None or not cpu > 0:
+        errors.append(FieldError("cpu", "must be a number greater than 0, e.g. 1 or 0.5"))
+    elif cpu > limits.max_cpu:
+        errors.append(FieldError("cpu", f"must be at most {limits.max_cpu:g}"))
+    for field in ("ram", "ephemeralStorage"):
+        value = fields[field]
+        if value is None:
+            errors.append(FieldError(field, f"must be {_EXPECTED[field]}"))
+        elif problem := _quantity_error(value):
+            errors.append(FieldError(field, problem))
+    gpu = fields["gpu"]
+    if gpu is None or gpu < 0:
+        errors.append(FieldError("gpu", "must be a whole number of GPUs, 0 or more"))
+    elif gpu > limits.max_gpu:
+        errors.append(FieldError("gpu", f"must be at most {limits.max_gpu}"))
+    port = fields["port"]
+    if port is None or not 1 <= port <= 65535:
+        errors.append(FieldError("port", 'must be a port number from 1 to 65535, e.g. "8080"'))
+    env = fields["env"] or {}
+    for key in env:
+        if len(key) > MAX_ENV_KEY or ENV_KEY_PATTERN.match(key) is None:
+            errors.append(
+                FieldError(
+                    f"env.{key[:64]}",
+                    "variable names must be letters, digits and '_', not starting with a digit",
+                )
+            )
+    desired, gpu_errors = catalog.resolve_all(fields["desiredGPUs"] or [], field="desiredGPUs")
+    errors.extend(gpu_errors)
+    if desired and isinstance(gpu, int) and gpu < 1:
+        errors.append(
+            FieldError("desiredGPUs", "needs gpu of 1 or more; set gpu or drop desiredGPUs")
+        )
+    if errors:
+        raise ValidationFailed(errors)
+    return ContainerSpec(
+        name=name,
+        image=image,
+        cpu=float(cpu),
+        ram=fields["ram"],
+        gpu=gpu,
+        ephemeral_storage=fields["ephemeralStorage"],
+        command=fields["command"],
+        arguments=fields["arguments"],
+        env=dict(env),
+        port=port,
+        desired_gpus=[model.name for model in desired],
+    )
+
+
+def spec_for_create(data: object, *, limits: Limits, catalog: GpuCatalog) -> ContainerSpec:
+    """Validate a create request: name and image required, documented defaults for the rest."""
+    given = parse_input(data).model_dump(by_alias=True, exclude_unset=True)
+    return build_spec({**DEFAULTS, **given}, limits=limits, catalog=catalog)
+
+
+def spec_for_update(
+    current: ContainerSpec, data: object, *, limits: Limits, catalog: GpuCatalog
+) -> ContainerSpec:
+    """Validate a partial update: present fields replace the current ones (env as a whole)."""
+    given = parse_input(data).model_dump(by_alias=True, exclude_unset=True)
+    fields = {**current.to_json(), **given}
+    return build_spec(fields, limits=limits, catalog=catalog)

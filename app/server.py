@@ -1,0 +1,87 @@
+"""The ASGI application: wires settings, database, auth, services and both transports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.auth import make_verifier
+from app.db import make_engine, migrate
+from app.deps import AppState
+from app.domain.gpus import load_catalog
+from app.domain.spec import Limits
+from app.rest import problems
+from app.rest.routes import router as rest_router
+from app.services.context import ServiceContext
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 8000
+
+
+def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
+    """Everything a process needs; migrates the database first."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    ctx = ServiceContext(
+        engine=engine,
+        catalog=load_catalog(settings.gpu_catalog_file),
+        limits=Limits(max_cpu=settings.max_cpu, max_gpu=settings.max_gpu),
+        ingress_domain=settings.ingress_domain or f"localhost:{port}",
+    )
+    return AppState(settings=settings, ctx=ctx, verifier=make_verifier(settings))
+
+
+def create_app(settings: Settings | None = None, *, port: int = DEFAULT_PORT) -> FastAPI:
+    settings = settings or Settings()
+    state = build_state(settings, port=port)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            state.ctx.engine.dispose()
+
+    app = FastAPI(
+        title="Dockyard",
+        version="0.1.0",
+        description="Serverless containers on Kubernetes or Docker/Podman. GraphQL at /graphql.",
+        lifespan=lifespan,
+    )
+    app.state.dockyard = state
+    problems.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    app.include_router(rest_router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        def ping() -> None:
+            with state.ctx.engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(ping)
+        except sa.exc.SQLAlchemyError as e:
+            return JSONResponse({"status": "unavailable", "reason": str(e)[:200]}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    return app

@@ -1,0 +1,29 @@
+"""What every service function needs: the database, the configuration and the change listeners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from app.domain.gpus import GpuCatalog
+from app.domain.spec import Limits
+
+ChangeListener = Callable[[str], None]
+
+
+@dataclass
+class ServiceContext:
+    """Shared by REST, GraphQL and the reconciler; one per process."""
+
+    engine: Engine
+    catalog: GpuCatalog
+    limits: Limits
+    ingress_domain: str
+    listeners: list[ChangeListener] = field(default_factory=list)
+
+    def notify(self, container_id: str) -> None:
+        """Tell listeners (reconciler, publishers) that a container's desired state changed."""
+        for listener in self.listeners:
+            listener(container_id)

@@ -1,0 +1,99 @@
+"""Configuration from the environment (prefix ``DOCKYARD_``), with embedded defaults.
+
+Every default lets ``dockyard serve`` start on one machine with nothing else installed: SQLite in
+the data directory, a locally generated signing key, in-memory event fan-out.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Dockyard settings; every field is read from ``DOCKYARD_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="ignore")
+
+    data_dir: Path = Field(Path(".dockyard"), description="Where SQLite and the local key live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite in DATA_DIR. postgresql+psycopg://…"
+    )
+    runtime: Literal["auto", "docker", "kubernetes", "none"] = Field(
+        "auto", description="Where containers run: auto picks Kubernetes, then Docker/Podman."
+    )
+    docker_host: str | None = Field(
+        None,
+        description="Docker Engine API URL (Docker or Podman socket); falls back to DOCKER_HOST.",
+    )
+    ingress_domain: str | None = Field(
+        None, description="Domain of container URLs; default localhost:<serve port>."
+    )
+    public_scheme: Literal["http", "https"] = Field("http", description="Scheme of container URLs.")
+    auth_issuer: str | None = Field(
+        None, description="OIDC issuer URL; when set, tokens are verified with its JWKS."
+    )
+    auth_audience: str = Field("dockyard", description="Required `aud` claim of tokens.")
+    auth_roles_claim: str = Field(
+        "roles", description="Claim holding the roles (dotted path, e.g. realm_access.roles)."
+    )
+    auth_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ALGORITHMS),
+        description="Comma-separated allow-list of JWS algorithms.",
+    )
+    auth_leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on exp/nbf.")
+    max_cpu: float = Field(64, gt=0, description="Largest cpu a container may ask for.")
+    max_gpu: int = Field(8, ge=0, description="Largest gpu count a container may ask for.")
+    gpu_catalog_file: Path | None = Field(
+        None, description="YAML/JSON file replacing the built-in GPU catalog."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS."
+    )
+    broadcast_url: str = Field(
+        "memory://", description="Event fan-out: memory://, redis://…, postgres://…"
+    )
+    reconcile_interval_seconds: float = Field(
+        30, gt=0, description="Period of the full resync of desired and actual state."
+    )
+    readiness_timeout_seconds: float = Field(
+        120, gt=0, description="How long a revision's port may take to open before it fails."
+    )
+
+    @field_validator("auth_algorithms", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _no_symmetric_or_none(cls, value: list[str]) -> list[str]:
+        unsafe = [alg for alg in value if alg.lower() == "none" or alg.startswith("HS")]
+        if unsafe:
+            raise ValueError(f"unsafe algorithms {unsafe}: use asymmetric ones such as RS256")
+        return value
+
+    @model_validator(mode="after")
+    def _docker_host_fallback(self) -> Settings:
+        if self.docker_host is None and os.environ.get("DOCKER_HOST"):
+            self.docker_host = os.environ["DOCKER_HOST"]
+        return self
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'dockyard.db').resolve()}"
