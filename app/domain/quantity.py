@@ -24,13 +24,13 @@ _SUFFIXES: dict[str, int] = {
     "Pi": 2**50,
     "Ei": 2**60,
 }
-_QUANTITY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>[kMGTPE]i?|)$")
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<suffix>[KMGTPE]i|[kMGTPE]|)$")
 
 
 def parse_quantity(text: str) -> int:
     """The number of bytes ``text`` stands for (rounded up); ValueError if it is no quantity."""
     match = _QUANTITY.match(text)
-    if match is None or match["suffix"] == "ki":
+    if match is None:
         raise ValueError(text)
     try:
         number = Decimal(match["number"])

@@ -1,0 +1,74 @@
+"""Shared fixtures: a real app on a real database (SQLite per test, or the PostgreSQL named by
+DOCKYARD_TEST_DATABASE_URL, emptied between tests) and tokens signed with its local key."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.auth import LocalKeys
+from app.server import create_app
+from app.settings import Settings
+
+TokenFactory = Callable[..., str]
+
+
+def _empty_postgres(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        tables = connection.execute(
+            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        ).scalars().all()
+        data_tables = [t for t in tables if t != "alembic_version"]
+        if data_tables:
+            connection.execute(sa.text(f"TRUNCATE {', '.join(data_tables)} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    url = os.environ.get("DOCKYARD_TEST_DATABASE_URL")
+    if url:
+        _empty_postgres(url)
+        return url
+    return f"sqlite:///{tmp_path / 'dockyard.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=database_url, runtime="none")
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def token(settings: Settings) -> TokenFactory:
+    keys = LocalKeys(settings)
+
+    def mint(subject: str = "alice", *roles: str, ttl: int = 600) -> str:
+        return keys.mint(subject=subject, roles=list(roles), ttl_seconds=ttl)
+
+    return mint
+
+
+@pytest.fixture
+def auth(token: TokenFactory) -> Callable[..., dict[str, str]]:
+    def headers(subject: str = "alice", *roles: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token(subject, *roles)}"}
+
+    return headers

@@ -1,0 +1,50 @@
+"""The dockyard command: tokens, migrations, help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.auth import LocalKeys
+from app.cli import main
+from app.settings import Settings
+
+
+def test_token_prints_only_a_verifiable_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DOCKYARD_DATA_DIR", str(tmp_path))
+    assert main(["token", "--sub", "alice", "--role", "ADMIN", "--ttl", "60"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.count(".") == 2
+    principal = LocalKeys(Settings(data_dir=tmp_path)).verify(out.strip())
+    assert principal.subject == "alice" and principal.is_admin
+
+
+def test_token_rejects_bad_ttl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKYARD_DATA_DIR", str(tmp_path))
+    assert main(["token", "--sub", "a", "--ttl", "0"]) == 2
+
+
+def test_migrate_creates_the_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("DOCKYARD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DOCKYARD_DATABASE_URL", database_url)
+    assert main(["migrate"]) == 0
+    engine = sa.create_engine(database_url)
+    names = set(sa.inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"containers", "revisions", "alembic_version"} <= names
+
+
+def test_serve_help_documents_the_settings() -> None:
+    result = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--help"],
+                            capture_output=True, text=True, check=True)
+    for name in ("DOCKYARD_DATABASE_URL", "DOCKYARD_RUNTIME", "DOCKYARD_INGRESS_DOMAIN",
+                 "DOCKYARD_AUTH_ISSUER", "--port", "--host"):
+        assert name in result.stdout
