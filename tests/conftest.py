@@ -22,9 +22,13 @@ TokenFactory = Callable[..., str]
 def _empty_postgres(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as connection:
-        tables = connection.execute(
-            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-        ).scalars().all()
+        tables = (
+            connection.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+            )
+            .scalars()
+            .all()
+        )
         data_tables = [t for t in tables if t != "alembic_version"]
         if data_tables:
             connection.execute(sa.text(f"TRUNCATE {', '.join(data_tables)} CASCADE"))

@@ -43,8 +43,18 @@ def test_migrate_creates_the_schema(
 
 
 def test_serve_help_documents_the_settings() -> None:
-    result = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--help"],
-                            capture_output=True, text=True, check=True)
-    for name in ("DOCKYARD_DATABASE_URL", "DOCKYARD_RUNTIME", "DOCKYARD_INGRESS_DOMAIN",
-                 "DOCKYARD_AUTH_ISSUER", "--port", "--host"):
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in (
+        "DOCKYARD_DATABASE_URL",
+        "DOCKYARD_RUNTIME",
+        "DOCKYARD_INGRESS_DOMAIN",
+        "DOCKYARD_AUTH_ISSUER",
+        "--port",
+        "--host",
+    ):
         assert name in result.stdout

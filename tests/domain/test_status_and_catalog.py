@@ -16,18 +16,23 @@ def test_latest_ready_is_deployed() -> None:
 
 
 def test_failed_new_revision_keeps_old_one_serving() -> None:
-    status = derive_status(generation=3, observations=[
-        RevisionObservation(2, READY),
-        RevisionObservation(3, FAILED, "ImageNotFound", "image x:1 not found"),
-    ])
+    status = derive_status(
+        generation=3,
+        observations=[
+            RevisionObservation(2, READY),
+            RevisionObservation(3, FAILED, "ImageNotFound", "image x:1 not found"),
+        ],
+    )
     assert status.status == "failed" and status.reason == "ImageNotFound"
     assert status.ready_revision == 2
     assert status.message == "revision 3: image x:1 not found; revision 2 keeps serving"
 
 
 def test_pending_and_absent() -> None:
-    pending = derive_status(generation=1, observations=[RevisionObservation(1, PENDING, "Starting",
-                                                                            "port 80 not open yet")])
+    pending = derive_status(
+        generation=1,
+        observations=[RevisionObservation(1, PENDING, "Starting", "port 80 not open yet")],
+    )
     assert pending.status == "deploying" and "port 80" in pending.message
     absent = derive_status(generation=1, observations=[], runtime_reason="engine down")
     assert absent.status == "deploying" and absent.reason == "RuntimeUnavailable"
@@ -44,8 +49,10 @@ def test_catalog_has_the_25_documented_models() -> None:
 
 def test_catalog_file_override(tmp_path: Path) -> None:
     path = tmp_path / "gpus.json"
-    path.write_text('{"label": "gpu.example/model", "models": [{"code": "l4", "name": "Nvidia l4",'
-                    ' "labels": ["NVIDIA-L4"]}]}')
+    path.write_text(
+        '{"label": "gpu.example/model", "models": [{"code": "l4", "name": "Nvidia l4",'
+        ' "labels": ["NVIDIA-L4"]}]}'
+    )
     catalog = load_catalog(path)
     assert catalog.label == "gpu.example/model"
     assert [m.code for m in catalog.models] == ["l4"]

@@ -33,11 +33,14 @@ ROUTES = [
 OWNED_ROUTES = [route for route in ROUTES if "{id}" in route[1]]
 
 
-def _call(client: TestClient, method: str, path: str, container_id: str, headers: dict[str, str]) -> Any:
+def _call(
+    client: TestClient, method: str, path: str, container_id: str, headers: dict[str, str]
+) -> Any:
     kwargs: dict[str, Any] = {"headers": headers}
     if method in ("post", "put"):
         kwargs["json"] = (
-            {"revisionNumber": 1} if path.endswith("rollback")
+            {"revisionNumber": 1}
+            if path.endswith("rollback")
             else {"name": "other", "image": "busybox:1.36"}
         )
     return getattr(client, method)(path.format(id=container_id), **kwargs)
@@ -45,14 +48,22 @@ def _call(client: TestClient, method: str, path: str, container_id: str, headers
 
 def _claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"iss": LOCAL_ISSUER, "aud": "dockyard", "sub": "alice", "iat": now, "nbf": now,
-            "exp": now + 600, **overrides}
+    return {
+        "iss": LOCAL_ISSUER,
+        "aud": "dockyard",
+        "sub": "alice",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        **overrides,
+    }
 
 
 @pytest.fixture
 def container_id(client: TestClient, auth: Any) -> str:
-    response = client.post("/v1/containers", json={"name": "mine", "image": "busybox:1.36"},
-                           headers=auth("alice"))
+    response = client.post(
+        "/v1/containers", json={"name": "mine", "image": "busybox:1.36"}, headers=auth("alice")
+    )
     return str(response.json()["id"])
 
 
@@ -69,8 +80,9 @@ def _bad_credentials(settings: Settings) -> dict[str, dict[str, str]]:
 
     valid = signed()
     header, payload, signature = valid.split(".")
-    tampered_payload = jwt.encode({"alg": "ES256", "kid": own_key.kid}, _claims(sub="root"),
-                                  own_key).split(".")[1]
+    tampered_payload = jwt.encode(
+        {"alg": "ES256", "kid": own_key.kid}, _claims(sub="root"), own_key
+    ).split(".")[1]
     return {
         "anonymous": {},
         "garbage": {"Authorization": "Bearer not.a.jwt"},
@@ -82,8 +94,7 @@ def _bad_credentials(settings: Settings) -> dict[str, dict[str, str]]:
         "wrong issuer": {"Authorization": f"Bearer {signed(iss='https://evil.example')}"},
         "wrong audience": {"Authorization": f"Bearer {signed(aud='someone-else')}"},
         "no subject": {"Authorization": f"Bearer {signed(sub='')}"},
-        "alg none": {"Authorization": "Bearer " + ".".join([
-            "eyJhbGciOiJub25lIn0", payload, ""])},
+        "alg none": {"Authorization": "Bearer " + ".".join(["eyJhbGciOiJub25lIn0", payload, ""])},
     }
 
 
@@ -114,8 +125,9 @@ def test_other_users_are_403_owner_and_admin_pass(
 
 
 def test_admin_update_keeps_the_owner(client: TestClient, auth: Any, container_id: str) -> None:
-    response = client.put(f"/v1/containers/{container_id}", json={"cpu": 2},
-                          headers=auth("root", "ADMIN"))
+    response = client.put(
+        f"/v1/containers/{container_id}", json={"cpu": 2}, headers=auth("root", "ADMIN")
+    )
     assert response.json()["createdBy"] == "alice"
     revisions = client.get(f"/v1/containers/{container_id}/revisions", headers=auth()).json()
     assert revisions["items"][0]["createdBy"] == "root"
@@ -148,7 +160,7 @@ class _Issuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 if self.path == "/realms/test/.well-known/openid-configuration":
                     body = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/certs"}
                 elif self.path == "/realms/test/certs":
@@ -192,8 +204,9 @@ def issuer() -> Iterator[_Issuer]:
 def test_oidc_mode_verifies_with_the_issuers_jwks(
     tmp_path: Path, database_url: str, issuer: _Issuer
 ) -> None:
-    settings = Settings(data_dir=tmp_path, database_url=database_url, auth_issuer=issuer.url,
-                        runtime="none")
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, auth_issuer=issuer.url, runtime="none"
+    )
     with TestClient(create_app(settings)) as client:
         token = issuer.token(realm_access={"roles": ["ADMIN"]})
         ok = client.get("/v1/containers?all=true", headers={"Authorization": f"Bearer {token}"})

@@ -78,14 +78,18 @@ def test_create_returns_201_with_every_documented_field(client: TestClient, auth
 
 def test_create_applies_defaults_and_accepts_numeric_port(client: TestClient, auth: Any) -> None:
     response = client.post(
-        "/v1/containers", json={"name": "tiny", "image": "busybox:1.36", "port": 9000},
+        "/v1/containers",
+        json={"name": "tiny", "image": "busybox:1.36", "port": 9000},
         headers=auth(),
     )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["port"] == "9000"
     assert (body["cpu"], body["ram"], body["gpu"], body["ephemeralStorage"]) == (
-        1, "512Mi", 0, "1Gi"
+        1,
+        "512Mi",
+        0,
+        "1Gi",
     )
 
 
@@ -110,8 +114,12 @@ def test_paging(client: TestClient, auth: Any) -> None:
     assert [item["id"] for item in page2["items"]] == [ids[2], ids[1]]
     past = client.get("/v1/containers?page=9&rowsPerPage=2", headers=auth()).json()
     assert past["items"] == [] and past["total"] == 5
-    for query, field in [("page=0", "page"), ("rowsPerPage=101", "rowsPerPage"),
-                         ("rowsPerPage=0", "rowsPerPage"), ("page=x", "page")]:
+    for query, field in [
+        ("page=0", "page"),
+        ("rowsPerPage=101", "rowsPerPage"),
+        ("rowsPerPage=0", "rowsPerPage"),
+        ("page=x", "page"),
+    ]:
         response = client.get(f"/v1/containers?{query}", headers=auth())
         assert response.status_code == 422, query
         assert response.headers["content-type"] == "application/problem+json"
@@ -154,7 +162,9 @@ def test_put_is_a_partial_update_that_writes_a_revision(client: TestClient, auth
     assert revisions["total"] == 3 and revisions["page"] == 1 and revisions["rowsPerPage"] == 10
     assert [r["revisionNumber"] for r in revisions["items"]] == [3, 2, 1]
     assert [r["image"] for r in revisions["items"]] == [
-        "nginxdemos/hello:updated", "nginxdemos/hello:updated", "nginxdemos/hello:latest"
+        "nginxdemos/hello:updated",
+        "nginxdemos/hello:updated",
+        "nginxdemos/hello:latest",
     ]
     for item in revisions["items"]:
         assert item["containerID"] == created["id"]
@@ -228,13 +238,16 @@ def test_desired_gpus_by_code_or_name(client: TestClient, auth: Any) -> None:
     assert body["gpu"] == 1
 
 
-@pytest.mark.parametrize("method,path", [
-    ("get", "/v1/containers/{id}"),
-    ("put", "/v1/containers/{id}"),
-    ("delete", "/v1/containers/{id}"),
-    ("get", "/v1/containers/{id}/revisions"),
-    ("post", "/v1/containers/{id}/rollback"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("get", "/v1/containers/{id}"),
+        ("put", "/v1/containers/{id}"),
+        ("delete", "/v1/containers/{id}"),
+        ("get", "/v1/containers/{id}/revisions"),
+        ("post", "/v1/containers/{id}/rollback"),
+    ],
+)
 def test_unknown_and_malformed_ids_are_404(
     client: TestClient, auth: Any, method: str, path: str
 ) -> None:
