@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 
 from app.auth import TokenVerifier, bearer_token
 from app.domain.principal import Principal
+from app.reconcile import Reconciler
 from app.services.context import ServiceContext
 from app.settings import Settings
 
@@ -23,6 +24,7 @@ class AppState:
     settings: Settings
     ctx: ServiceContext
     verifier: TokenVerifier
+    reconciler: Reconciler | None = None
 
 
 def app_state(connection: HTTPConnection) -> AppState:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -17,8 +18,12 @@ from app.db import make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
+from app.ingress import IngressProxy
+from app.reconcile import Reconciler, ReconcilerOptions
 from app.rest import problems
 from app.rest.routes import router as rest_router
+from app.runtime.base import Runtime
+from app.runtime.factory import make_runtime
 from app.services.context import ServiceContext
 from app.settings import Settings
 
@@ -40,15 +45,48 @@ def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
     return AppState(settings=settings, ctx=ctx, verifier=make_verifier(settings))
 
 
-def create_app(settings: Settings | None = None, *, port: int = DEFAULT_PORT) -> FastAPI:
+def _runtime_from(settings: Settings) -> Runtime | None:
+    return make_runtime(
+        settings.runtime,
+        docker_host=settings.docker_host,
+        readiness_timeout=settings.readiness_timeout_seconds,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    port: int = DEFAULT_PORT,
+    runtime: Runtime | Literal["from-settings"] | None = "from-settings",
+    reconciler_options: ReconcilerOptions | None = None,
+) -> FastAPI:
+    """The API (REST, GraphQL), the reconciler and, in front, the built-in ingress."""
     settings = settings or Settings()
     state = build_state(settings, port=port)
+    if runtime == "from-settings":
+        runtime = _runtime_from(settings)
+    reconciler = None
+    if runtime is not None:
+        reconciler = Reconciler(
+            engine=state.ctx.engine,
+            runtime=runtime,
+            catalog=state.ctx.catalog,
+            options=reconciler_options
+            or ReconcilerOptions(resync_interval=settings.reconcile_interval_seconds),
+        )
+        state.ctx.listeners.append(reconciler.request)
+    state.reconciler = reconciler
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if reconciler is not None:
+            await reconciler.start()
         try:
             yield
         finally:
+            if reconciler is not None:
+                await reconciler.stop()
+                await reconciler.runtime.close()
             state.ctx.engine.dispose()
 
     app = FastAPI(
@@ -67,6 +105,11 @@ def create_app(settings: Settings | None = None, *, port: int = DEFAULT_PORT) ->
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.include_router(rest_router)
+    app.add_middleware(
+        IngressProxy,
+        ctx=state.ctx,
+        routes=lambda: reconciler.routes if reconciler is not None else None,
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

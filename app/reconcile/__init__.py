@@ -1,0 +1,368 @@
+"""The level-triggered reconciler: moves the runtime toward the desired state in the database.
+
+It never blocks API requests: services only call ``request(container_id)``, which queues work
+on the reconciler's own event loop. Each pass reads the container, observes the runtime, applies
+the newest revision if the runtime lacks it, derives the status from what the runtime reported and
+writes it only when it changed (and only if the spec did not move meanwhile). Startup and a
+periodic resync cover everything, including runtime objects whose record is gone (orphans) and
+deletions that a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult, Engine
+from sqlmodel import Session, col, delete, select
+
+from app.domain.gpus import GpuCatalog
+from app.domain.models import Container, Revision
+from app.domain.quantity import parse_quantity
+from app.domain.spec import ContainerSpec
+from app.domain.status import (
+    ObservedStatus,
+    RevisionObservation,
+    apply_observed_status,
+    derive_status,
+)
+from app.runtime.base import (
+    GpuSelector,
+    Phase,
+    RevisionState,
+    Runtime,
+    RuntimeAdapterError,
+    RuntimeRejected,
+    RuntimeUnavailable,
+    WorkloadSpec,
+)
+
+log = logging.getLogger(__name__)
+
+StatusListener = Callable[[str], Awaitable[None]]
+LeaderCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class ReconcilerOptions:
+    resync_interval: float = 30.0
+    """Seconds between full resyncs of every container."""
+    pending_poll: float = 1.0
+    """Seconds before a container whose newest revision is still starting is looked at again."""
+    drain_seconds: float = 3.0
+    """How long an old revision keeps running after traffic moved to the new one."""
+    workers: int = 4
+
+
+def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
+    """What the runtime needs to run the container's newest revision."""
+    spec = ContainerSpec.model_validate(container.spec)
+    selectors = []
+    for name in spec.desired_gpus:
+        model = catalog.resolve(name)
+        if model is not None:
+            selectors.append(GpuSelector(model.code, model.name, model.label_values))
+    return WorkloadSpec(
+        container_id=container.id,
+        revision=container.generation,
+        name=spec.name,
+        owner=container.created_by,
+        slug=container.slug,
+        image=spec.image,
+        cpu=spec.cpu,
+        ram=spec.ram,
+        ram_bytes=parse_quantity(spec.ram),
+        gpu=spec.gpu,
+        ephemeral_storage=spec.ephemeral_storage,
+        ephemeral_storage_bytes=parse_quantity(spec.ephemeral_storage),
+        port=spec.port,
+        command=tuple(spec.command) if spec.command is not None else None,
+        arguments=tuple(spec.arguments) if spec.arguments is not None else None,
+        env=dict(spec.env),
+        desired_gpus=tuple(selectors),
+    )
+
+
+def _observations(states: list[RevisionState]) -> list[RevisionObservation]:
+    return [
+        RevisionObservation(state.revision, state.phase.value, state.reason, state.message)
+        for state in states
+    ]
+
+
+class Reconciler:
+    """Runs on the server's event loop; one per process (or per elected leader)."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        runtime: Runtime,
+        catalog: GpuCatalog,
+        options: ReconcilerOptions | None = None,
+        on_status: StatusListener | None = None,
+        is_leader: LeaderCheck | None = None,
+    ) -> None:
+        self.engine = engine
+        self.runtime = runtime
+        self.catalog = catalog
+        self.options = options or ReconcilerOptions()
+        self.on_status = on_status
+        self.is_leader = is_leader
+        self.routes: dict[str, str] = {}
+        """container id -> endpoint (host:port) of its ready revision, for the local ingress."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._ready_since: dict[tuple[str, int], float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failures: dict[str, int] = {}
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def request(self, container_id: str) -> None:
+        """Queue a container for reconciliation; safe to call from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._enqueue(container_id)
+        else:
+            loop.call_soon_threadsafe(self._enqueue, container_id)
+
+    def _enqueue(self, container_id: str) -> None:
+        timer = self._timers.pop(container_id, None)
+        if timer is not None:
+            timer.cancel()
+        if container_id not in self._queued:
+            self._queued.add(container_id)
+            self._queue.put_nowait(container_id)
+
+    def _requeue_after(self, container_id: str, delay: float) -> None:
+        if self._loop is None or container_id in self._timers or container_id in self._queued:
+            return
+        self._timers[container_id] = self._loop.call_later(delay, self._fire, container_id)
+
+    def _fire(self, container_id: str) -> None:
+        self._timers.pop(container_id, None)
+        self._enqueue(container_id)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"reconcile-worker-{n}")
+            for n in range(self.options.workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._resync_loop(), name="reconcile-resync"))
+        self._tasks.append(asyncio.create_task(self._watch_loop(), name="reconcile-watch"))
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    async def _worker(self) -> None:
+        while True:
+            container_id = await self._queue.get()
+            self._queued.discard(container_id)
+            try:
+                await self.reconcile(container_id)
+                self._failures.pop(container_id, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures = self._failures.get(container_id, 0) + 1
+                self._failures[container_id] = failures
+                delay = min(60.0, 0.5 * 2**failures) * random.uniform(0.8, 1.2)
+                log.exception("reconciling %s failed; retrying in %.1fs", container_id, delay)
+                self._requeue_after(container_id, delay)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            try:
+                if self.is_leader is None or await self.is_leader():
+                    await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("resync failed")
+            await asyncio.sleep(self.options.resync_interval)
+
+    async def _watch_loop(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async for event in self.runtime.watch():
+                    delay = 1.0
+                    self.request(event.container_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("runtime event stream ended (%s); reconnecting in %.0fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def resync(self) -> None:
+        """Queue every container the database or the runtime knows of."""
+        known = await asyncio.to_thread(self._all_container_ids)
+        try:
+            present = set(await self.runtime.list_managed())
+        except RuntimeUnavailable as e:
+            log.warning("runtime unavailable during resync: %s", e)
+            present = set()
+        for container_id in sorted(known | present):
+            self.request(container_id)
+
+    def _all_container_ids(self) -> set[str]:
+        with Session(self.engine) as session:
+            return set(session.exec(select(Container.id)).all())
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    async def reconcile(self, container_id: str) -> None:
+        """Bring one container's runtime objects and status in line with its record."""
+        async with self._lock(container_id):
+            container = await asyncio.to_thread(self._load, container_id)
+            if container is None or container.deleted_at is not None:
+                await self._remove(container_id, purge=container is not None)
+                return
+            await self._converge(container)
+
+    def _load(self, container_id: str) -> Container | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Container, container_id)
+
+    async def _remove(self, container_id: str, *, purge: bool) -> None:
+        self.routes.pop(container_id, None)
+        await self.runtime.remove(container_id)
+        if purge:
+            await asyncio.to_thread(self._purge, container_id)
+            log.info("container %s removed from the runtime and purged", container_id)
+            if self.on_status is not None:
+                await self.on_status(container_id)
+        self._locks.pop(container_id, None)
+
+    def _purge(self, container_id: str) -> None:
+        with Session(self.engine) as session:
+            session.exec(delete(Revision).where(col(Revision.container_id) == container_id))
+            session.exec(
+                delete(Container).where(
+                    col(Container.id) == container_id, col(Container.deleted_at).is_not(None)
+                )
+            )
+            session.commit()
+
+    async def _converge(self, container: Container) -> None:
+        generation = container.generation
+        try:
+            states = await self.runtime.observe(container.id)
+            if not any(state.revision == generation for state in states):
+                await self.runtime.apply(workload_spec(container, self.catalog))
+                states = await self.runtime.observe(container.id)
+            observed = derive_status(generation=generation, observations=_observations(states))
+        except RuntimeRejected as e:
+            states = []
+            observed = ObservedStatus(
+                "failed", "RuntimeRejected", f"revision {generation}: {e}", container.ready_revision
+            )
+        except RuntimeUnavailable as e:
+            states = []
+            observed = derive_status(generation=generation, observations=[], runtime_reason=str(e))
+            observed = ObservedStatus(
+                observed.status, observed.reason, observed.message, container.ready_revision
+            )
+            self._requeue_after(container.id, 5.0)
+        except RuntimeAdapterError as e:
+            log.warning("runtime refused %s: %s", container.id, e)
+            states = []
+            observed = derive_status(generation=generation, observations=[], runtime_reason=str(e))
+            self._requeue_after(container.id, 2.0)
+        self._route(container.id, observed, states)
+        changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
+        if changed and self.on_status is not None:
+            await self.on_status(container.id)
+        await self._retire_or_wait(container.id, generation, observed, states)
+
+    def _route(
+        self, container_id: str, observed: ObservedStatus, states: list[RevisionState]
+    ) -> None:
+        endpoints = {s.revision: s.endpoint for s in states if s.phase is Phase.READY}
+        endpoint = endpoints.get(observed.ready_revision or -1)
+        if endpoint:
+            self.routes[container_id] = endpoint
+        elif states or observed.ready_revision is None:
+            self.routes.pop(container_id, None)
+
+    async def _retire_or_wait(
+        self,
+        container_id: str,
+        generation: int,
+        observed: ObservedStatus,
+        states: list[RevisionState],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if observed.status == "deployed":
+            others = [s.revision for s in states if s.revision != generation]
+            if not others:
+                return
+            since = self._ready_since.setdefault((container_id, generation), loop.time())
+            remaining = self.options.drain_seconds - (loop.time() - since)
+            if remaining > 0:
+                self._requeue_after(container_id, remaining)
+                return
+            await self.runtime.retire(container_id, keep_revision=generation)
+            self._ready_since.pop((container_id, generation), None)
+        elif observed.status == "deploying":
+            self._requeue_after(container_id, self.options.pending_poll)
+
+    def _write_status(self, container_id: str, generation: int, observed: ObservedStatus) -> bool:
+        """Store the status if it changed and the spec did not move on meanwhile."""
+        with Session(self.engine) as session:
+            container = session.exec(
+                select(Container).where(
+                    Container.id == container_id,
+                    Container.generation == generation,
+                    col(Container.deleted_at).is_(None),
+                )
+            ).first()
+            if container is None:
+                return False
+            session.expunge(container)
+            changed = apply_observed_status(container, observed)
+            if not changed and container.observed_generation == generation:
+                return False
+            # Guarded on the generation: a PUT that landed since we observed wins.
+            result = session.execute(
+                sa.update(Container)
+                .where(col(Container.id) == container_id, col(Container.generation) == generation)
+                .values(
+                    status=container.status,
+                    status_reason=container.status_reason,
+                    status_message=container.status_message,
+                    ready_revision=container.ready_revision,
+                    observed_generation=generation,
+                )
+            )
+            session.commit()
+            return changed and cast("CursorResult[Any]", result).rowcount == 1

@@ -1,0 +1,78 @@
+"""Pick the runtime the settings ask for (``auto``: Kubernetes, then Docker/Podman, then none)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from app.runtime.base import Runtime
+
+log = logging.getLogger(__name__)
+
+LOCAL_SOCKETS = (
+    "/var/run/docker.sock",
+    "/run/podman/podman.sock",
+    f"/run/user/{os.getuid()}/podman/podman.sock",
+)
+
+
+def _kubernetes_configured() -> bool:
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    kubeconfig = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
+    return any(Path(part).is_file() for part in kubeconfig.split(os.pathsep) if part)
+
+
+def _socket_answers(url: str) -> bool:
+    if not url.startswith("unix://"):
+        return True  # tcp:// engines are taken as configured; errors surface as status reasons
+    path = url.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(path)
+    except OSError:
+        return False
+    return True
+
+
+def _docker_url(configured: str | None) -> str | None:
+    if configured:
+        return configured
+    for path in LOCAL_SOCKETS:
+        if _socket_answers(f"unix://{path}"):
+            return f"unix://{path}"
+    return None
+
+
+def make_runtime(
+    kind: Literal["auto", "docker", "kubernetes", "none"],
+    *,
+    docker_host: str | None,
+    readiness_timeout: float,
+    kubernetes_options: dict[str, object] | None = None,
+) -> Runtime | None:
+    """The runtime to use, or None (with a warning) when nothing can run containers."""
+    if kind == "none":
+        return None
+    if kind == "kubernetes" or (kind == "auto" and _kubernetes_configured()):
+        from app.runtime.kubernetes import KubernetesRuntime
+
+        return KubernetesRuntime.from_environment(**(kubernetes_options or {}))
+    url = _docker_url(docker_host)
+    if url is not None and (kind == "docker" or _socket_answers(url)):
+        from app.runtime.docker import DockerRuntime
+
+        return DockerRuntime(url, readiness_timeout=readiness_timeout)
+    if kind == "docker":
+        raise ValueError(
+            "DOCKYARD_RUNTIME=docker but no engine socket was found; set DOCKYARD_DOCKER_HOST"
+        )
+    log.warning(
+        "no container runtime found (no kubeconfig, no Docker/Podman socket): the API works, "
+        "but containers stay 'deploying' until a runtime is configured"
+    )
+    return None

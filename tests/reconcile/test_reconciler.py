@@ -1,0 +1,298 @@
+"""The reconcile loop against an in-memory runtime behind the Runtime protocol.
+
+These pin down the loop's decisions (apply, status, retire, delete, orphans) quickly; the same
+scenarios run against real Podman containers in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from app.domain.models import Container, Revision
+from app.domain.principal import Principal
+from app.reconcile import Reconciler, ReconcilerOptions
+from app.runtime.base import (
+    LogLine,
+    Phase,
+    RevisionState,
+    Runtime,
+    RuntimeEvent,
+    RuntimeUnavailable,
+    WorkloadSpec,
+)
+from app.server import build_state
+from app.services import containers as svc
+from app.services.context import ServiceContext
+from app.settings import Settings
+
+ALICE = Principal("alice")
+
+
+class MemoryRuntime:
+    """Revisions live in a dict; tests decide their phase."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.revisions: dict[str, dict[int, RevisionState]] = {}
+        self.applied: list[WorkloadSpec] = []
+        self.available = True
+        self.events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
+
+    def _check(self) -> None:
+        if not self.available:
+            raise RuntimeUnavailable("engine socket refused the connection")
+
+    def set_phase(
+        self, container_id: str, revision: int, phase: Phase, reason: str = "", message: str = ""
+    ) -> None:
+        endpoint = f"127.0.0.1:{40000 + revision}" if phase is Phase.READY else None
+        self.revisions[container_id][revision] = RevisionState(
+            container_id, revision, phase, reason, message, endpoint
+        )
+
+    async def apply(self, spec: WorkloadSpec) -> None:
+        self._check()
+        self.applied.append(spec)
+        self.revisions.setdefault(spec.container_id, {}).setdefault(
+            spec.revision, RevisionState(spec.container_id, spec.revision, Phase.PENDING)
+        )
+
+    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+        self._check()
+        revisions = self.revisions.get(container_id, {})
+        for revision in [r for r in revisions if r != keep_revision]:
+            del revisions[revision]
+
+    async def remove(self, container_id: str) -> None:
+        self._check()
+        self.revisions.pop(container_id, None)
+
+    async def observe(self, container_id: str) -> list[RevisionState]:
+        self._check()
+        return list(self.revisions.get(container_id, {}).values())
+
+    async def list_managed(self) -> dict[str, set[int]]:
+        self._check()
+        return {cid: set(revs) for cid, revs in self.revisions.items() if revs}
+
+    async def watch(self) -> AsyncIterator[RuntimeEvent]:
+        while True:
+            yield await self.events.get()
+
+    async def logs(
+        self,
+        container_id: str,
+        *,
+        revision: int | None = None,
+        follow: bool = True,
+        tail: int | None = 100,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        if False:  # pragma: no cover - no logs in memory
+            yield
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> ServiceContext:
+    return build_state(settings).ctx
+
+
+@pytest.fixture
+def runtime() -> MemoryRuntime:
+    return MemoryRuntime()
+
+
+@pytest.fixture
+def reconciler(ctx: ServiceContext, runtime: MemoryRuntime) -> Reconciler:
+    assert isinstance(runtime, Runtime)
+    return Reconciler(
+        engine=ctx.engine,
+        runtime=runtime,
+        catalog=ctx.catalog,
+        options=ReconcilerOptions(drain_seconds=0.0),
+    )
+
+
+def create(ctx: ServiceContext, **spec: Any) -> str:
+    body = {"name": "web", "image": "localhost/web:v1", "port": 8080, **spec}
+    return svc.create_container(ctx=ctx, principal=ALICE, data=body).id
+
+
+def status(ctx: ServiceContext, container_id: str) -> tuple[str, str | None, int | None]:
+    view = svc.get_container(ctx=ctx, principal=ALICE, container_id=container_id)
+    return view.status, view.statusReason, view.readyRevision
+
+
+async def test_create_applies_revision_and_reports_runtime_phases(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx, env={"A": "1"}, command=["/bin/web"], gpu=1, desiredGPUs=["t4"])
+    await reconciler.reconcile(container_id)
+    (spec,) = runtime.applied
+    assert (spec.revision, spec.image, spec.port, spec.env) == (
+        1,
+        "localhost/web:v1",
+        8080,
+        {"A": "1"},
+    )
+    assert spec.command == ("/bin/web",) and spec.ram_bytes == 512 * 2**20
+    assert spec.desired_gpus[0].label_values == ("Tesla-T4",)
+    assert status(ctx, container_id)[0] == "deploying"
+
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == ("deployed", None, 1)
+    assert reconciler.routes[container_id] == "127.0.0.1:40001"
+    await reconciler.reconcile(container_id)
+    assert len(runtime.applied) == 1  # idempotent: nothing applied twice
+
+
+async def test_update_switches_when_ready_and_retires_the_old_revision(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    svc.update_container(
+        ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/web:v2"}
+    )
+    await reconciler.reconcile(container_id)
+    assert set(runtime.revisions[container_id]) == {1, 2}
+    assert reconciler.routes[container_id] == "127.0.0.1:40001"  # old one serves meanwhile
+    state, reason, ready = status(ctx, container_id)
+    assert state == "deploying" and ready == 1 and "revision 1 keeps serving" in (reason or "")
+
+    runtime.set_phase(container_id, 2, Phase.READY)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == ("deployed", None, 2)
+    assert reconciler.routes[container_id] == "127.0.0.1:40002"
+    assert set(runtime.revisions[container_id]) == {2}
+
+
+async def test_failed_revision_keeps_the_old_one_serving(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    svc.update_container(
+        ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/missing:v9"}
+    )
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(
+        container_id, 2, Phase.FAILED, "ImageNotFound", "image localhost/missing:v9 not found"
+    )
+    await reconciler.reconcile(container_id)
+    state, reason, ready = status(ctx, container_id)
+    assert state == "failed" and ready == 1
+    assert reason == (
+        "ImageNotFound: revision 2: image localhost/missing:v9 not found; revision 1 keeps serving"
+    )
+    assert reconciler.routes[container_id] == "127.0.0.1:40001"
+    assert set(runtime.revisions[container_id]) == {1, 2}
+
+
+async def test_delete_removes_runtime_objects_then_purges(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    svc.delete_container(ctx=ctx, principal=ALICE, container_id=container_id)
+    runtime.available = False
+    with pytest.raises(RuntimeUnavailable):
+        await reconciler.reconcile(container_id)
+    with Session(ctx.engine) as session:  # the tombstone survives until removal succeeds
+        assert session.get(Container, container_id) is not None
+    runtime.available = True
+    await reconciler.reconcile(container_id)
+    assert container_id not in runtime.revisions
+    with Session(ctx.engine) as session:
+        assert session.get(Container, container_id) is None
+        assert (
+            session.exec(select(Revision).where(Revision.container_id == container_id)).all() == []
+        )
+
+
+async def test_unavailable_runtime_is_a_status_reason_not_an_error(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    runtime.available = False
+    await reconciler.start()
+    try:
+        await reconciler.reconcile(container_id)
+    finally:
+        await reconciler.stop()
+    state, reason, _ = status(ctx, container_id)
+    assert state == "deploying"
+    assert reason is not None and reason.startswith("RuntimeUnavailable")
+    assert "engine socket refused" in reason
+
+
+async def test_resync_collects_orphans_and_converges_everything(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    live = create(ctx)
+    runtime.revisions["00000000-0000-0000-0000-00000000dead"] = {
+        1: RevisionState("00000000-0000-0000-0000-00000000dead", 1, Phase.READY)
+    }
+    await reconciler.start()
+    try:
+        for _ in range(100):
+            if (
+                "00000000-0000-0000-0000-00000000dead" not in runtime.revisions
+                and live in runtime.revisions
+            ):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await reconciler.stop()
+    assert "00000000-0000-0000-0000-00000000dead" not in runtime.revisions
+    assert set(runtime.revisions[live]) == {1}
+
+
+async def test_writes_wake_the_reconciler(settings: Settings, runtime: MemoryRuntime) -> None:
+    from app.server import create_app
+
+    app = create_app(settings, runtime=runtime)
+    state = app.state.dockyard
+    async with app.router.lifespan_context(app):
+        container_id = await asyncio.to_thread(create, state.ctx)
+        for _ in range(100):
+            if container_id in runtime.revisions:
+                break
+            await asyncio.sleep(0.02)
+        assert container_id in runtime.revisions
+        runtime.set_phase(container_id, 1, Phase.READY)
+        await runtime.events.put(RuntimeEvent(container_id))
+        for _ in range(100):
+            if status(state.ctx, container_id)[0] == "deployed":
+                break
+            await asyncio.sleep(0.02)
+        assert status(state.ctx, container_id)[0] == "deployed"
+
+
+async def test_status_of_an_outdated_generation_is_not_written(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    svc.update_container(ctx=ctx, principal=ALICE, container_id=container_id, data={"cpu": 2})
+    from app.domain.status import RevisionObservation, derive_status
+
+    observed = derive_status(generation=1, observations=[RevisionObservation(1, "ready")])
+    assert not await asyncio.to_thread(reconciler._write_status, container_id, 1, observed)
+    assert status(ctx, container_id)[0] == "deploying"
