@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 import re
 import socket
 import struct
@@ -167,7 +169,7 @@ def _shutdown_response(response: Any) -> None:
         response.close()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Stream:
     """Hand-over between a stream's reader thread and the async consumer."""
 
@@ -190,21 +192,46 @@ class DockerRuntime:
         connect_timeout: float = 0.5,
         api_timeout: float = 60.0,
         enforce_storage: bool | None = None,
+        api_version: str = "1.41",
     ) -> None:
-        """``enforce_storage``: None probes the engine on first use, True/False forces it."""
+        """Create the client without contacting the engine.
+
+        ``enforce_storage``: None probes the engine on first use, True/False forces it.
+        ``api_version`` is pinned (1.41: Podman 4's compat API, any Docker >= 20.10) because the
+        SDK's ``auto`` would query the engine here, in a constructor that must not do I/O.
+        """
         self.base_url = base_url
         self.readiness_timeout = readiness_timeout
         self.crashloop_restarts = crashloop_restarts
         self.connect_timeout = connect_timeout
         self._enforce_storage = enforce_storage
-        self._client: Any = docker.DockerClient(base_url=base_url, timeout=int(api_timeout))
+        self._client: Any = docker.DockerClient(
+            base_url=base_url, version=api_version, timeout=int(api_timeout)
+        )
         self._failures: dict[tuple[str, int], RevisionState] = {}
         self._streams: set[_Stream] = set()
         self._streams_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def _check_socket(self, action: str) -> None:
+        """Fail fast when a unix socket is missing.
+
+        The SDK's unix transport leaks the socket object when ``connect`` fails (a
+        ``ResourceWarning`` later); checking the path first avoids that for the common case of an
+        engine that is not running at all.
+        """
+        url = self.base_url or ""
+        for prefix in ("unix://", "http+unix://"):
+            if url.startswith(prefix):
+                path = "/" + url[len(prefix) :].lstrip("/")
+                if not os.path.exists(path):
+                    raise RuntimeUnavailable(
+                        f"{action}: container engine unreachable: no socket at {path}"
+                    ) from FileNotFoundError(errno.ENOENT, "no such socket", path)
+
     async def _call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._check_socket(action)
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except RuntimeAdapterError:
@@ -513,6 +540,7 @@ class DockerRuntime:
         consumer stops (break + aclose, cancellation, error) the response is shut down, which
         unblocks the reader thread.
         """
+        self._check_socket(what)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1000)
         handle = _Stream(lock=threading.Lock())
