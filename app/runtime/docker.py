@@ -193,9 +193,11 @@ class DockerRuntime:
         api_timeout: float = 60.0,
         enforce_storage: bool | None = None,
         api_version: str = "1.41",
+        stop_timeout: int = 10,
     ) -> None:
         """Create the client without contacting the engine.
 
+        ``stop_timeout``: seconds a retired revision gets between SIGTERM and SIGKILL.
         ``enforce_storage``: None probes the engine on first use, True/False forces it.
         ``api_version`` is pinned (1.41: Podman 4's compat API, any Docker >= 20.10) because the
         SDK's ``auto`` would query the engine here, in a constructor that must not do I/O.
@@ -205,6 +207,7 @@ class DockerRuntime:
         self.crashloop_restarts = crashloop_restarts
         self.connect_timeout = connect_timeout
         self._enforce_storage = enforce_storage
+        self.stop_timeout = stop_timeout
         self._client: Any = docker.DockerClient(
             base_url=base_url, version=api_version, timeout=int(api_timeout)
         )
@@ -280,13 +283,17 @@ class DockerRuntime:
         )
 
     def _apply_sync(self, spec: WorkloadSpec) -> None:
-        key = (spec.container_id, spec.revision)
         name = container_name(spec.container_id, spec.revision)
         try:
-            self._client.containers.get(name)
-            return  # idempotent: this revision already exists, running or not
+            existing = self._client.containers.get(name)
         except docker.errors.NotFound:
-            pass
+            existing = None
+        if existing is not None:
+            # Idempotent: this revision exists, running or not; never recreate it. Only one that
+            # was created but never started (a failed start before a restart of ours) is started.
+            if existing.status == "created":
+                self._start(spec, existing)
+            return
         if not self._ensure_image(spec):
             return
         try:
@@ -308,6 +315,10 @@ class DockerRuntime:
                 f"{name}: the container engine ignored the request for {spec.gpu} GPU(s) "
                 "(no GPU support on this engine); not running it without GPUs"
             )
+        self._start(spec, container)
+
+    def _start(self, spec: WorkloadSpec, container: Any) -> None:
+        key = (spec.container_id, spec.revision)
         try:
             container.start()
         except docker.errors.NotFound:
@@ -318,7 +329,7 @@ class DockerRuntime:
                 revision=spec.revision,
                 phase=Phase.FAILED,
                 reason="StartError",
-                message=f"{name} could not start: {_api_error_text(e)}",
+                message=f"{container.name} could not start: {_api_error_text(e)}",
             )
             return
         self._failures.pop(key, None)
@@ -389,7 +400,8 @@ class DockerRuntime:
                 continue
             try:
                 if keep_revision is not None:
-                    c.stop(timeout=5)  # graceful for a retired revision still serving
+                    # graceful for a retired revision still serving (SIGTERM, then SIGKILL)
+                    c.stop(timeout=self.stop_timeout)
                 c.remove(force=True)
             except docker.errors.NotFound:
                 pass
@@ -423,7 +435,8 @@ class DockerRuntime:
                 states[revision] = self._state_of(container_id, revision, c)
         for (cid, revision), failure in list(self._failures.items()):
             if cid == container_id and (
-                revision not in states or states[revision].reason == "ContainerCreating"
+                revision not in states
+                or states[revision].reason in ("ContainerCreating", "StartError")
             ):
                 states[revision] = failure
         return [states[r] for r in sorted(states)]
@@ -493,6 +506,18 @@ class DockerRuntime:
             return result(Phase.FAILED, reason, self._crash_message(c, exit_code, restarts))
         if status == "paused":
             return result(Phase.PENDING, "Paused", "the container is paused")
+        created_at = parse_engine_time(str(attrs.get("Created") or ""))
+        if (
+            status == "created"
+            and created_at is not None
+            and (now - created_at).total_seconds() > self.readiness_timeout
+        ):
+            # The engine keeps no error for a failed start (Podman): report it anyway.
+            return result(
+                Phase.FAILED,
+                "StartError",
+                f"the container was created but not started within {self.readiness_timeout:g}s",
+            )
         return result(Phase.PENDING, "ContainerCreating", f"container is {status or 'unknown'}")
 
     @staticmethod

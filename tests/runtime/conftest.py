@@ -58,7 +58,7 @@ def container_id(podman_url: str) -> Iterator[str]:
 
 @pytest.fixture
 async def runtime(podman_url: str) -> AsyncIterator[DockerRuntime]:
-    rt = DockerRuntime(podman_url, readiness_timeout=20, crashloop_restarts=2)
+    rt = DockerRuntime(podman_url, readiness_timeout=20, crashloop_restarts=2, stop_timeout=1)
     try:
         yield rt
     finally:

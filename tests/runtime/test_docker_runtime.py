@@ -482,3 +482,26 @@ async def test_logs_follow_is_released_on_cancellation(
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     await until(lambda: not stream_threads())
+
+
+@pytest.mark.podman
+async def test_start_failure_is_reported_even_by_a_fresh_runtime(
+    runtime: DockerRuntime, container_id: str, podman_url: str
+) -> None:
+    spec = make_spec(container_id, command=("/nonexistent",))
+    await runtime.apply(spec)  # the engine refuses to start it: recorded, not raised
+    [state] = await runtime.observe(container_id)
+    assert state.phase == Phase.FAILED
+    assert state.reason == "StartError"
+    assert "/nonexistent" in state.message
+
+    # After a restart of Dockyard the record is gone; the engine keeps no error for it.
+    fresh = DockerRuntime(podman_url, readiness_timeout=1)
+    try:
+        state, _ = await wait_for_state(fresh, container_id, 1, is_phase(Phase.FAILED), 10)
+        assert state.reason == "StartError"
+        await fresh.apply(spec)  # retries the start, records the engine's error again
+        [state] = await fresh.observe(container_id)
+        assert state.reason == "StartError" and "/nonexistent" in state.message
+    finally:
+        await fresh.close()
