@@ -1,0 +1,799 @@
+"""Runtime adapter for the Docker Engine API (Docker, or Podman's Docker-compatible socket).
+
+Mapping: one engine container per revision, named ``dockyard-<container_id>-r<revision>`` and
+labelled with :data:`LABEL_CONTAINER_ID`, :data:`LABEL_REVISION` and ``LABEL_MANAGED_BY=dockyard``.
+The container port is published on ``127.0.0.1`` with an ephemeral host port; the local ingress
+proxy reaches the revision at the ``endpoint`` that :meth:`DockerRuntime.observe` reports.
+
+The official ``docker`` SDK is synchronous: every call runs in a worker thread
+(``asyncio.to_thread``); the long-lived streams of :meth:`DockerRuntime.watch` and
+:meth:`DockerRuntime.logs` each get a dedicated daemon thread whose HTTP response is shut down from
+the event loop when the consumer stops, so no thread stays blocked on the engine.
+
+Limits of the local engine, on purpose:
+
+- **Ephemeral storage** is enforced with ``storage_opt={"size": ...}`` only where the engine
+  supports it (overlay on xfs with ``pquota``; devicemapper, btrfs, zfs). By default the adapter
+  tries once, and when the engine refuses the option it remembers that and creates containers
+  without it: the limit is then **not enforced locally** (it still is on Kubernetes). Podman 4.3 on
+  overlay/ext4 refuses it.
+- **GPUs** are requested with a ``DeviceRequest``. An engine that refuses it, or that silently drops
+  it (Podman 4.x's compat API ignores ``DeviceRequests``), makes :meth:`DockerRuntime.apply` raise
+  :class:`RuntimeRejected`; a GPU workload never runs without its GPU.
+- Images are not pulled with credentials; a missing image that cannot be pulled is reported by
+  :meth:`DockerRuntime.observe` as ``FAILED``/``ImagePullBackOff`` (kept in memory; the next
+  :meth:`DockerRuntime.apply` of that revision tries again, so a restart loses nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import re
+import socket
+import struct
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+import docker.utils
+import urllib3.exceptions
+
+from app.runtime.base import (
+    LABEL_CONTAINER_ID,
+    LABEL_MANAGED_BY,
+    LABEL_REVISION,
+    MANAGED_BY,
+    LogLine,
+    Phase,
+    RevisionState,
+    RuntimeAdapterError,
+    RuntimeConflict,
+    RuntimeEvent,
+    RuntimeRejected,
+    RuntimeUnavailable,
+    WorkloadSpec,
+)
+
+T = TypeVar("T")
+
+MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+LOG_TAIL_ON_FAILURE = 5
+_STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
+_TIMESTAMP = re.compile(
+    r"^(?P<base>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d{2}:\d{2})$"
+)
+
+
+def container_name(container_id: str, revision: int) -> str:
+    return f"dockyard-{container_id}-r{revision}"
+
+
+def container_labels(spec: WorkloadSpec) -> dict[str, str]:
+    return {
+        LABEL_CONTAINER_ID: spec.container_id,
+        LABEL_REVISION: str(spec.revision),
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def container_create_kwargs(
+    spec: WorkloadSpec, *, crashloop_restarts: int = 3, enforce_storage: bool = False
+) -> dict[str, Any]:
+    """Keyword arguments of ``client.containers.create`` for one revision; pure.
+
+    Kubernetes semantics for ``command``/``arguments``: ``command`` replaces the image's
+    entrypoint, ``arguments`` its CMD; a command without arguments drops the image's CMD.
+    """
+    kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "name": container_name(spec.container_id, spec.revision),
+        "labels": container_labels(spec),
+        "environment": dict(spec.env),
+        "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
+        "restart_policy": {"Name": "on-failure", "MaximumRetryCount": crashloop_restarts},
+        "detach": True,
+    }
+    if spec.cpu > 0:
+        kwargs["nano_cpus"] = round(spec.cpu * 1e9)
+    if spec.ram_bytes > 0:
+        kwargs["mem_limit"] = spec.ram_bytes
+    if spec.command is not None:
+        kwargs["entrypoint"] = list(spec.command)
+        kwargs["command"] = list(spec.arguments) if spec.arguments is not None else []
+    elif spec.arguments is not None:
+        kwargs["command"] = list(spec.arguments)
+    if spec.gpu > 0:
+        kwargs["device_requests"] = [
+            docker.types.DeviceRequest(count=spec.gpu, capabilities=[["gpu"]])
+        ]
+    if enforce_storage and spec.ephemeral_storage_bytes > 0:
+        kwargs["storage_opt"] = {"size": str(spec.ephemeral_storage_bytes)}
+    return kwargs
+
+
+def parse_engine_time(value: str) -> datetime | None:
+    """Parse an engine RFC 3339 timestamp (nanoseconds, ``Z`` or offset) into aware UTC."""
+    match = _TIMESTAMP.match(value.strip())
+    if match is None:
+        return None
+    frac = (match["frac"] or "")[:6].ljust(6, "0")
+    tz = "+00:00" if match["tz"] == "Z" else match["tz"]
+    try:
+        parsed = datetime.fromisoformat(f"{match['base']}.{frac}{tz}")
+    except ValueError:
+        return None
+    if parsed.year <= 1:
+        return None
+    return parsed.astimezone(UTC)
+
+
+def _api_error_text(e: docker.errors.APIError) -> str:
+    explanation = getattr(e, "explanation", None)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", "replace")
+    return str(explanation or e)
+
+
+def _translate(e: Exception, action: str) -> RuntimeAdapterError:
+    """Map a docker SDK / transport error to the project's runtime errors."""
+    if isinstance(e, docker.errors.APIError):
+        status = e.status_code or 500
+        text = f"{action}: {_api_error_text(e)}"
+        if status == 409:
+            return RuntimeConflict(text)
+        if 400 <= status < 500:
+            return RuntimeRejected(text)
+        return RuntimeUnavailable(text)
+    return RuntimeUnavailable(f"{action}: container engine unreachable: {e}")
+
+
+def _is_transport_error(e: BaseException) -> bool:
+    # requests' exceptions derive from OSError; DockerException covers e.g. a bad base_url.
+    return isinstance(e, OSError | urllib3.exceptions.HTTPError | docker.errors.DockerException)
+
+
+def _shutdown_response(response: Any) -> None:
+    """Close a streaming HTTP response from any thread, unblocking a reader blocked on it."""
+    with contextlib.suppress(Exception):
+        docker.types.CancellableStream(iter(()), response).close()
+    with contextlib.suppress(Exception):
+        response.close()
+
+
+@dataclass(eq=False)
+class _Stream:
+    """Hand-over between a stream's reader thread and the async consumer."""
+
+    lock: threading.Lock
+    stopped: bool = False
+    response: Any = None
+
+
+class DockerRuntime:
+    """:class:`app.runtime.base.Runtime` on a Docker Engine API socket."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        readiness_timeout: float = 60.0,
+        crashloop_restarts: int = 3,
+        connect_timeout: float = 0.5,
+        api_timeout: float = 60.0,
+        enforce_storage: bool | None = None,
+        api_version: str = "1.41",
+        stop_timeout: int = 10,
+    ) -> None:
+        """Create the client without contacting the engine.
+
+        ``stop_timeout``: seconds a retired revision gets between SIGTERM and SIGKILL.
+        ``enforce_storage``: None probes the engine on first use, True/False forces it.
+        ``api_version`` is pinned (1.41: Podman 4's compat API, any Docker >= 20.10) because the
+        SDK's ``auto`` would query the engine here, in a constructor that must not do I/O.
+        """
+        self.base_url = base_url
+        self.readiness_timeout = readiness_timeout
+        self.crashloop_restarts = crashloop_restarts
+        self.connect_timeout = connect_timeout
+        self._enforce_storage = enforce_storage
+        self.stop_timeout = stop_timeout
+        self._client: Any = docker.DockerClient(
+            base_url=base_url, version=api_version, timeout=int(api_timeout)
+        )
+        self._failures: dict[tuple[str, int], RevisionState] = {}
+        self._streams: set[_Stream] = set()
+        self._streams_lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _check_socket(self, action: str) -> None:
+        """Fail fast when a unix socket is missing.
+
+        The SDK's unix transport leaks the socket object when ``connect`` fails (a
+        ``ResourceWarning`` later); checking the path first avoids that for the common case of an
+        engine that is not running at all.
+        """
+        url = self.base_url or ""
+        for prefix in ("unix://", "http+unix://"):
+            if url.startswith(prefix):
+                path = "/" + url[len(prefix) :].lstrip("/")
+                if not os.path.exists(path):
+                    raise RuntimeUnavailable(
+                        f"{action}: container engine unreachable: no socket at {path}"
+                    ) from FileNotFoundError(errno.ENOENT, "no such socket", path)
+
+    async def _call(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._check_socket(action)
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except RuntimeAdapterError:
+            raise
+        except docker.errors.APIError as e:
+            raise _translate(e, action) from e
+        except Exception as e:
+            if _is_transport_error(e):
+                raise _translate(e, action) from e
+            raise
+
+    def _list(self, container_id: str | None = None, *, sparse: bool = False) -> list[Any]:
+        labels = [MANAGED_FILTER]
+        if container_id is not None:
+            labels.append(f"{LABEL_CONTAINER_ID}={container_id}")
+        found = self._client.containers.list(
+            all=True, sparse=sparse, filters={"label": labels}, ignore_removed=True
+        )
+        result = []
+        for c in found:
+            c_labels = self._labels(c)
+            if c_labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+                continue
+            if container_id is not None and c_labels.get(LABEL_CONTAINER_ID) != container_id:
+                continue
+            result.append(c)
+        return result
+
+    @staticmethod
+    def _labels(c: Any) -> dict[str, str]:
+        labels = c.attrs.get("Labels") or c.attrs.get("Config", {}).get("Labels") or {}
+        return dict(labels)
+
+    @classmethod
+    def _revision(cls, c: Any) -> int | None:
+        try:
+            return int(cls._labels(c).get(LABEL_REVISION, ""))
+        except ValueError:
+            return None
+
+    # -- apply ----------------------------------------------------------------------------------
+
+    async def apply(self, spec: WorkloadSpec) -> None:
+        await self._call(
+            f"apply {container_name(spec.container_id, spec.revision)}", self._apply_sync, spec
+        )
+
+    def _apply_sync(self, spec: WorkloadSpec) -> None:
+        name = container_name(spec.container_id, spec.revision)
+        try:
+            existing = self._client.containers.get(name)
+        except docker.errors.NotFound:
+            existing = None
+        if existing is not None:
+            # Idempotent: this revision exists, running or not; never recreate it. Only one that
+            # was created but never started (a failed start before a restart of ours) is started.
+            if existing.status == "created":
+                self._start(spec, existing)
+            return
+        if not self._ensure_image(spec):
+            return
+        try:
+            container = self._create(spec)
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                return  # created concurrently by another apply
+            if spec.gpu > 0:
+                raise RuntimeRejected(
+                    f"{name}: the container engine refused {spec.gpu} GPU(s): {_api_error_text(e)}"
+                ) from e
+            raise RuntimeRejected(
+                f"{name}: the container engine refused the spec: {_api_error_text(e)}"
+            ) from e
+        if spec.gpu > 0 and not container.attrs.get("HostConfig", {}).get("DeviceRequests"):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+            raise RuntimeRejected(
+                f"{name}: the container engine ignored the request for {spec.gpu} GPU(s) "
+                "(no GPU support on this engine); not running it without GPUs"
+            )
+        self._start(spec, container)
+
+    def _start(self, spec: WorkloadSpec, container: Any) -> None:
+        key = (spec.container_id, spec.revision)
+        try:
+            container.start()
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            self._failures[key] = RevisionState(
+                container_id=spec.container_id,
+                revision=spec.revision,
+                phase=Phase.FAILED,
+                reason="StartError",
+                message=f"{container.name} could not start: {_api_error_text(e)}",
+            )
+            return
+        self._failures.pop(key, None)
+
+    def _ensure_image(self, spec: WorkloadSpec) -> bool:
+        """True when the image is present locally, pulling it once if needed."""
+        key = (spec.container_id, spec.revision)
+        try:
+            self._client.images.get(spec.image)
+            return True
+        except docker.errors.ImageNotFound:
+            pass
+        repository, tag = docker.utils.parse_repository_tag(spec.image)
+        pull_error = ""
+        try:
+            for event in self._client.api.pull(repository, tag=tag, stream=True, decode=True):
+                if isinstance(event, dict) and event.get("error"):
+                    pull_error = str(event["error"])
+            self._client.images.get(spec.image)
+            return True
+        except docker.errors.APIError as e:
+            pull_error = pull_error or _api_error_text(e)
+        self._failures[key] = RevisionState(
+            container_id=spec.container_id,
+            revision=spec.revision,
+            phase=Phase.FAILED,
+            reason="ImagePullBackOff",
+            message=f"image {spec.image} not found locally and could not be pulled"
+            + (f": {pull_error.strip()}" if pull_error else ""),
+        )
+        return False
+
+    def _create(self, spec: WorkloadSpec) -> Any:
+        wants_storage = spec.ephemeral_storage_bytes > 0 and self._enforce_storage is not False
+        kwargs = container_create_kwargs(
+            spec, crashloop_restarts=self.crashloop_restarts, enforce_storage=wants_storage
+        )
+        kwargs.pop("detach", None)
+        try:
+            return self._client.containers.create(**kwargs)
+        except docker.errors.APIError as e:
+            if not wants_storage or "storage-opt" not in _api_error_text(e).lower():
+                raise
+            if self._enforce_storage is True:
+                raise RuntimeRejected(
+                    f"{kwargs['name']}: the container engine cannot limit ephemeral storage: "
+                    f"{_api_error_text(e)}"
+                ) from e
+        # The engine cannot limit the writable layer: remember it, run without the limit.
+        self._enforce_storage = False
+        kwargs.pop("storage_opt", None)
+        return self._client.containers.create(**kwargs)
+
+    # -- retire / remove / list -----------------------------------------------------------------
+
+    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+        await self._call(f"retire {container_id}", self._remove_sync, container_id, keep_revision)
+
+    async def remove(self, container_id: str) -> None:
+        await self._call(f"remove {container_id}", self._remove_sync, container_id, None)
+
+    def _remove_sync(self, container_id: str, keep_revision: int | None) -> None:
+        for key in list(self._failures):
+            if key[0] == container_id and key[1] != keep_revision:
+                self._failures.pop(key, None)
+        for c in self._list(container_id, sparse=True):
+            if keep_revision is not None and self._revision(c) == keep_revision:
+                continue
+            try:
+                if keep_revision is not None:
+                    # graceful for a retired revision still serving (SIGTERM, then SIGKILL)
+                    c.stop(timeout=self.stop_timeout)
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                # Podman answers 500 "removal already in progress" for concurrent removes.
+                if "in progress" not in _api_error_text(e).lower():
+                    raise
+
+    async def list_managed(self) -> dict[str, set[int]]:
+        return await self._call("list managed containers", self._list_managed_sync)
+
+    def _list_managed_sync(self) -> dict[str, set[int]]:
+        result: dict[str, set[int]] = {}
+        for c in self._list(sparse=True):
+            cid = self._labels(c).get(LABEL_CONTAINER_ID)
+            revision = self._revision(c)
+            if cid and revision is not None:
+                result.setdefault(cid, set()).add(revision)
+        return result
+
+    # -- observe --------------------------------------------------------------------------------
+
+    async def observe(self, container_id: str) -> list[RevisionState]:
+        return await self._call(f"observe {container_id}", self._observe_sync, container_id)
+
+    def _observe_sync(self, container_id: str) -> list[RevisionState]:
+        states: dict[int, RevisionState] = {}
+        for c in self._list(container_id):
+            revision = self._revision(c)
+            if revision is not None:
+                states[revision] = self._state_of(container_id, revision, c)
+        for (cid, revision), failure in list(self._failures.items()):
+            if cid == container_id and (
+                revision not in states
+                or states[revision].reason in ("ContainerCreating", "StartError")
+            ):
+                states[revision] = failure
+        return [states[r] for r in sorted(states)]
+
+    def _state_of(self, container_id: str, revision: int, c: Any) -> RevisionState:
+        attrs = c.attrs
+        state = attrs.get("State") or {}
+        status = str(state.get("Status") or c.status or "").lower()
+        restarts = int(attrs.get("RestartCount") or 0)
+        exit_code = state.get("ExitCode")
+        endpoint = self._endpoint(attrs)
+        started_at = parse_engine_time(str(state.get("StartedAt") or ""))
+        now = datetime.now(UTC)
+        since_start = (now - started_at).total_seconds() if started_at else 0.0
+
+        def result(phase: Phase, reason: str = "", message: str = "") -> RevisionState:
+            return RevisionState(container_id, revision, phase, reason, message, endpoint)
+
+        if status == "running":
+            if restarts > self.crashloop_restarts:
+                return result(
+                    Phase.FAILED, "CrashLoopBackOff", self._crash_message(c, exit_code, restarts)
+                )
+            if endpoint is None:
+                return result(Phase.FAILED, "NoPort", "the engine published no host port")
+            if self._port_open(endpoint):
+                return result(Phase.READY)
+            if since_start > self.readiness_timeout:
+                return result(
+                    Phase.FAILED,
+                    "ReadinessTimeout",
+                    f"the container port did not accept connections within "
+                    f"{self.readiness_timeout:g}s of start (running for {since_start:.0f}s)",
+                )
+            return result(
+                Phase.PENDING,
+                "ContainerStarting",
+                "waiting for the container port to accept connections",
+            )
+        if status == "restarting":
+            if restarts >= self.crashloop_restarts:
+                return result(
+                    Phase.FAILED, "CrashLoopBackOff", self._crash_message(c, exit_code, restarts)
+                )
+            return result(
+                Phase.PENDING,
+                "Restarting",
+                f"restarting after exit code {exit_code} ({restarts} restarts so far)",
+            )
+        if status in ("exited", "dead", "stopped"):
+            if state.get("OOMKilled"):
+                return result(
+                    Phase.FAILED, "OOMKilled", self._crash_message(c, exit_code, restarts)
+                )
+            will_restart = (
+                exit_code not in (0, None)
+                and restarts < self.crashloop_restarts
+                and since_start <= self.readiness_timeout
+            )
+            if will_restart:
+                return result(
+                    Phase.PENDING,
+                    "Restarting",
+                    f"restarting after exit code {exit_code} ({restarts} restarts so far)",
+                )
+            reason = "CrashLoopBackOff" if restarts > 0 else "Exited"
+            return result(Phase.FAILED, reason, self._crash_message(c, exit_code, restarts))
+        if status == "paused":
+            return result(Phase.PENDING, "Paused", "the container is paused")
+        created_at = parse_engine_time(str(attrs.get("Created") or ""))
+        if (
+            status == "created"
+            and created_at is not None
+            and (now - created_at).total_seconds() > self.readiness_timeout
+        ):
+            # The engine keeps no error for a failed start (Podman): report it anyway.
+            return result(
+                Phase.FAILED,
+                "StartError",
+                f"the container was created but not started within {self.readiness_timeout:g}s",
+            )
+        return result(Phase.PENDING, "ContainerCreating", f"container is {status or 'unknown'}")
+
+    @staticmethod
+    def _endpoint(attrs: dict[str, Any]) -> str | None:
+        ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        for bindings in ports.values():
+            for binding in bindings or []:
+                host_port = binding.get("HostPort")
+                if host_port:
+                    return f"127.0.0.1:{host_port}"
+        return None
+
+    def _port_open(self, endpoint: str) -> bool:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=self.connect_timeout):
+                return True
+        except OSError:
+            return False
+
+    def _crash_message(self, c: Any, exit_code: Any, restarts: int) -> str:
+        message = f"exited with code {exit_code}"
+        if restarts:
+            message += f" after {restarts} restart(s)"
+        try:
+            raw = c.logs(stdout=True, stderr=True, tail=LOG_TAIL_ON_FAILURE)
+        except docker.errors.APIError:
+            raw = b""
+        lines = [ln for ln in raw.decode("utf-8", "replace").splitlines() if ln.strip()]
+        if lines:
+            message += "; last log lines:\n" + "\n".join(lines[-LOG_TAIL_ON_FAILURE:])
+        return message
+
+    # -- streams --------------------------------------------------------------------------------
+
+    async def _iterate_in_thread(
+        self,
+        what: str,
+        open_stream: Callable[[], Any],
+        read: Callable[[Any], Iterator[T]],
+    ) -> AsyncIterator[T]:
+        """Run a blocking engine stream in a daemon thread and yield its items.
+
+        ``open_stream`` returns a streaming HTTP response, ``read`` iterates over it. When the
+        consumer stops (break + aclose, cancellation, error) the response is shut down, which
+        unblocks the reader thread.
+        """
+        self._check_socket(what)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1000)
+        handle = _Stream(lock=threading.Lock())
+
+        def put(kind: str, value: Any) -> bool:
+            try:
+                future = asyncio.run_coroutine_threadsafe(queue.put((kind, value)), loop)
+            except RuntimeError:  # loop closed
+                return False
+            while True:
+                try:
+                    future.result(timeout=0.2)
+                    return True
+                except TimeoutError:
+                    if handle.stopped:
+                        future.cancel()
+                        return False
+                except Exception:
+                    return False
+
+        def pump() -> None:
+            response = None
+            try:
+                response = open_stream()
+                with handle.lock:
+                    if handle.stopped:
+                        return
+                    handle.response = response
+                for item in read(response):
+                    if handle.stopped or not put("item", item):
+                        return
+                put("end", None)
+            except Exception as e:
+                if handle.stopped:
+                    return
+                if isinstance(e, docker.errors.APIError) or _is_transport_error(e):
+                    put("error", _translate(e, what))
+                else:
+                    put("error", e)
+            finally:
+                if response is not None:
+                    _shutdown_response(response)
+
+        with self._streams_lock:
+            self._streams.add(handle)
+        thread = threading.Thread(target=pump, name=f"dockyard-{what}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "item":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            self._stop_stream(handle)
+            with self._streams_lock:
+                self._streams.discard(handle)
+            for _ in range(50):
+                if not thread.is_alive():
+                    break
+                await asyncio.sleep(0.02)
+
+    @staticmethod
+    def _stop_stream(handle: _Stream) -> None:
+        with handle.lock:
+            handle.stopped = True
+            response = handle.response
+        if response is not None:
+            _shutdown_response(response)
+
+    async def watch(self) -> AsyncIterator[RuntimeEvent]:
+        def open_events() -> Any:
+            api = self._client.api
+            response = api.get(
+                f"{api.base_url}/v{api.api_version}/events",
+                params={
+                    "filters": docker.utils.convert_filters(
+                        {"label": [MANAGED_FILTER], "type": ["container"]}
+                    )
+                },
+                stream=True,
+                timeout=None,
+            )
+            _raise_for_status(response)
+            return response
+
+        def read_events(response: Any) -> Iterator[RuntimeEvent]:
+            for event in _read_json_lines(response):
+                attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                cid = attributes.get(LABEL_CONTAINER_ID)
+                if cid and attributes.get(LABEL_MANAGED_BY, MANAGED_BY) == MANAGED_BY:
+                    yield RuntimeEvent(container_id=cid)
+
+        async for event in self._iterate_in_thread("events", open_events, read_events):
+            yield event
+
+    async def logs(
+        self,
+        container_id: str,
+        *,
+        revision: int | None = None,
+        follow: bool = True,
+        tail: int | None = 100,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        target = await self._call(f"logs {container_id}", self._log_target, container_id, revision)
+        if target is None:
+            return
+        engine_id, target_revision = target
+        cutoff = None
+        if since is not None:
+            # Podman stamps log lines to the second only: compare at that precision.
+            cutoff = (since if since.tzinfo else since.replace(tzinfo=UTC)).replace(microsecond=0)
+
+        def open_logs() -> Any:
+            api = self._client.api
+            params: dict[str, Any] = {
+                "stdout": 1,
+                "stderr": 1,
+                "timestamps": 1,
+                "follow": 1 if follow else 0,
+                "tail": "all" if tail is None else str(max(tail, 0)),
+            }
+            if since is not None:
+                params["since"] = int(cutoff.timestamp()) if cutoff else 0
+            response = api.get(
+                f"{api.base_url}/v{api.api_version}/containers/{engine_id}/logs",
+                params=params,
+                stream=True,
+                timeout=None,
+            )
+            _raise_for_status(response)
+            return response
+
+        def read_logs(response: Any) -> Iterator[LogLine]:
+            for stream_id, line in _read_frames(response):
+                parsed = _parse_log_line(
+                    line, _STREAM_NAMES.get(stream_id, "stdout"), target_revision
+                )
+                if parsed is not None and (cutoff is None or parsed.timestamp >= cutoff):
+                    yield parsed
+
+        async for line in self._iterate_in_thread(f"logs-{container_id}", open_logs, read_logs):
+            yield line
+
+    def _log_target(self, container_id: str, revision: int | None) -> tuple[str, int] | None:
+        candidates = []
+        for c in self._list(container_id, sparse=True):
+            rev = self._revision(c)
+            if rev is not None and (revision is None or rev == revision):
+                candidates.append((rev, str(c.id)))
+        if not candidates:
+            return None
+        rev, engine_id = max(candidates)
+        return engine_id, rev
+
+    async def close(self) -> None:
+        with self._streams_lock:
+            handles = list(self._streams)
+        for handle in handles:
+            self._stop_stream(handle)
+        await asyncio.to_thread(self._client.close)
+
+
+def _raise_for_status(response: Any) -> None:
+    try:
+        response.raise_for_status()
+    except Exception as e:
+        response.close()
+        raise docker.errors.create_api_error_from_http_exception(e) from e
+
+
+def _read_exactly(response: Any, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = response.raw.read(size - len(data))
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def _read_json_lines(response: Any) -> Iterator[dict[str, Any]]:
+    """Decode a stream of newline-separated JSON objects (the events endpoint)."""
+    buffer = b""
+    while True:
+        byte = response.raw.read(1)
+        if not byte:
+            break
+        if byte != b"\n":
+            buffer += byte
+            continue
+        if buffer.strip():
+            with contextlib.suppress(ValueError):
+                decoded = json.loads(buffer)
+                if isinstance(decoded, dict):
+                    yield decoded
+        buffer = b""
+
+
+def _read_frames(response: Any) -> Iterator[tuple[int, bytes]]:
+    """Split a multiplexed (non-TTY) log stream into (stream id, line) pairs."""
+    pending: dict[int, bytes] = {}
+    while True:
+        header = _read_exactly(response, 8)
+        if len(header) < 8:
+            break
+        stream_id, length = struct.unpack(">BxxxL", header)
+        data = _read_exactly(response, length) if length else b""
+        buffer = pending.get(stream_id, b"") + data
+        *lines, rest = buffer.split(b"\n")
+        pending[stream_id] = rest
+        for line in lines:
+            yield stream_id, line
+        if len(data) < length:
+            break
+    for stream_id, rest in pending.items():
+        if rest:
+            yield stream_id, rest
+
+
+def _parse_log_line(raw: bytes, stream: str, revision: int) -> LogLine | None:
+    text = raw.decode("utf-8", "replace").rstrip("\r")
+    stamp, sep, line = text.partition(" ")
+    timestamp = parse_engine_time(stamp) if sep else None
+    if timestamp is None:
+        timestamp, line = datetime.now(UTC), text
+    return LogLine(timestamp=timestamp, line=line, stream=stream, revision=revision)
