@@ -72,9 +72,9 @@ class IngressProxy:
             return
         await self._proxy(slug, scope, receive, send)
 
-    async def _container(self, slug: str) -> tuple[str | None, str]:
+    async def _container(self, slug: str, *, fresh: bool = False) -> tuple[str | None, str]:
         cached = self._slugs.get(slug)
-        if cached is not None and time.monotonic() - cached[0] < SLUG_CACHE_SECONDS:
+        if not fresh and cached is not None and time.monotonic() - cached[0] < SLUG_CACHE_SECONDS:
             return cached[1], cached[2]
         found = await asyncio.to_thread(find_route, ctx=self.ctx, slug=slug)
         container_id, status = found if found is not None else (None, "")
@@ -87,6 +87,10 @@ class IngressProxy:
 
     async def _proxy(self, slug: str, scope: Scope, receive: Receive, send: Send) -> None:
         container_id, status = await self._container(slug)
+        endpoint = self._endpoint(container_id) if container_id is not None else None
+        if endpoint is None:
+            # Without a route the cached answer may be stale (deleted, or status moved on).
+            container_id, status = await self._container(slug, fresh=True)
         if container_id is None:
             await _plain(send, 404, f"no container serves {slug}.{self.domain}\n")
             return

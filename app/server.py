@@ -50,6 +50,7 @@ def _runtime_from(settings: Settings) -> Runtime | None:
         settings.runtime,
         docker_host=settings.docker_host,
         readiness_timeout=settings.readiness_timeout_seconds,
+        stop_timeout=settings.stop_timeout_seconds,
     )
 
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(
         30, gt=0, description="Period of the full resync of desired and actual state."
     )
+    stop_timeout_seconds: int = Field(
+        10, ge=0, description="Seconds a retired revision gets between SIGTERM and SIGKILL."
+    )
     readiness_timeout_seconds: float = Field(
         120, gt=0, description="How long a revision's port may take to open before it fails."
     )

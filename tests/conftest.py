@@ -15,6 +15,12 @@ from fastapi.testclient import TestClient
 from app.auth import LocalKeys
 from app.server import create_app
 from app.settings import Settings
+from tests.support.podman import (
+    PodmanService,
+    ensure_test_images,
+    podman_available,
+    start_service,
+)
 
 TokenFactory = Callable[..., str]
 
@@ -76,3 +82,24 @@ def auth(token: TokenFactory) -> Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {token(subject, *roles)}"}
 
     return headers
+
+
+@pytest.fixture(scope="session")
+def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanService]:
+    if not podman_available():
+        message = "podman (and /bin/busybox) not installed: run scripts/setup-podman.sh"
+        if os.environ.get("DOCKYARD_REQUIRE_PODMAN") == "1":
+            pytest.fail(f"DOCKYARD_REQUIRE_PODMAN=1 but {message}")
+        pytest.skip(message)
+    ensure_test_images()
+    directory: Path = tmp_path_factory.mktemp("podman")
+    service = start_service(directory)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def podman_url(podman_service: PodmanService) -> str:
+    return podman_service.base_url

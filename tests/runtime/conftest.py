@@ -7,36 +7,12 @@ Run ``scripts/setup-podman.sh`` once (as root) to install and configure Podman.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
 from app.runtime.docker import DockerRuntime
-from tests.support.podman import PodmanService, ensure_test_images, podman_available, start_service
-
-
-@pytest.fixture(scope="session")
-def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanService]:
-    if not podman_available():
-        message = "podman (and /bin/busybox) not installed: run scripts/setup-podman.sh"
-        if os.environ.get("DOCKYARD_REQUIRE_PODMAN") == "1":
-            pytest.fail(f"DOCKYARD_REQUIRE_PODMAN=1 but {message}")
-        pytest.skip(message)
-    ensure_test_images()
-    directory: Path = tmp_path_factory.mktemp("podman")
-    service = start_service(directory)
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
-@pytest.fixture
-def podman_url(podman_service: PodmanService) -> str:
-    return podman_service.base_url
 
 
 @pytest.fixture

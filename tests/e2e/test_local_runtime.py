@@ -1,0 +1,277 @@
+"""End to end on a real engine: the `dockyard serve` process deploys busybox containers on Podman.
+
+Create → deployed → the page through the built-in ingress → update with no failed request during
+the switch → a missing image fails with a reason → delete empties the engine → a server killed
+with SIGKILL mid-deploy converges after restart with no duplicate engine containers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from app.auth import LocalKeys
+from app.settings import Settings
+from tests.support.podman import HTTPD_V1, HTTPD_V2, PAGE_V1, PAGE_V2, PodmanService
+
+pytestmark = pytest.mark.podman
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A `dockyard serve` subprocess."""
+
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("server did not start: " + self.log_path.read_text()[-3000:])
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(
+            method, f"{self.url}{path}", headers=self.headers, timeout=30, **kwargs
+        )
+
+    def wait_for(
+        self, container_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 90
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            body = self.api("GET", f"/v1/containers/{container_id}").json()
+            if predicate(body):
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"timed out; last state {body}\n{self.log_path.read_text()[-3000:]}")
+
+    def through_ingress(self, container: dict[str, Any]) -> httpx.Response:
+        return httpx.get(f"{self.url}/", headers={"Host": container["urls"][0]}, timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
+    env = {
+        **os.environ,
+        "DOCKYARD_DATA_DIR": str(tmp_path),
+        "DOCKYARD_DATABASE_URL": database_url,
+        "DOCKYARD_RUNTIME": "docker",
+        "DOCKYARD_DOCKER_HOST": podman_service.base_url,
+        "DOCKYARD_READINESS_TIMEOUT_SECONDS": "30",
+        "DOCKYARD_STOP_TIMEOUT_SECONDS": "1",
+        "DOCKYARD_RECONCILE_INTERVAL_SECONDS": "5",
+    }
+    token = LocalKeys(Settings(data_dir=tmp_path)).mint(subject="alice", roles=[], ttl_seconds=900)
+    server = Server(
+        env=env,
+        port=_free_port(),
+        log_path=tmp_path / "server.log",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def engine_containers(podman_service: PodmanService, container_id: str) -> list[Any]:
+    client = docker.DockerClient(base_url=podman_service.base_url, version="1.41")
+    try:
+        return list(
+            client.containers.list(
+                all=True,
+                filters={"label": f"dockyard.dev/container-id={container_id}"},
+                ignore_removed=True,  # a removal in progress is not an error
+            )
+        )
+    finally:
+        client.close()
+
+
+def wait_engine(
+    podman_service: PodmanService, container_id: str, count: int, timeout: float = 60
+) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    found = engine_containers(podman_service, container_id)
+    while len(found) != count and time.monotonic() < deadline:
+        time.sleep(0.3)
+        found = engine_containers(podman_service, container_id)
+    assert len(found) == count, [c.name for c in found]
+    return found
+
+
+def test_deploy_update_fail_delete(server: Server, podman_service: PodmanService) -> None:
+    created = server.api(
+        "POST",
+        "/v1/containers",
+        json={"name": "web", "image": HTTPD_V1, "port": 8080, "cpu": 0.5, "ram": "64Mi"},
+    )
+    assert created.status_code == 201, created.text
+    container = created.json()
+    cid = container["id"]
+    assert container["status"] == "deploying"
+    deployed = server.wait_for(cid, lambda c: c["status"] == "deployed")
+    assert deployed["readyRevision"] == 1
+    page = server.through_ingress(container)
+    assert page.status_code == 200 and page.text == PAGE_V1
+    (engine,) = engine_containers(podman_service, cid)
+    assert engine.labels["dockyard.dev/revision"] == "1"
+    assert engine.attrs["HostConfig"]["NanoCpus"] == 500_000_000
+    assert engine.attrs["HostConfig"]["Memory"] == 64 * 2**20
+
+    # Update while a client keeps requesting: every answer is a page of v1 or v2, never an error.
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                response = client.get(f"{server.url}/", headers={"Host": container["urls"][0]})
+                answers.append((response.status_code, response.text))
+                time.sleep(0.02)
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        updated = server.api("PUT", f"/v1/containers/{cid}", json={"image": HTTPD_V2})
+        assert updated.status_code == 200 and updated.json()["status"] == "deploying"
+        server.wait_for(cid, lambda c: c["status"] == "deployed" and c["readyRevision"] == 2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not answers or answers[-1][1] != PAGE_V2):
+            time.sleep(0.1)
+        wait_engine(podman_service, cid, 1)  # the old revision is retired after the drain
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert answers and all(status == 200 for status, _ in answers), [
+        a for a in answers if a[0] != 200
+    ][:3]
+    assert {text for _, text in answers} <= {PAGE_V1, PAGE_V2}
+    assert answers[-1][1] == PAGE_V2
+    (engine,) = engine_containers(podman_service, cid)
+    assert engine.labels["dockyard.dev/revision"] == "2"
+
+    # A revision whose image does not exist fails with a reason; revision 2 keeps serving.
+    broken = server.api("PUT", f"/v1/containers/{cid}", json={"image": "localhost/nope:v1"})
+    assert broken.status_code == 200
+    failed = server.wait_for(cid, lambda c: c["status"] == "failed")
+    assert "localhost/nope:v1" in failed["statusReason"]
+    assert "revision 2 keeps serving" in failed["statusReason"]
+    assert server.through_ingress(container).text == PAGE_V2
+
+    # Unknown hosts are 404; delete answers at once and the engine is emptied.
+    unknown = httpx.get(f"{server.url}/", headers={"Host": f"{'a' * 26}.localhost:{server.port}"})
+    assert unknown.status_code == 404
+    assert server.api("DELETE", f"/v1/containers/{cid}").status_code == 204
+    assert server.api("GET", f"/v1/containers/{cid}").status_code == 404
+    wait_engine(podman_service, cid, 0)
+    assert server.through_ingress(container).status_code == 404
+
+
+def test_a_missing_image_fails_with_a_reason(server: Server, podman_service: PodmanService) -> None:
+    created = server.api(
+        "POST", "/v1/containers", json={"name": "ghost", "image": "localhost/does-not-exist:v1"}
+    ).json()
+    failed = server.wait_for(created["id"], lambda c: c["status"] == "failed")
+    assert "localhost/does-not-exist:v1" in failed["statusReason"]
+    not_ready = server.through_ingress(created)
+    assert not_ready.status_code == 503 and not_ready.headers["retry-after"]
+    server.api("DELETE", f"/v1/containers/{created['id']}")
+    wait_engine(podman_service, created["id"], 0)
+
+
+def test_kill_mid_deploy_then_restart_converges(
+    server: Server, podman_service: PodmanService
+) -> None:
+    created = server.api(
+        "POST", "/v1/containers", json={"name": "phoenix", "image": HTTPD_V1, "port": 8080}
+    ).json()
+    time.sleep(0.3)  # the reconciler is creating the engine container right now
+    server.kill()
+    server.start()
+    deployed = server.wait_for(created["id"], lambda c: c["status"] == "deployed")
+    assert deployed["readyRevision"] == 1
+    assert len(engine_containers(podman_service, created["id"])) == 1  # no duplicate
+    assert server.through_ingress(created).text == PAGE_V1
+
+    # delete while the server is down: the tombstone is honoured after the restart
+    assert server.api("DELETE", f"/v1/containers/{created['id']}").status_code == 204
+    server.kill()
+    server.start()
+    wait_engine(podman_service, created["id"], 0)
+
+
+def test_orphans_are_collected_on_startup(server: Server, podman_service: PodmanService) -> None:
+    client = docker.DockerClient(base_url=podman_service.base_url, version="1.41")
+    orphan_id = "00000000-0000-4000-8000-00000000beef"
+    try:
+        client.containers.create(
+            HTTPD_V1,
+            name=f"dockyard-{orphan_id}-r1",
+            labels={
+                "dockyard.dev/container-id": orphan_id,
+                "dockyard.dev/revision": "1",
+                "dockyard.dev/managed-by": "dockyard",
+            },
+        )
+    finally:
+        client.close()
+    server.stop()
+    server.start()
+    wait_engine(podman_service, orphan_id, 0)
