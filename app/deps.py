@@ -7,7 +7,7 @@ loaded. REST routes and the GraphQL context both depend on ``current_principal``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
@@ -17,12 +17,18 @@ from app.domain.principal import Principal
 from app.services.context import ServiceContext
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from app.gql.streams import ContainerStreams
+
 
 @dataclass
 class AppState:
     settings: Settings
     ctx: ServiceContext
     verifier: TokenVerifier
+    # Live logs and status changes for GraphQL subscriptions; None until a runtime and the
+    # reconciler provide them (status then falls back to polling, logs are UNAVAILABLE).
+    streams: ContainerStreams | None = None
 
 
 def app_state(connection: HTTPConnection) -> AppState:

@@ -17,6 +17,7 @@ from app.db import make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
+from app.gql.router import graphql_router
 from app.rest import problems
 from app.rest.routes import router as rest_router
 from app.services.context import ServiceContext
@@ -67,6 +68,12 @@ def create_app(settings: Settings | None = None, *, port: int = DEFAULT_PORT) ->
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.include_router(rest_router)
+    # GraphQL documents itself (introspection, graphql/schema.graphql), not in the OpenAPI.
+    app.include_router(
+        graphql_router(allowed_origins=settings.cors_origins),
+        prefix="/graphql",
+        include_in_schema=False,
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
