@@ -45,17 +45,13 @@ class Context(BaseContext):
         """The authenticated caller; raises Unauthenticated without a valid bearer token."""
         if self._principal is None:
             # Verification may fetch the issuer's keys over HTTP: keep it off the event loop.
-            self._principal = await run_in_threadpool(
-                authenticate, self.state, self.authorization
-            )
+            self._principal = await run_in_threadpool(authenticate, self.state, self.authorization)
         return self._principal
 
     async def call(self, service: Callable[..., T], /, **kwargs: Any) -> T:
         """Run a (synchronous, database-bound) service function as the caller, in a thread."""
         principal = await self.principal()
-        return await run_in_threadpool(
-            service, ctx=self.state.ctx, principal=principal, **kwargs
-        )
+        return await run_in_threadpool(service, ctx=self.state.ctx, principal=principal, **kwargs)
 
     async def _load_revisions(self, container_ids: list[str]) -> list[list[RevisionView]]:
         grouped = await self.call(svc.revisions_of, container_ids=container_ids)

@@ -30,9 +30,9 @@ from app.services import containers as svc
 
 Info = strawberry.Info[Context, None]
 
-# Query-cost guards. The depth allows GraphiQL's introspection query (about 13 levels of
-# `ofType`); 15 aliases and 2,000 tokens are far above any real client's needs.
-MAX_DEPTH = 15
+# Query-cost guards, far above what real clients need. The depth limiter skips introspection
+# fields (GraphiQL's introspection query nests `ofType` deeply); the token limit bounds those.
+MAX_DEPTH = 10
 MAX_ALIASES = 15
 MAX_TOKENS = 2000
 STATUS_POLL_SECONDS = 1.0
