@@ -18,7 +18,7 @@ from app.services.context import ServiceContext
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.gql.streams import ContainerStreams
+    from app.services.streams import ContainerStreams
 
 
 @dataclass

@@ -22,7 +22,7 @@ from app.services import containers as svc
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from app.gql.streams import ContainerStreams
+    from app.services.streams import ContainerStreams
 
 T = TypeVar("T")
 

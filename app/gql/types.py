@@ -18,7 +18,7 @@ from app.domain.views import ContainerView, GpuModelView, Page, RevisionView, as
 
 if TYPE_CHECKING:
     from app.gql.context import Context
-    from app.gql.streams import LogRecord
+    from app.services.streams import LogRecord
 
 TIMESTAMP = "RFC 3339 UTC time, e.g. 2023-09-22T15:36:06Z"
 

@@ -1,12 +1,13 @@
-"""The seam between GraphQL subscriptions and whatever produces live container data.
+"""The seam between the transports' live views (GraphQL subscriptions, later REST event
+streams) and whatever produces live container data.
 
-Subscriptions are defined here, but the runtime (logs) and the reconciler (status changes) live in
-other packages that must not import the transports. They satisfy these protocols structurally and
-are handed over as ``AppState.streams``; with ``streams = None`` the schema still works: status
-falls back to polling the service and logs report ``UNAVAILABLE``.
+The runtime (logs) and the reconciler (status changes) must not import the transports, and the
+transports must not import each other, so the port lives here, below both. Providers satisfy it
+structurally and are handed over as ``AppState.streams``; with ``streams = None`` GraphQL still
+works: ``containerStatus`` polls ``get_container`` and ``containerLogs`` reports ``UNAVAILABLE``.
 
-Authorization is never the provider's job: resolvers call ``svc.get_container`` first (the same
-check as REST), and only then open a stream.
+Authorization is never the provider's job: callers run ``get_container`` first (the same check
+as every other read), and only then open a stream.
 """
 
 from __future__ import annotations
