@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -92,3 +94,11 @@ def create_app(settings: Settings | None = None, *, port: int = DEFAULT_PORT) ->
         return JSONResponse({"status": "ok"})
 
     return app
+
+
+def openapi_json() -> str:
+    """The REST API's OpenAPI document as committed in ``rest/openapi.json``."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = create_app(Settings(data_dir=data_dir, runtime="none"))
+        app.state.dockyard.ctx.engine.dispose()
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
