@@ -8,10 +8,11 @@ by Strawberry and masked so internals never leak.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import GraphQLError, VariableDefinitionNode
 from strawberry.extensions import MaskErrors, SchemaExtension
 
 from app.domain.errors import DomainError, ValidationFailed
@@ -43,17 +44,37 @@ def masking() -> MaskErrors:
     return MaskErrors(should_mask_error=should_mask_error, error_message=UNEXPECTED_MESSAGE)
 
 
+# graphql-core names the offending spot of a variable, e.g. "… invalid value at .port: …"
+# (3.3) or "… invalid value 80 at 'input.port'; …" (3.2).
+_VARIABLE_PATH = re.compile(r" at '?\w*\.([\w.\[\]]+)'?[:;] ")
+
+
+def _variable_error_extensions(error: GraphQLError) -> dict[str, Any] | None:
+    """BAD_USER_INPUT for a variable GraphQL could not coerce (e.g. port sent as a number)."""
+    if not error.nodes or not isinstance(error.nodes[0], VariableDefinitionNode):
+        return None
+    extensions: dict[str, Any] = {"code": "BAD_USER_INPUT"}
+    if match := _VARIABLE_PATH.search(error.message):
+        detail = error.message[match.end() :].split("\n", 1)[0]
+        extensions["fields"] = [{"field": match.group(1), "message": detail}]
+    return extensions
+
+
 class ErrorCodes(SchemaExtension):
-    """Adds ``extensions.code`` (and ``fields``) to every error caused by a DomainError."""
+    """Adds ``extensions.code`` (and ``fields``) to domain errors and to bad variables."""
 
     @staticmethod
     def _annotate(result: object) -> None:
         for error in getattr(result, "errors", None) or ():
-            if isinstance(error, GraphQLError) and isinstance(error.original_error, DomainError):
-                error.extensions = {
-                    **(error.extensions or {}),
-                    **error_extensions(error.original_error),
-                }
+            if not isinstance(error, GraphQLError):
+                continue
+            if isinstance(error.original_error, DomainError):
+                extensions = error_extensions(error.original_error)
+            elif (variable := _variable_error_extensions(error)) is not None:
+                extensions = variable
+            else:
+                continue
+            error.extensions = {**(error.extensions or {}), **extensions}
 
     def on_operation(self) -> Iterator[None]:
         yield

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from graphql import FieldNode, OperationDefinitionNode, parse, validate
 from strawberry.printer import print_schema
 
 from app.gql.schema import schema
 from app.server import openapi_json
-from graphql import FieldNode, OperationDefinitionNode, parse, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "graphql" / "schema.graphql"

@@ -252,3 +252,22 @@ def test_cors_allow_list(settings: Settings) -> None:
         assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
         refused = client.options("/graphql", headers={"Origin": "https://evil.test", **preflight})
         assert "access-control-allow-origin" not in refused.headers
+
+
+def test_variables_of_the_wrong_type_are_bad_user_input(client: TestClient, auth: Header) -> None:
+    result = post(
+        client,
+        "mutation($input: CreateContainerInput!) { createContainer(input: $input) { id } }",
+        auth(),
+        input={"name": "web", "image": "nginx:1", "port": 80},
+    )
+    (error,) = result["errors"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert [f["field"] for f in error["extensions"]["fields"]] == ["port"]
+    unknown = post(
+        client,
+        "mutation($input: CreateContainerInput!) { createContainer(input: $input) { id } }",
+        auth(),
+        input={"name": "web", "image": "nginx:1", "colour": "blue"},
+    )
+    assert codes(unknown) == ["BAD_USER_INPUT"]
