@@ -1,7 +1,13 @@
 """The ``/graphql`` endpoint: GraphiQL, HTTP (POST, GET for queries) and WebSocket subscriptions.
 
+HTTP clients send ``Authorization: Bearer …`` as for REST. Without a valid token an operation
+that reads or writes data answers HTTP 200 with a GraphQL error ``extensions.code:
+UNAUTHENTICATED`` (the GraphQL-over-HTTP convention; partial results stay possible), while
+introspection and the GraphiQL page need no token.
+
 WebSocket clients authenticate in ``connection_init`` with ``{"Authorization": "Bearer …"}``;
-a missing or invalid token refuses the connection (graphql-transport-ws closes it with 4403).
+a missing or invalid token refuses the connection (graphql-transport-ws closes it with 4403,
+legacy graphql-ws answers ``connection_error``).
 """
 
 from __future__ import annotations
