@@ -1,4 +1,4 @@
-"""The ``dockyard`` command: serve, mint tokens, migrate."""
+"""The ``dockyard`` command: serve, mint tokens, migrate, export the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", action="append", default=[], help="a role, e.g. ADMIN")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     commands.add_parser("migrate", help="bring the database schema up to date")
+    openapi = commands.add_parser("openapi", help="print the REST OpenAPI document")
+    openapi.add_argument("--output", "-o", help="write it to this file instead")
     return parser
 
 
@@ -73,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         migrate(engine)
         engine.dispose()
         print("database is up to date")
+        return 0
+    if args.command == "openapi":
+        from pathlib import Path
+
+        from app.server import openapi_json
+
+        document = openapi_json()
+        if args.output:
+            Path(args.output).write_text(document, encoding="utf-8")
+        else:
+            sys.stdout.write(document)
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
 

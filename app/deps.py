@@ -7,7 +7,7 @@ loaded. REST routes and the GraphQL context both depend on ``current_principal``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
@@ -18,6 +18,9 @@ from app.reconcile import Reconciler
 from app.services.context import ServiceContext
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from app.services.streams import ContainerStreams
+
 
 @dataclass
 class AppState:
@@ -25,6 +28,9 @@ class AppState:
     ctx: ServiceContext
     verifier: TokenVerifier
     reconciler: Reconciler | None = None
+    # Live logs and status changes for GraphQL subscriptions; None until a runtime and the
+    # reconciler provide them (status then falls back to polling, logs are UNAVAILABLE).
+    streams: ContainerStreams | None = None
 
 
 def app_state(connection: HTTPConnection) -> AppState:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -20,6 +22,7 @@ from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
 from app.ingress import IngressProxy
 from app.reconcile import Reconciler, ReconcilerOptions
+from app.gql.router import graphql_router
 from app.rest import problems
 from app.rest.routes import router as rest_router
 from app.runtime.base import Runtime
@@ -106,6 +109,12 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.include_router(rest_router)
+    # GraphQL documents itself (introspection, graphql/schema.graphql), not in the OpenAPI.
+    app.include_router(
+        graphql_router(allowed_origins=settings.cors_origins),
+        prefix="/graphql",
+        include_in_schema=False,
+    )
     app.add_middleware(
         IngressProxy,
         ctx=state.ctx,
@@ -129,3 +138,11 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     return app
+
+
+def openapi_json() -> str:
+    """The REST API's OpenAPI document as committed in ``rest/openapi.json``."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = create_app(Settings(data_dir=data_dir, runtime="none"))
+        app.state.dockyard.ctx.engine.dispose()
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"

@@ -4,7 +4,7 @@ DOCKYARD_TEST_DATABASE_URL, emptied between tests) and tokens signed with its lo
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.auth import LocalKeys
+from app.deps import AppState
 from app.server import create_app
 from app.settings import Settings
 from tests.support.podman import (
@@ -23,6 +24,7 @@ from tests.support.podman import (
 )
 
 TokenFactory = Callable[..., str]
+Mint = TokenFactory
 
 
 def _empty_postgres(url: str) -> None:
@@ -61,24 +63,41 @@ def app(settings: Settings) -> FastAPI:
 
 
 @pytest.fixture
+def state(app: FastAPI) -> AppState:
+    dockyard: AppState = app.state.dockyard
+    return dockyard
+
+
+@pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
 
 
+def _roles(roles: tuple[str | Sequence[str], ...]) -> list[str]:
+    """Roles given as ``"ADMIN"`` arguments or as one ``["ADMIN", …]`` sequence."""
+    flat: list[str] = []
+    for role in roles:
+        flat.extend([role] if isinstance(role, str) else role)
+    return flat
+
+
 @pytest.fixture
 def token(settings: Settings) -> TokenFactory:
+    """``token("alice", "ADMIN")`` or ``token("alice", ["ADMIN"])``: a token the app accepts."""
     keys = LocalKeys(settings)
 
-    def mint(subject: str = "alice", *roles: str, ttl: int = 600) -> str:
-        return keys.mint(subject=subject, roles=list(roles), ttl_seconds=ttl)
+    def mint(subject: str = "alice", *roles: str | Sequence[str], ttl: int = 600) -> str:
+        return keys.mint(subject=subject, roles=_roles(roles), ttl_seconds=ttl)
 
     return mint
 
 
 @pytest.fixture
 def auth(token: TokenFactory) -> Callable[..., dict[str, str]]:
-    def headers(subject: str = "alice", *roles: str) -> dict[str, str]:
+    """``auth("bob")``: the Authorization header of a fresh token."""
+
+    def headers(subject: str = "alice", *roles: str | Sequence[str]) -> dict[str, str]:
         return {"Authorization": f"Bearer {token(subject, *roles)}"}
 
     return headers

@@ -1,0 +1,67 @@
+"""The per-request (per-WebSocket) GraphQL context: app state, the caller and the loaders.
+
+The caller is authenticated lazily, on the first resolver that needs it, with the same function
+as REST (``app.deps.authenticate``): introspection and the GraphiQL page work without a token,
+and an operation that touches data without one fails with ``UNAUTHENTICATED``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+from strawberry.dataloader import DataLoader
+from strawberry.fastapi import BaseContext
+
+from app.deps import AppState, app_state, authenticate
+from app.domain.principal import Principal
+from app.domain.views import RevisionView
+from app.services import containers as svc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.services.streams import ContainerStreams
+
+T = TypeVar("T")
+
+
+class Context(BaseContext):
+    def __init__(self, state: AppState, authorization: str | None) -> None:
+        super().__init__()
+        self.state = state
+        self.authorization = authorization
+        self._principal: Principal | None = None
+        # Not cached: a WebSocket context lives as long as the connection, and a subscription
+        # must see revisions written after it started. Batching within one tick still applies.
+        self.revisions = DataLoader[str, list[RevisionView]](self._load_revisions, cache=False)
+
+    @property
+    def streams(self) -> ContainerStreams | None:
+        return self.state.streams
+
+    async def principal(self) -> Principal:
+        """The authenticated caller; raises Unauthenticated without a valid bearer token."""
+        if self._principal is None:
+            # Verification may fetch the issuer's keys over HTTP: keep it off the event loop.
+            self._principal = await run_in_threadpool(authenticate, self.state, self.authorization)
+        return self._principal
+
+    async def call(self, service: Callable[..., T], /, **kwargs: Any) -> T:
+        """Run a (synchronous, database-bound) service function as the caller, in a thread."""
+        principal = await self.principal()
+        return await run_in_threadpool(service, ctx=self.state.ctx, principal=principal, **kwargs)
+
+    async def _load_revisions(self, container_ids: list[str]) -> list[list[RevisionView]]:
+        grouped = await self.call(svc.revisions_of, container_ids=container_ids)
+        return [grouped[container_id] for container_id in container_ids]
+
+
+async def make_context(connection: HTTPConnection) -> Context:
+    """FastAPI dependency building the context of an HTTP request or a WebSocket connection.
+
+    WebSockets carry the token in the ``connection_init`` payload instead of a header;
+    ``GraphQLRouter.on_ws_connect`` sets it.
+    """
+    return Context(app_state(connection), connection.headers.get("authorization"))

@@ -1,0 +1,167 @@
+"""The GraphQL schema: every resolver calls exactly one service function, the one REST calls.
+
+Exported as ``graphql/schema.graphql`` with ``strawberry export-schema app.gql.schema:schema``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated
+
+import strawberry
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+
+from app.gql.context import Context
+from app.gql.errors import ErrorCodes, Unavailable, masking
+from app.gql.types import (
+    Container,
+    ContainerPage,
+    CreateContainerInput,
+    GpuModelPage,
+    LogLine,
+    RevisionPage,
+    UpdateContainerInput,
+    Viewer,
+    provided_fields,
+)
+from app.services import containers as svc
+
+Info = strawberry.Info[Context, None]
+
+# Query-cost guards, far above what real clients need. The depth limiter skips introspection
+# fields (GraphiQL's introspection query nests `ofType` deeply); the token limit bounds those.
+MAX_DEPTH = 10
+MAX_ALIASES = 15
+MAX_TOKENS = 2000
+STATUS_POLL_SECONDS = 1.0
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The caller's containers, newest first (`GET /v1/containers`).")
+    async def containers(
+        self,
+        info: Info,
+        page: int = 1,
+        rows_per_page: int = svc.DEFAULT_ROWS_PER_PAGE,
+        all_users: Annotated[
+            bool,
+            strawberry.argument(name="all", description="Every user's containers (ADMIN only)."),
+        ] = False,
+    ) -> ContainerPage:
+        result = await info.context.call(
+            svc.list_containers, page=page, rows_per_page=rows_per_page, all_users=all_users
+        )
+        return ContainerPage.from_page(result)
+
+    @strawberry.field(description="One container (`GET /v1/containers/{id}`).")
+    async def container(self, info: Info, id: strawberry.ID) -> Container:
+        return Container.from_view(await info.context.call(svc.get_container, container_id=id))
+
+    @strawberry.field(description="A container's revisions, newest first.")
+    async def container_revisions(
+        self,
+        info: Info,
+        id: strawberry.ID,
+        page: int = 1,
+        rows_per_page: int = svc.DEFAULT_ROWS_PER_PAGE,
+    ) -> RevisionPage:
+        result = await info.context.call(
+            svc.list_revisions, container_id=id, page=page, rows_per_page=rows_per_page
+        )
+        return RevisionPage.from_page(result)
+
+    @strawberry.field(description="The GPU models containers may ask for.")
+    async def gpu_models(self, info: Info) -> GpuModelPage:
+        await info.context.principal()
+        return GpuModelPage.from_page(svc.list_gpu_models(ctx=info.context.state.ctx))
+
+    @strawberry.field(description="Who the bearer token says the caller is.")
+    async def viewer(self, info: Info) -> Viewer:
+        principal = await info.context.principal()
+        return Viewer(subject=principal.subject, roles=sorted(principal.roles))
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Create and deploy a container (`POST /v1/containers`).")
+    async def create_container(self, info: Info, input: CreateContainerInput) -> Container:
+        view = await info.context.call(svc.create_container, data=provided_fields(input))
+        return Container.from_view(view)
+
+    @strawberry.mutation(description="Change a container as a new revision and deploy it.")
+    async def update_container(
+        self, info: Info, id: strawberry.ID, input: UpdateContainerInput
+    ) -> Container:
+        view = await info.context.call(
+            svc.update_container, container_id=id, data=provided_fields(input)
+        )
+        return Container.from_view(view)
+
+    @strawberry.mutation(description="Delete a container; returns its id.")
+    async def delete_container(self, info: Info, id: strawberry.ID) -> strawberry.ID:
+        await info.context.call(svc.delete_container, container_id=id)
+        return id
+
+    @strawberry.mutation(description="Deploy a copy of an earlier revision as a new revision.")
+    async def rollback_container(
+        self, info: Info, id: strawberry.ID, revision_number: int
+    ) -> Container:
+        view = await info.context.call(
+            svc.rollback_container, container_id=id, revision_number=revision_number
+        )
+        return Container.from_view(view)
+
+
+async def _status_changes(info: Info, container_id: str) -> AsyncIterator[object]:
+    """Change signals from the streams provider, or a clock when the process has none."""
+    streams = info.context.streams
+    if streams is not None:
+        async for change in streams.status(container_id):
+            yield change
+        return
+    while True:
+        await asyncio.sleep(STATUS_POLL_SECONDS)
+        yield None
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(description="A container's output; `follow` keeps streaming.")
+    async def container_logs(
+        self, info: Info, id: strawberry.ID, tail: int | None = None, follow: bool = True
+    ) -> AsyncGenerator[LogLine, None]:
+        await info.context.call(svc.get_container, container_id=id)
+        streams = info.context.streams
+        if streams is None:
+            raise Unavailable("no runtime configured: this server cannot stream logs")
+        async for record in streams.logs(str(id), tail=tail, follow=follow):
+            yield LogLine.from_record(record)
+
+    @strawberry.subscription(description="The container now, then again after each change.")
+    async def container_status(
+        self, info: Info, id: strawberry.ID
+    ) -> AsyncGenerator[Container, None]:
+        current = await info.context.call(svc.get_container, container_id=id)
+        yield Container.from_view(current)
+        async for _change in _status_changes(info, str(id)):
+            latest = await info.context.call(svc.get_container, container_id=id)
+            if latest != current:
+                current = latest
+                yield Container.from_view(current)
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    subscription=Subscription,
+    extensions=[
+        functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+        functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        ErrorCodes,
+        masking,
+    ],
+)

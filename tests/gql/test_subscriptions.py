@@ -1,0 +1,235 @@
+"""Subscriptions over WebSocket: authentication in connection_init, and the streams seam."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from app.deps import AppState
+from app.domain.principal import Principal
+from app.gql import schema as gql_schema
+from app.services import containers as svc
+
+Mint = Callable[..., str]
+TRANSPORT_WS = "graphql-transport-ws"
+STATUS = "subscription($id: ID!) { containerStatus(id: $id) { id status image revision } }"
+LOGS = (
+    "subscription($id: ID!) { containerLogs(id: $id, tail: 2) { line stream revision timestamp } }"
+)
+
+
+def create(state: AppState, owner: str = "alice") -> str:
+    view = svc.create_container(
+        ctx=state.ctx, principal=Principal(subject=owner), data={"name": "web", "image": "x:1"}
+    )
+    return view.id
+
+
+def test_connection_init_without_a_valid_token_is_refused(client: TestClient) -> None:
+    for payload in ({}, {"Authorization": "Bearer nope"}):
+        with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
+            ws.send_json({"type": "connection_init", "payload": payload})
+            with pytest.raises(WebSocketDisconnect) as refused:
+                ws.receive_json()
+            assert refused.value.code == 4403
+
+
+def test_container_status_emits_the_current_state(
+    client: TestClient, token: Mint, state: AppState
+) -> None:
+    container_id = create(state)
+    with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
+        assert ws.receive_json() == {"type": "connection_ack"}
+        ws.send_json(
+            {
+                "type": "subscribe",
+                "id": "1",
+                "payload": {"query": STATUS, "variables": {"id": container_id}},
+            }
+        )
+        first = ws.receive_json()
+        assert first == {
+            "type": "next",
+            "id": "1",
+            "payload": {
+                "data": {
+                    "containerStatus": {
+                        "id": container_id,
+                        "status": "deploying",
+                        "image": "x:1",
+                        "revision": 1,
+                    }
+                }
+            },
+        }
+        ws.send_json({"type": "complete", "id": "1"})
+
+
+def test_container_status_polls_for_changes_without_streams(
+    client: TestClient, token: Mint, state: AppState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gql_schema, "STATUS_POLL_SECONDS", 0.01)
+    container_id = create(state)
+    with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
+        ws.receive_json()
+        ws.send_json(
+            {
+                "type": "subscribe",
+                "id": "1",
+                "payload": {"query": STATUS, "variables": {"id": container_id}},
+            }
+        )
+        assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
+        svc.update_container(
+            ctx=state.ctx,
+            principal=Principal(subject="alice"),
+            container_id=container_id,
+            data={"image": "x:2"},
+        )
+        changed = ws.receive_json()["payload"]["data"]["containerStatus"]
+        assert (changed["image"], changed["revision"]) == ("x:2", 2)
+        ws.send_json({"type": "complete", "id": "1"})
+
+
+def test_subscriptions_authorize_like_rest(
+    client: TestClient, token: Mint, state: AppState
+) -> None:
+    container_id = create(state, owner="alice")
+    with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
+        init = {"Authorization": f"Bearer {token('mallory')}"}
+        ws.send_json({"type": "connection_init", "payload": init})
+        ws.receive_json()
+        ws.send_json(
+            {
+                "type": "subscribe",
+                "id": "1",
+                "payload": {"query": STATUS, "variables": {"id": container_id}},
+            }
+        )
+        message = ws.receive_json()
+        errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
+        assert [error["extensions"]["code"] for error in errors] == ["FORBIDDEN"]
+
+
+def test_logs_without_a_runtime_are_unavailable(
+    client: TestClient, token: Mint, state: AppState
+) -> None:
+    container_id = create(state)
+    with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
+        ws.receive_json()
+        ws.send_json(
+            {
+                "type": "subscribe",
+                "id": "1",
+                "payload": {"query": LOGS, "variables": {"id": container_id}},
+            }
+        )
+        message = ws.receive_json()
+        errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
+        assert errors[0]["extensions"] == {"code": "UNAVAILABLE"}
+        assert errors[0]["message"].startswith("no runtime configured")
+
+
+@dataclass(frozen=True)
+class Line:
+    timestamp: datetime
+    line: str
+    stream: str
+    revision: int | None
+
+
+class FakeStreams:
+    """A provider as the runtime and reconciler will supply one, backed by lists."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.changed = threading.Event()  # set by the test thread; the app runs in another
+
+    async def logs(
+        self, container_id: str, *, tail: int | None, follow: bool
+    ) -> AsyncIterator[Line]:
+        self.calls.append(("logs", (container_id, tail, follow)))
+        moment = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
+        yield Line(moment, "listening on :8080", "stdout", 1)
+        yield Line(moment, "warning: no TLS", "stderr", None)
+
+    async def status(self, container_id: str) -> AsyncIterator[object]:
+        self.calls.append(("status", container_id))
+        await anyio.to_thread.run_sync(self.changed.wait)
+        yield "changed"
+
+
+def test_logs_come_from_the_streams_provider(
+    client: TestClient, token: Mint, state: AppState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streams = FakeStreams()
+    monkeypatch.setattr(state, "streams", streams)
+    container_id = create(state)
+    with client.websocket_connect("/graphql", subprotocols=["graphql-ws"]) as ws:  # legacy
+        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json(
+            {
+                "type": "start",
+                "id": "1",
+                "payload": {"query": LOGS, "variables": {"id": container_id}},
+            }
+        )
+        lines = [ws.receive_json()["payload"]["data"]["containerLogs"] for _ in range(2)]
+        assert ws.receive_json() == {"type": "complete", "id": "1"}
+    assert lines == [
+        {
+            "line": "listening on :8080",
+            "stream": "stdout",
+            "revision": 1,
+            "timestamp": "2024-05-01T12:00:00.250000Z",
+        },
+        {
+            "line": "warning: no TLS",
+            "stream": "stderr",
+            "revision": None,
+            "timestamp": "2024-05-01T12:00:00.250000Z",
+        },
+    ]
+    assert streams.calls == [("logs", (container_id, 2, True))]
+
+
+def test_status_changes_come_from_the_streams_provider(
+    client: TestClient, token: Mint, state: AppState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streams = FakeStreams()
+    monkeypatch.setattr(state, "streams", streams)
+    container_id = create(state)
+    with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
+        ws.receive_json()
+        ws.send_json(
+            {
+                "type": "subscribe",
+                "id": "1",
+                "payload": {"query": STATUS, "variables": {"id": container_id}},
+            }
+        )
+        assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
+        svc.update_container(
+            ctx=state.ctx,
+            principal=Principal(subject="alice"),
+            container_id=container_id,
+            data={"image": "x:2"},
+        )
+        streams.changed.set()
+        changed = ws.receive_json()["payload"]["data"]["containerStatus"]
+        assert (changed["image"], changed["revision"]) == ("x:2", 2)
+        assert ws.receive_json() == {"type": "complete", "id": "1"}  # the provider ended
+    assert streams.calls == [("status", container_id)]
