@@ -29,6 +29,8 @@ from app.runtime.base import (
 )
 
 LABEL_K8S_MANAGED_BY = "app.kubernetes.io/managed-by"
+ANNOTATION_GPU_MODELS = "dockyard.dev/gpu-models"
+"""Names of the desired GPU models, so a scheduling failure can say which model was missing."""
 CONTAINER_NAME = "app"
 PORT_NAME = "http"
 NAME_PREFIX = "dy-"
@@ -242,6 +244,11 @@ def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
             pod_spec["affinity"] = affinity
     if cfg.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in cfg.image_pull_secrets]
+    template_annotations = {LABEL_REVISION: str(spec.revision)}
+    if spec.gpu > 0 and spec.desired_gpus:
+        template_annotations[ANNOTATION_GPU_MODELS] = ", ".join(
+            gpu.name for gpu in spec.desired_gpus
+        )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -258,7 +265,7 @@ def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
             "template": {
                 "metadata": {
                     "labels": labels(spec),
-                    "annotations": {LABEL_REVISION: str(spec.revision)},
+                    "annotations": template_annotations,
                 },
                 "spec": pod_spec,
             },

@@ -66,6 +66,8 @@ PODS = kmock.resource(group="", version="v1", plural="pods")
 # Resources whose status is written only through the ``status`` subresource.
 _WITH_STATUS_SUBRESOURCE = {"pods", "services", "deployments", "replicasets", "ingresses",
                             "namespaces"}
+# The official client decodes these deletions as the object itself, the others as a Status.
+_DELETE_RETURNS_OBJECT = {"pods", "services", "namespaces"}
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 _JSON_PATCH = "application/json-patch+json"
@@ -494,6 +496,8 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
             options = request.data if isinstance(request.data, dict) else {}
             policy = options.get("propagationPolicy") or request.params.get("propagationPolicy")
             removed = self._remove(key, cascade=policy != "Orphan")
+            if resource.plural in _DELETE_RETURNS_OBJECT:
+                return removed
             return {
                 "kind": "Status",
                 "apiVersion": "v1",
