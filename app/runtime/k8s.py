@@ -488,6 +488,8 @@ class KubernetesRuntime:
         )
         streams.add(response)
         try:
+            if stop.is_set():  # stopped while connecting: ``shutdown`` may have missed us
+                return version
             for line in response:
                 if stop.is_set():
                     break
@@ -597,6 +599,8 @@ class KubernetesRuntime:
                 )
                 streams.add(response)
                 try:
+                    if stop.is_set():
+                        return
                     for line in self._log_lines(response, revision):
                         if stop.is_set():
                             break
