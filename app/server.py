@@ -20,13 +20,17 @@ from app.db import make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
+from app.gql.router import graphql_router
 from app.ingress import IngressProxy
 from app.reconcile import Reconciler, ReconcilerOptions
-from app.gql.router import graphql_router
+from app.reconcile.leader import Elector, database_elector
 from app.rest import problems
 from app.rest.routes import router as rest_router
 from app.runtime.base import Runtime
 from app.runtime.factory import make_runtime
+from app.runtime.k8s import KubernetesRuntime
+from app.runtime.k8s_lease import LeaseElector
+from app.runtime.k8s_manifests import KubernetesConfig, Toleration
 from app.services.context import ServiceContext
 from app.settings import Settings
 
@@ -48,13 +52,37 @@ def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
     return AppState(settings=settings, ctx=ctx, verifier=make_verifier(settings))
 
 
-def _runtime_from(settings: Settings) -> Runtime | None:
+def kubernetes_config(
+    settings: Settings, *, ingress_domain: str, gpu_label: str
+) -> KubernetesConfig:
+    return KubernetesConfig(
+        namespace_strategy=settings.k8s_namespace_strategy,
+        namespace=settings.k8s_namespace,
+        ingress_domain=ingress_domain,
+        ingress_class_name=settings.k8s_ingress_class_name,
+        ingress_tls_secret=settings.k8s_ingress_tls_secret,
+        ingress_annotations=dict(settings.k8s_ingress_annotations),
+        gpu_product_label=gpu_label,
+        gpu_tolerations=tuple(Toleration(**t) for t in settings.k8s_gpu_tolerations),  # type: ignore[arg-type]
+    )
+
+
+def _runtime_from(settings: Settings, state: AppState) -> Runtime | None:
     return make_runtime(
         settings.runtime,
         docker_host=settings.docker_host,
         readiness_timeout=settings.readiness_timeout_seconds,
         stop_timeout=settings.stop_timeout_seconds,
+        kubernetes_config=kubernetes_config(
+            settings, ingress_domain=state.ctx.ingress_domain, gpu_label=state.ctx.catalog.label
+        ),
     )
+
+
+def _elector(settings: Settings, state: AppState, runtime: Runtime) -> Elector:
+    if isinstance(runtime, KubernetesRuntime):
+        return LeaseElector(runtime.api_client, namespace=settings.k8s_lease_namespace)
+    return database_elector(state.ctx.engine, settings.data_dir)
 
 
 def create_app(
@@ -68,7 +96,7 @@ def create_app(
     settings = settings or Settings()
     state = build_state(settings, port=port)
     if runtime == "from-settings":
-        runtime = _runtime_from(settings)
+        runtime = _runtime_from(settings, state)
     reconciler = None
     if runtime is not None:
         reconciler = Reconciler(
@@ -77,6 +105,7 @@ def create_app(
             catalog=state.ctx.catalog,
             options=reconciler_options
             or ReconcilerOptions(resync_interval=settings.reconcile_interval_seconds),
+            elector=_elector(settings, state, runtime),
         )
         state.ctx.listeners.append(reconciler.request)
     state.reconciler = reconciler

@@ -76,6 +76,31 @@ class Settings(BaseSettings):
         120, gt=0, description="How long a revision's port may take to open before it fails."
     )
 
+    k8s_namespace_strategy: Literal["shared", "per-owner"] = Field(
+        "shared", description="Kubernetes: one shared namespace, or one namespace per owner."
+    )
+    k8s_namespace: str = Field(
+        "dockyard-workloads", description="Kubernetes: the shared namespace of workloads."
+    )
+    k8s_ingress_class_name: str | None = Field(
+        None, description="Kubernetes: ingressClassName of container Ingresses."
+    )
+    k8s_ingress_tls_secret: str | None = Field(
+        None, description="Kubernetes: TLS secret of container Ingresses (e.g. a wildcard cert)."
+    )
+    k8s_ingress_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Kubernetes: JSON object of Ingress annotations."
+    )
+    k8s_gpu_tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+        description="Kubernetes: JSON list of tolerations given to GPU workloads.",
+    )
+    k8s_lease_namespace: str = Field(
+        "dockyard", description="Kubernetes: namespace of the reconciler's leader Lease."
+    )
+
     @field_validator("auth_algorithms", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

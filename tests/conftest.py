@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import kubernetes.client
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from app.auth import LocalKeys
 from app.deps import AppState
 from app.server import create_app
 from app.settings import Settings
+from tests.support.kmock_k8s import EmulatorThread
 from tests.support.podman import (
     PodmanService,
     ensure_test_images,
@@ -122,3 +124,23 @@ def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanS
 @pytest.fixture
 def podman_url(podman_service: PodmanService) -> str:
     return podman_service.base_url
+
+
+@pytest.fixture
+def k8s() -> Iterator[EmulatorThread]:
+    """A Kubernetes API emulator (kmock) served over real HTTP from a background thread."""
+    emulator = EmulatorThread().start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def api_client(k8s: EmulatorThread) -> Iterator[kubernetes.client.ApiClient]:
+    """The official client, configured for the emulator at http://127.0.0.1:<port>."""
+    client = k8s.api_client()
+    try:
+        yield client
+    finally:
+        client.close()

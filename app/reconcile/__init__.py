@@ -32,6 +32,7 @@ from app.domain.status import (
     apply_observed_status,
     derive_status,
 )
+from app.reconcile.leader import Elector
 from app.runtime.base import (
     GpuSelector,
     Phase,
@@ -46,7 +47,6 @@ from app.runtime.base import (
 log = logging.getLogger(__name__)
 
 StatusListener = Callable[[str], Awaitable[None]]
-LeaderCheck = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class ReconcilerOptions:
     drain_seconds: float = 3.0
     """How long an old revision keeps running after traffic moved to the new one."""
     workers: int = 4
+    election_interval: float = 5.0
+    """Seconds between leader-election rounds (acquire or renew)."""
 
 
 def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
@@ -107,14 +109,15 @@ class Reconciler:
         catalog: GpuCatalog,
         options: ReconcilerOptions | None = None,
         on_status: StatusListener | None = None,
-        is_leader: LeaderCheck | None = None,
+        elector: Elector | None = None,
     ) -> None:
         self.engine = engine
         self.runtime = runtime
         self.catalog = catalog
         self.options = options or ReconcilerOptions()
         self.on_status = on_status
-        self.is_leader = is_leader
+        self.elector = elector
+        self._leading = elector is None
         self.routes: dict[str, str] = {}
         """container id -> endpoint (host:port) of its ready revision, for the local ingress."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -167,6 +170,8 @@ class Reconciler:
         ]
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="reconcile-resync"))
         self._tasks.append(asyncio.create_task(self._watch_loop(), name="reconcile-watch"))
+        if self.elector is not None:
+            self._tasks.append(asyncio.create_task(self._elect_loop(), name="reconcile-elect"))
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -178,11 +183,40 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self.elector is not None:
+            await self.elector.release()
+            self._leading = False
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process's reconciler acts (always, without an elector)."""
+        return self._leading
+
+    async def _elect_loop(self) -> None:
+        assert self.elector is not None
+        while True:
+            try:
+                leading = await self.elector.try_acquire()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("leader election failed: %s", e)
+                leading = False
+            if leading and not self._leading:
+                log.info("this replica now leads reconciliation")
+                self._leading = True
+                await self.resync()
+            elif not leading and self._leading:
+                log.warning("this replica lost the leadership; reconciliation pauses")
+                self._leading = False
+            await asyncio.sleep(self.options.election_interval)
 
     async def _worker(self) -> None:
         while True:
             container_id = await self._queue.get()
             self._queued.discard(container_id)
+            if not self._leading:
+                continue  # the leader reconciles; it resyncs everything when it takes over
             try:
                 await self.reconcile(container_id)
                 self._failures.pop(container_id, None)
@@ -198,7 +232,7 @@ class Reconciler:
     async def _resync_loop(self) -> None:
         while True:
             try:
-                if self.is_leader is None or await self.is_leader():
+                if self._leading:
                     await self.resync()
             except asyncio.CancelledError:
                 raise
@@ -209,6 +243,9 @@ class Reconciler:
     async def _watch_loop(self) -> None:
         delay = 1.0
         while True:
+            if not self._leading:
+                await asyncio.sleep(self.options.election_interval)
+                continue
             try:
                 async for event in self.runtime.watch():
                     delay = 1.0

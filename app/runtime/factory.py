@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from app.runtime.base import Runtime
+from app.runtime.k8s_manifests import KubernetesConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,17 @@ def make_runtime(
     docker_host: str | None,
     readiness_timeout: float,
     stop_timeout: int = 10,
-    kubernetes_options: dict[str, object] | None = None,
+    kubernetes_config: KubernetesConfig | None = None,
 ) -> Runtime | None:
     """The runtime to use, or None (with a warning) when nothing can run containers."""
     if kind == "none":
         return None
     if kind == "kubernetes" or (kind == "auto" and _kubernetes_configured()):
-        from app.runtime.kubernetes import KubernetesRuntime
+        from app.runtime.k8s import KubernetesRuntime
 
-        return KubernetesRuntime.from_environment(**(kubernetes_options or {}))
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return KubernetesRuntime.in_cluster(kubernetes_config)
+        return KubernetesRuntime.from_kubeconfig(kubernetes_config)
     url = _docker_url(docker_host)
     if url is not None and (kind == "docker" or _socket_answers(url)):
         from app.runtime.docker import DockerRuntime

@@ -1,0 +1,18 @@
+# syntax=docker/dockerfile:1
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/dockyard
+COPY pyproject.toml README.md* ./
+COPY app ./app
+RUN /opt/dockyard/bin/pip install .
+
+FROM python:3.11-slim
+ENV PATH=/opt/dockyard/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 dockyard \
+ && useradd --system --uid 10001 --gid dockyard --no-create-home --shell /usr/sbin/nologin dockyard
+COPY --from=build /opt/dockyard /opt/dockyard
+USER 10001:10001
+EXPOSE 8000
+ENTRYPOINT ["dockyard"]
+CMD ["serve", "--host", "0.0.0.0"]
