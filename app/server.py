@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import make_verifier
-from app.db import make_engine, migrate
+from app.db import installation_id, make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
@@ -73,6 +73,7 @@ def _runtime_from(settings: Settings, state: AppState) -> Runtime | None:
         docker_host=settings.docker_host,
         readiness_timeout=settings.readiness_timeout_seconds,
         stop_timeout=settings.stop_timeout_seconds,
+        instance=installation_id(state.ctx.engine),
         kubernetes_config=kubernetes_config(
             settings, ingress_domain=state.ctx.ingress_domain, gpu_label=state.ctx.catalog.label
         ),

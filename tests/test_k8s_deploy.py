@@ -39,8 +39,12 @@ def test_rbac_is_least_privilege() -> None:
     rules = [rule for d in documents if d["kind"] in ("ClusterRole", "Role") for rule in d["rules"]]
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-    verbs = {(resource, verb) for rule in rules for resource in rule["resources"]
-             for verb in rule["verbs"]}
+    verbs = {
+        (resource, verb)
+        for rule in rules
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     assert ("secrets", "get") not in verbs
     assert ("replicasets", "list") in verbs
     assert ("leases", "update") in verbs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,3 +54,22 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def installation_id(engine: Engine) -> str:
+    """This installation's id: created once, then shared by every replica of the database."""
+    from sqlmodel import col, select
+
+    from app.domain.models import Installation
+
+    with session_scope(engine) as session:
+        row = session.exec(select(Installation)).first()
+        if row is not None:
+            return row.id
+        session.add(Installation(id=secrets.token_hex(8)))
+    with session_scope(engine) as session:  # a concurrent first start may have won; take theirs
+        first = session.exec(
+            select(Installation).order_by(col(Installation.date_created), col(Installation.id))
+        ).first()
+        assert first is not None
+        return first.id

@@ -77,3 +77,14 @@ class Revision(SQLModel, table=True):
     date_created: datetime = Field(
         default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
     )
+
+
+class Installation(SQLModel, table=True):
+    """One row naming this Dockyard installation; runtime objects carry it as a label."""
+
+    __tablename__ = "installation"
+
+    id: str = Field(primary_key=True, max_length=32)
+    date_created: datetime = Field(
+        default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )

@@ -54,7 +54,8 @@ class ReconcilerOptions:
     resync_interval: float = 30.0
     """Seconds between full resyncs of every container."""
     pending_poll: float = 1.0
-    """Seconds before a container whose newest revision is still starting is looked at again."""
+    """Longest wait before a container whose newest revision is still starting is looked at
+    again; for the first two seconds it looks every 50 ms, as most revisions start quickly."""
     drain_seconds: float = 3.0
     """How long an old revision keeps running after traffic moved to the new one."""
     workers: int = 4
@@ -128,6 +129,7 @@ class Reconciler:
         self._ready_since: dict[tuple[str, int], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}
+        self._pending_polls: dict[str, int] = {}
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -299,6 +301,10 @@ class Reconciler:
             if self.on_status is not None:
                 await self.on_status(container_id)
         self._locks.pop(container_id, None)
+        self._pending_polls.pop(container_id, None)
+        self._failures.pop(container_id, None)
+        for key in [key for key in self._ready_since if key[0] == container_id]:
+            del self._ready_since[key]
 
     def _purge(self, container_id: str) -> None:
         with Session(self.engine) as session:
@@ -359,6 +365,14 @@ class Reconciler:
         states: list[RevisionState],
     ) -> None:
         loop = asyncio.get_running_loop()
+        if observed.status == "deploying":
+            polls = self._pending_polls.get(container_id, 0)
+            self._pending_polls[container_id] = polls + 1
+            # Most revisions start within a few seconds: look often at first, then back off.
+            delay = 0.05 if polls < 40 else min(self.options.pending_poll, 0.05 * 2 ** (polls - 40))
+            self._requeue_after(container_id, delay)
+            return
+        self._pending_polls.pop(container_id, None)
         if observed.status == "deployed":
             others = [s.revision for s in states if s.revision != generation]
             if not others:
@@ -370,8 +384,6 @@ class Reconciler:
                 return
             await self.runtime.retire(container_id, keep_revision=generation)
             self._ready_since.pop((container_id, generation), None)
-        elif observed.status == "deploying":
-            self._requeue_after(container_id, self.options.pending_poll)
 
     def _write_status(self, container_id: str, generation: int, observed: ObservedStatus) -> bool:
         """Store the status if it changed and the spec did not move on meanwhile."""

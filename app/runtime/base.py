@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 LABEL_CONTAINER_ID = "dockyard.dev/container-id"
 LABEL_REVISION = "dockyard.dev/revision"
 LABEL_MANAGED_BY = "dockyard.dev/managed-by"
+LABEL_INSTANCE = "dockyard.dev/instance"
+"""Which Dockyard installation (database) owns the object, for engines shared by several."""
 MANAGED_BY = "dockyard"
 
 

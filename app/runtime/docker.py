@@ -49,6 +49,7 @@ import urllib3.exceptions
 
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
+    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_REVISION,
     MANAGED_BY,
@@ -77,16 +78,23 @@ def container_name(container_id: str, revision: int) -> str:
     return f"dockyard-{container_id}-r{revision}"
 
 
-def container_labels(spec: WorkloadSpec) -> dict[str, str]:
-    return {
+def container_labels(spec: WorkloadSpec, instance: str | None = None) -> dict[str, str]:
+    labels = {
         LABEL_CONTAINER_ID: spec.container_id,
         LABEL_REVISION: str(spec.revision),
         LABEL_MANAGED_BY: MANAGED_BY,
     }
+    if instance is not None:
+        labels[LABEL_INSTANCE] = instance
+    return labels
 
 
 def container_create_kwargs(
-    spec: WorkloadSpec, *, crashloop_restarts: int = 3, enforce_storage: bool = False
+    spec: WorkloadSpec,
+    *,
+    crashloop_restarts: int = 3,
+    enforce_storage: bool = False,
+    instance: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of ``client.containers.create`` for one revision; pure.
 
@@ -96,7 +104,7 @@ def container_create_kwargs(
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.container_id, spec.revision),
-        "labels": container_labels(spec),
+        "labels": container_labels(spec, instance),
         "environment": dict(spec.env),
         "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": crashloop_restarts},
@@ -194,11 +202,15 @@ class DockerRuntime:
         enforce_storage: bool | None = None,
         api_version: str = "1.41",
         stop_timeout: int = 10,
+        instance: str | None = None,
     ) -> None:
         """Create the client without contacting the engine.
 
         ``stop_timeout``: seconds a retired revision gets between SIGTERM and SIGKILL.
         ``enforce_storage``: None probes the engine on first use, True/False forces it.
+        ``instance``: when set, containers carry ``dockyard.dev/instance`` and this runtime sees
+        only its own, so two Dockyard installations on one engine never collect each other's
+        containers as orphans.
         ``api_version`` is pinned (1.41: Podman 4's compat API, any Docker >= 20.10) because the
         SDK's ``auto`` would query the engine here, in a constructor that must not do I/O.
         """
@@ -208,6 +220,7 @@ class DockerRuntime:
         self.connect_timeout = connect_timeout
         self._enforce_storage = enforce_storage
         self.stop_timeout = stop_timeout
+        self.instance = instance
         self._client: Any = docker.DockerClient(
             base_url=base_url, version=api_version, timeout=int(api_timeout)
         )
@@ -216,6 +229,12 @@ class DockerRuntime:
         self._streams_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    def _managed_filter(self) -> list[str]:
+        labels = [MANAGED_FILTER]
+        if self.instance is not None:
+            labels.append(f"{LABEL_INSTANCE}={self.instance}")
+        return labels
 
     def _check_socket(self, action: str) -> None:
         """Fail fast when a unix socket is missing.
@@ -247,7 +266,7 @@ class DockerRuntime:
             raise
 
     def _list(self, container_id: str | None = None, *, sparse: bool = False) -> list[Any]:
-        labels = [MANAGED_FILTER]
+        labels = self._managed_filter()
         if container_id is not None:
             labels.append(f"{LABEL_CONTAINER_ID}={container_id}")
         found = self._client.containers.list(
@@ -257,6 +276,8 @@ class DockerRuntime:
         for c in found:
             c_labels = self._labels(c)
             if c_labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+                continue
+            if self.instance is not None and c_labels.get(LABEL_INSTANCE) != self.instance:
                 continue
             if container_id is not None and c_labels.get(LABEL_CONTAINER_ID) != container_id:
                 continue
@@ -365,7 +386,10 @@ class DockerRuntime:
     def _create(self, spec: WorkloadSpec) -> Any:
         wants_storage = spec.ephemeral_storage_bytes > 0 and self._enforce_storage is not False
         kwargs = container_create_kwargs(
-            spec, crashloop_restarts=self.crashloop_restarts, enforce_storage=wants_storage
+            spec,
+            crashloop_restarts=self.crashloop_restarts,
+            enforce_storage=wants_storage,
+            instance=self.instance,
         )
         kwargs.pop("detach", None)
         try:
@@ -646,7 +670,7 @@ class DockerRuntime:
                 f"{api.base_url}/v{api.api_version}/events",
                 params={
                     "filters": docker.utils.convert_filters(
-                        {"label": [MANAGED_FILTER], "type": ["container"]}
+                        {"label": self._managed_filter(), "type": ["container"]}
                     )
                 },
                 stream=True,

@@ -55,6 +55,7 @@ def make_runtime(
     docker_host: str | None,
     readiness_timeout: float,
     stop_timeout: int = 10,
+    instance: str | None = None,
     kubernetes_config: KubernetesConfig | None = None,
 ) -> Runtime | None:
     """The runtime to use, or None (with a warning) when nothing can run containers."""
@@ -70,7 +71,9 @@ def make_runtime(
     if url is not None and (kind == "docker" or _socket_answers(url)):
         from app.runtime.docker import DockerRuntime
 
-        return DockerRuntime(url, readiness_timeout=readiness_timeout, stop_timeout=stop_timeout)
+        return DockerRuntime(
+            url, readiness_timeout=readiness_timeout, stop_timeout=stop_timeout, instance=instance
+        )
     if kind == "docker":
         raise ValueError(
             "DOCKYARD_RUNTIME=docker but no engine socket was found; set DOCKYARD_DOCKER_HOST"

@@ -34,9 +34,19 @@ async def test_rollout_on_a_real_cluster() -> None:
     runtime = KubernetesRuntime.from_kubeconfig(config)
     container_id = f"e2e-{uuid.uuid4().hex[:8]}"
     spec = WorkloadSpec(
-        container_id=container_id, revision=1, name="e2e", owner="e2e", slug=container_id,
-        image="nginx:1.27", cpu=0.1, ram="64Mi", ram_bytes=64 * 2**20, gpu=0,
-        ephemeral_storage="100Mi", ephemeral_storage_bytes=100 * 2**20, port=80,
+        container_id=container_id,
+        revision=1,
+        name="e2e",
+        owner="e2e",
+        slug=container_id,
+        image="nginx:1.27",
+        cpu=0.1,
+        ram="64Mi",
+        ram_bytes=64 * 2**20,
+        gpu=0,
+        ephemeral_storage="100Mi",
+        ephemeral_storage_bytes=100 * 2**20,
+        port=80,
     )
     try:
         await runtime.apply(spec)

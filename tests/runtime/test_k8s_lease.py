@@ -15,8 +15,13 @@ NS = "dockyard-workloads"
 
 
 def elector(k8s: EmulatorThread, identity: str, lease_seconds: int = 15) -> LeaseElector:
-    return LeaseElector(k8s.api_client(), namespace=NS, identity=identity,
-                        lease_seconds=lease_seconds, renew_every=0.05)
+    return LeaseElector(
+        k8s.api_client(),
+        namespace=NS,
+        identity=identity,
+        lease_seconds=lease_seconds,
+        renew_every=0.05,
+    )
 
 
 async def test_one_leader_then_takeover_after_expiry(k8s: EmulatorThread) -> None:

@@ -86,21 +86,45 @@ LABELS = {
         (("spec", "template", "metadata", "labels"), LABELS),
         (("spec", "template", "metadata", "annotations", "dockyard.dev/revision"), "3"),
         (("spec", "template", "spec", "automountServiceAccountToken"), False),
-        (("spec", "template", "spec", "securityContext", "seccompProfile"),
-         {"type": "RuntimeDefault"}),
+        (
+            ("spec", "template", "spec", "securityContext", "seccompProfile"),
+            {"type": "RuntimeDefault"},
+        ),
         (("spec", "template", "spec", "containers", 0, "image"), "nginx:1.27"),
         (("spec", "template", "spec", "containers", 0, "command"), ["nginx"]),
         (("spec", "template", "spec", "containers", 0, "args"), ["-g", "daemon off;"]),
-        (("spec", "template", "spec", "containers", 0, "env"),
-         [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]),
+        (
+            ("spec", "template", "spec", "containers", 0, "env"),
+            [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+        ),
         (("spec", "template", "spec", "containers", 0, "ports", 0, "containerPort"), 8080),
-        (("spec", "template", "spec", "containers", 0, "readinessProbe", "tcpSocket"),
-         {"port": 8080}),
-        (("spec", "template", "spec", "containers", 0, "securityContext",
-          "allowPrivilegeEscalation"), False),
-        (("spec", "template", "spec", "containers", 0, "resources"),
-         {"requests": {"cpu": "500m", "memory": "536870912", "ephemeral-storage": "1073741824"},
-          "limits": {"cpu": "500m", "memory": "536870912", "ephemeral-storage": "1073741824"}}),
+        (
+            ("spec", "template", "spec", "containers", 0, "readinessProbe", "tcpSocket"),
+            {"port": 8080},
+        ),
+        (
+            (
+                "spec",
+                "template",
+                "spec",
+                "containers",
+                0,
+                "securityContext",
+                "allowPrivilegeEscalation",
+            ),
+            False,
+        ),
+        (
+            ("spec", "template", "spec", "containers", 0, "resources"),
+            {
+                "requests": {
+                    "cpu": "500m",
+                    "memory": "536870912",
+                    "ephemeral-storage": "1073741824",
+                },
+                "limits": {"cpu": "500m", "memory": "536870912", "ephemeral-storage": "1073741824"},
+            },
+        ),
     ],
 )
 def test_deployment_fields(path: tuple[str | int, ...], expected: object) -> None:

@@ -66,40 +66,86 @@ def core(k8s: EmulatorThread) -> Any:
 
 def complete_rollout(k8s: EmulatorThread, name: str = "dy-c1") -> None:
     deployment = apps(k8s).read_namespaced_deployment(name, NS)
-    apps(k8s).patch_namespaced_deployment_status(name, NS, {"status": {
-        "observedGeneration": deployment.metadata.generation,
-        "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "readyReplicas": 1,
-    }})
+    apps(k8s).patch_namespaced_deployment_status(
+        name,
+        NS,
+        {
+            "status": {
+                "observedGeneration": deployment.metadata.generation,
+                "replicas": 1,
+                "updatedReplicas": 1,
+                "availableReplicas": 1,
+                "readyReplicas": 1,
+            }
+        },
+    )
 
 
-def make_pod(k8s: EmulatorThread, name: str, revision: int, status: dict[str, Any] | None = None,
-             owner: Any = None) -> None:
-    metadata: dict[str, Any] = {"name": name, "labels": {
-        "dockyard.dev/container-id": "c1", "dockyard.dev/revision": str(revision),
-        "dockyard.dev/managed-by": "dockyard"}}
+def make_pod(
+    k8s: EmulatorThread,
+    name: str,
+    revision: int,
+    status: dict[str, Any] | None = None,
+    owner: Any = None,
+) -> None:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {
+            "dockyard.dev/container-id": "c1",
+            "dockyard.dev/revision": str(revision),
+            "dockyard.dev/managed-by": "dockyard",
+        },
+    }
     if owner is not None:
-        metadata["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                        "name": owner.metadata.name, "uid": owner.metadata.uid}]
-    core(k8s).create_namespaced_pod(NS, {"metadata": metadata, "spec": {"containers": [
-        {"name": "app", "image": "nginx:1.27"}]}})
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": owner.metadata.name,
+                "uid": owner.metadata.uid,
+            }
+        ]
+    core(k8s).create_namespaced_pod(
+        NS, {"metadata": metadata, "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
+    )
     if status is not None:
         core(k8s).patch_namespaced_pod_status(name, NS, {"status": status})
 
 
 def make_replica_set(k8s: EmulatorThread, revision: int, available: int) -> Any:
     owner = apps(k8s).read_namespaced_deployment("dy-c1", NS)
-    labels = {"dockyard.dev/container-id": "c1", "dockyard.dev/revision": str(revision),
-              "dockyard.dev/managed-by": "dockyard"}
-    replica_set = apps(k8s).create_namespaced_replica_set(NS, {
-        "metadata": {"name": f"dy-c1-{revision}", "labels": labels, "ownerReferences": [{
-            "apiVersion": "apps/v1", "kind": "Deployment", "name": "dy-c1",
-            "uid": owner.metadata.uid}]},
-        "spec": {"selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}},
-    })
+    labels = {
+        "dockyard.dev/container-id": "c1",
+        "dockyard.dev/revision": str(revision),
+        "dockyard.dev/managed-by": "dockyard",
+    }
+    replica_set = apps(k8s).create_namespaced_replica_set(
+        NS,
+        {
+            "metadata": {
+                "name": f"dy-c1-{revision}",
+                "labels": labels,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": "dy-c1",
+                        "uid": owner.metadata.uid,
+                    }
+                ],
+            },
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
+                },
+            },
+        },
+    )
     apps(k8s).patch_namespaced_replica_set_status(
-        replica_set.metadata.name, NS,
+        replica_set.metadata.name,
+        NS,
         {"status": {"replicas": available, "availableReplicas": available}},
     )
     return replica_set
@@ -122,15 +168,20 @@ async def test_apply_creates_every_object(runtime: KubernetesRuntime, k8s: Emula
     assert container["image"] == "nginx:1.27"
     assert container["env"] == [{"name": "MODE", "value": "prod"}]
     assert container["resources"]["limits"] == {
-        "cpu": "250m", "memory": "268435456", "ephemeral-storage": "1073741824",
+        "cpu": "250m",
+        "memory": "268435456",
+        "ephemeral-storage": "1073741824",
         "nvidia.com/gpu": "1",
     }
     assert container["resources"]["requests"] == container["resources"]["limits"]
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                   "effect": "NoSchedule"}]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     preferred = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert [term["preference"]["matchExpressions"][0]["values"] for term in preferred] == [
-        ["NVIDIA-H100-80GB-HBM3"], ["NVIDIA-L4"]]
+        ["NVIDIA-H100-80GB-HBM3"],
+        ["NVIDIA-L4"],
+    ]
     assert preferred[0]["weight"] > preferred[1]["weight"]
     service = k8s.get("services", NS, "dy-c1")
     assert service is not None
@@ -141,8 +192,9 @@ async def test_apply_creates_every_object(runtime: KubernetesRuntime, k8s: Emula
     apply_requests = [r for r in k8s.emulator if r.method == kmock.method.PATCH]
     assert {r.params.get("fieldManager") for r in apply_requests} == {"dockyard"}
     assert {r.params.get("force") for r in apply_requests} == {"true"}
-    assert all(r.headers["Content-Type"].startswith("application/apply-patch+yaml")
-               for r in apply_requests)
+    assert all(
+        r.headers["Content-Type"].startswith("application/apply-patch+yaml") for r in apply_requests
+    )
 
 
 async def test_apply_is_idempotent_and_update_rolls_out(
@@ -180,23 +232,56 @@ async def test_image_pull_failure_while_old_revision_serves(
     await runtime.apply(SPEC)
     await asyncio.to_thread(make_replica_set, k8s, 1, 1)
     await runtime.apply(dataclasses.replace(SPEC, revision=2, image="nginx:nope"))
-    await asyncio.to_thread(make_pod, k8s, "dy-c1-2-x", 2, {"containerStatuses": [{
-        "name": "app", "image": "nginx:nope", "imageID": "", "ready": False, "restartCount": 0,
-        "state": {"waiting": {"reason": "ImagePullBackOff",
-                              "message": 'Back-off pulling image "nginx:nope"'}}}]})
+    await asyncio.to_thread(
+        make_pod,
+        k8s,
+        "dy-c1-2-x",
+        2,
+        {
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "image": "nginx:nope",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": 'Back-off pulling image "nginx:nope"',
+                        }
+                    },
+                }
+            ]
+        },
+    )
     states = await runtime.observe("c1")
     assert states == [
-        RevisionState("c1", 2, Phase.FAILED, "ImagePullBackOff",
-                      'Back-off pulling image "nginx:nope"'),
+        RevisionState(
+            "c1", 2, Phase.FAILED, "ImagePullBackOff", 'Back-off pulling image "nginx:nope"'
+        ),
         RevisionState("c1", 1, Phase.READY),
     ]
 
 
 async def test_unschedulable_names_the_gpu(runtime: KubernetesRuntime, k8s: EmulatorThread) -> None:
     await runtime.apply(GPU_SPEC)
-    await asyncio.to_thread(make_pod, k8s, "dy-c1-1-x", 1, {"conditions": [{
-        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]})
+    await asyncio.to_thread(
+        make_pod,
+        k8s,
+        "dy-c1-1-x",
+        1,
+        {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    )
     [state] = await runtime.observe("c1")
     assert state.phase is Phase.FAILED
     assert state.reason == "Unschedulable"
@@ -209,17 +294,50 @@ async def test_crash_loop_and_progress_deadline(
 ) -> None:
     await runtime.apply(SPEC)
     await asyncio.to_thread(
-        apps(k8s).patch_namespaced_deployment_status, "dy-c1", NS, {"status": {"conditions": [{
-            "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-            "message": 'ReplicaSet "dy-c1-1" has timed out progressing.'}]}})
+        apps(k8s).patch_namespaced_deployment_status,
+        "dy-c1",
+        NS,
+        {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Progressing",
+                        "status": "False",
+                        "reason": "ProgressDeadlineExceeded",
+                        "message": 'ReplicaSet "dy-c1-1" has timed out progressing.',
+                    }
+                ]
+            }
+        },
+    )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason) == (Phase.FAILED, "ProgressDeadlineExceeded")
-    await asyncio.to_thread(make_pod, k8s, "dy-c1-1-x", 1, {"containerStatuses": [{
-        "name": "app", "image": "nginx:1.27", "imageID": "", "ready": False, "restartCount": 5,
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}}}]})
+    await asyncio.to_thread(
+        make_pod,
+        k8s,
+        "dy-c1-1-x",
+        1,
+        {
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "image": "nginx:1.27",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 5,
+                    "state": {
+                        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}
+                    },
+                }
+            ]
+        },
+    )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason, state.message) == (
-        Phase.FAILED, "CrashLoopBackOff", "back-off 5m0s")
+        Phase.FAILED,
+        "CrashLoopBackOff",
+        "back-off 5m0s",
+    )
 
 
 async def test_remove_cascades_and_list_managed(
@@ -236,8 +354,11 @@ async def test_remove_cascades_and_list_managed(
         assert k8s.get(plural, NS, "dy-c1") is None
         assert k8s.get(plural, NS, "dy-c1-1") is None
     assert k8s.get("pods", NS, "dy-c1-1-x") is None
-    deletes = [r for r in k8s.emulator if r.method == kmock.method.DELETE
-               and r.resource.plural == "deployments"]
+    deletes = [
+        r
+        for r in k8s.emulator
+        if r.method == kmock.method.DELETE and r.resource.plural == "deployments"
+    ]
     policy = deletes[0].params.get("propagationPolicy") or (deletes[0].data or {}).get(
         "propagationPolicy"
     )
@@ -248,8 +369,9 @@ async def test_remove_cascades_and_list_managed(
     assert k8s.get("deployments", NS, "dy-c2") is not None
 
 
-async def test_per_owner_namespaces(api_client: kubernetes.client.ApiClient,
-                                    k8s: EmulatorThread) -> None:
+async def test_per_owner_namespaces(
+    api_client: kubernetes.client.ApiClient, k8s: EmulatorThread
+) -> None:
     config = KubernetesConfig(namespace_strategy="per-owner")
     runtime = KubernetesRuntime(api_client, config)
     await runtime.apply(SPEC)
@@ -282,15 +404,21 @@ async def test_watch_resumes_and_relists_after_gone(
         await asyncio.sleep(1.5)  # the next resume gets 410 Gone: relist
         seen = {(await next_event(events)).container_id for _ in range(2)}
         assert seen == {"c1", "c2"}
-    watches = [r for r in k8s.emulator if r.action == kmock.action.WATCH
-               and r.resource.plural == "deployments"]
+    watches = [
+        r
+        for r in k8s.emulator
+        if r.action == kmock.action.WATCH and r.resource.plural == "deployments"
+    ]
     assert any(r.params.get("resourceVersion") for r in watches)
-    lists = [r for r in k8s.emulator if r.action == kmock.action.LIST
-             and r.resource.plural == "deployments"
-             and r.params.get("labelSelector") == "dockyard.dev/managed-by=dockyard"]
+    lists = [
+        r
+        for r in k8s.emulator
+        if r.action == kmock.action.LIST
+        and r.resource.plural == "deployments"
+        and r.params.get("labelSelector") == "dockyard.dev/managed-by=dockyard"
+    ]
     assert len(lists) >= 2
-    assert all(r.params.get("labelSelector") == "dockyard.dev/managed-by=dockyard"
-               for r in watches)
+    assert all(r.params.get("labelSelector") == "dockyard.dev/managed-by=dockyard" for r in watches)
 
 
 async def test_watch_reports_pod_changes(runtime: KubernetesRuntime, k8s: EmulatorThread) -> None:
@@ -350,9 +478,12 @@ def test_translate_error(error: Exception, expected: type[Exception]) -> None:
 
 async def test_errors_over_http(runtime: KubernetesRuntime, k8s: EmulatorThread) -> None:
     await runtime.apply(SPEC)
-    await asyncio.to_thread(apps(k8s).patch_namespaced_deployment, "dy-c1", NS,
-                            {"spec": {"template": {"spec": {"containers": [
-                                {"name": "app", "image": "x:1"}]}}}})
+    await asyncio.to_thread(
+        apps(k8s).patch_namespaced_deployment,
+        "dy-c1",
+        NS,
+        {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "x:1"}]}}}},
+    )
     rejected = dataclasses.replace(SPEC, owner="x")
     broken = KubernetesRuntime(runtime._api_client, KubernetesConfig(namespace="missing"))
     with pytest.raises(RuntimeRejected) as excinfo:

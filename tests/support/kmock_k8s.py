@@ -64,8 +64,14 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
 NAMESPACES = kmock.resource(group="", version="v1", plural="namespaces")
 PODS = kmock.resource(group="", version="v1", plural="pods")
 # Resources whose status is written only through the ``status`` subresource.
-_WITH_STATUS_SUBRESOURCE = {"pods", "services", "deployments", "replicasets", "ingresses",
-                            "namespaces"}
+_WITH_STATUS_SUBRESOURCE = {
+    "pods",
+    "services",
+    "deployments",
+    "replicasets",
+    "ingresses",
+    "namespaces",
+}
 # The official client decodes these deletions as the object itself, the others as a Status.
 _DELETE_RETURNS_OBJECT = {"pods", "services", "namespaces"}
 _APPLY = "application/apply-patch+yaml"
@@ -268,9 +274,7 @@ def field_selector_matches(selector: str | None, obj: Obj) -> bool:
 class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """kmock's emulator with Kubernetes write, list, watch and log semantics (see module doc)."""
 
-    pod_logs: dict[tuple[str, str], list[tuple[datetime.datetime, str]]] = attrs.field(
-        factory=dict
-    )
+    pod_logs: dict[tuple[str, str], list[tuple[datetime.datetime, str]]] = attrs.field(factory=dict)
     _resource_version: int = attrs.field(default=0, init=False)
     _event_log: list[tuple[int, Any, Obj]] = attrs.field(factory=list, init=False)
     _compacted_below: int = attrs.field(default=0, init=False)
@@ -293,9 +297,11 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
                 subresources={"status", "log"} if plural == "pods" else {"status"},
             )
         self.fallback[kmock.method.PUT] << self._serve_result
-        self[PODS, kmock.subresource("log")] << kmock.headers(
-            {"Content-Type": "text/plain; charset=utf-8"}
-        ) << self._serve_log
+        (
+            self[PODS, kmock.subresource("log")]
+            << kmock.headers({"Content-Type": "text/plain; charset=utf-8"})
+            << self._serve_log
+        )
 
     # --- helpers usable from tests (on the emulator loop) ---
 
@@ -355,8 +361,9 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
         return copy.deepcopy(self.objects[key].raw)
 
     def _record(self, resource: Any, event_type: str, obj: Obj) -> None:
-        self._event_log.append((self._resource_version, resource, {"type": event_type,
-                                                                    "object": obj}))
+        self._event_log.append(
+            (self._resource_version, resource, {"type": event_type, "object": obj})
+        )
 
     def _store(self, key: tuple[Any, str | None, str], obj: Obj, *, created: bool) -> Obj:
         self._resource_version += 1
@@ -387,9 +394,11 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
 
     def _namespace_must_exist(self, resource: Any, namespace: str | None) -> None:
         _, _, namespaced = self._kind(resource)
-        if namespaced and namespace is not None and self._live(
-            (NAMESPACES, None, namespace)
-        ) is None:
+        if (
+            namespaced
+            and namespace is not None
+            and self._live((NAMESPACES, None, namespace)) is None
+        ):
             raise _error(404, "NotFound", f'namespaces "{namespace}" not found')
 
     def _stamp_new(self, resource: Any, namespace: str | None, name: str, body: Obj) -> Obj:
@@ -476,8 +485,9 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
                     "has been modified; please apply your changes to the latest version and try "
                     "again",
                 )
-            return self._store(key, self._finish_update(resource, old, body, subresource),
-                               created=False)
+            return self._store(
+                key, self._finish_update(resource, old, body, subresource), created=False
+            )
         if method == kmock.method.PATCH:
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             body = self._body(request)
@@ -488,8 +498,9 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
             if content_type == _JSON_PATCH:
                 raise _error(415, "UnsupportedMediaType", "json-patch is not emulated")
             merged = (json_merge if content_type == _MERGE else strategic_merge)(old, body)
-            return self._store(key, self._finish_update(resource, old, merged, subresource),
-                               created=False)
+            return self._store(
+                key, self._finish_update(resource, old, merged, subresource), created=False
+            )
         if method == kmock.method.DELETE:
             if old is None:
                 raise _error(404, "NotFound", f'{resource.plural} "{name}" not found')
@@ -534,20 +545,24 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
                 ]
                 if clashes:
                     raise _error(
-                        409, "Conflict", f'Apply failed with conflicts: conflict with "{other}": '
-                        + ", ".join(clashes)
+                        409,
+                        "Conflict",
+                        f'Apply failed with conflicts: conflict with "{other}": '
+                        + ", ".join(clashes),
                     )
         if old is None:
             self._namespace_must_exist(resource, namespace)
-            result = self._store(key, self._stamp_new(resource, namespace, name, body),
-                                 created=True)
+            result = self._store(
+                key, self._stamp_new(resource, namespace, name, body), created=True
+            )
             self._applied[key] = {manager: copy.deepcopy(body)}
             return result
         previous = managers.get(manager, {})
         merged = strategic_merge(prune(old, previous, body), body)
         managers[manager] = copy.deepcopy(body)
-        return self._store(key, self._finish_update(resource, old, merged, request.subresource),
-                           created=False)
+        return self._store(
+            key, self._finish_update(resource, old, merged, request.subresource), created=False
+        )
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # Serve ``/apis/apps/v1/`` like ``/apis/apps/v1``: normalise before kmock parses the URL.
@@ -658,13 +673,11 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
         entries = self.pod_logs.get(key, [])[start:]
         since = request.params.get("sinceSeconds")
         if since:
-            threshold = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
-                seconds=int(since)
-            )
+            threshold = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=int(since))
             entries = [(stamp, line) for stamp, line in entries if stamp >= threshold]
         tail = request.params.get("tailLines")
         if tail and start == 0:
-            entries = entries[-int(tail):] if int(tail) else []
+            entries = entries[-int(tail) :] if int(tail) else []
         stamps = request.params.get("timestamps") == "true"
         return [
             (f"{stamp.strftime('%Y-%m-%dT%H:%M:%S.%f')}000Z {line}" if stamps else line) + "\n"
@@ -701,8 +714,7 @@ class EmulatorThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.emulator = DockyardKubernetesEmulator()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                        name="kmock-k8s")
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="kmock-k8s")
         self._stack = contextlib.AsyncExitStack()
         self.port = 0
 

@@ -17,8 +17,12 @@ from tests.support.kmock_k8s import EmulatorThread, label_selector_matches, stra
 NS = "dockyard-workloads"
 
 
-def deployment(name: str, image: str = "nginx:1.27", labels: dict[str, str] | None = None,
-               env: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def deployment(
+    name: str,
+    image: str = "nginx:1.27",
+    labels: dict[str, str] | None = None,
+    env: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -34,10 +38,18 @@ def deployment(name: str, image: str = "nginx:1.27", labels: dict[str, str] | No
     }
 
 
-def apply(apps: kubernetes.client.AppsV1Api, body: dict[str, Any], manager: str = "test",
-          force: bool = True) -> Any:
+def apply(
+    apps: kubernetes.client.AppsV1Api,
+    body: dict[str, Any],
+    manager: str = "test",
+    force: bool = True,
+) -> Any:
     return apps.patch_namespaced_deployment(
-        body["metadata"]["name"], NS, body, field_manager=manager, force=force,
+        body["metadata"]["name"],
+        NS,
+        body,
+        field_manager=manager,
+        force=force,
         _content_type="application/apply-patch+yaml",
     )
 
@@ -62,11 +74,13 @@ def test_server_side_apply_creates_merges_and_bumps_generation(
     api_client: kubernetes.client.ApiClient, k8s: EmulatorThread
 ) -> None:
     apps = kubernetes.client.AppsV1Api(api_client)
-    first = apply(apps, deployment("b", env=[{"name": "A", "value": "1"},
-                                              {"name": "B", "value": "2"}]))
+    first = apply(
+        apps, deployment("b", env=[{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+    )
     assert first.metadata.generation == 1
-    same = apply(apps, deployment("b", env=[{"name": "A", "value": "1"},
-                                             {"name": "B", "value": "2"}]))
+    same = apply(
+        apps, deployment("b", env=[{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+    )
     assert same.metadata.generation == 1
     changed = apply(apps, deployment("b", image="nginx:1.28", env=[{"name": "A", "value": "9"}]))
     assert changed.metadata.generation == 2
@@ -84,8 +98,12 @@ def test_apply_conflicts_between_managers_unless_forced(
     with pytest.raises(ApiException) as conflict:
         apply(apps, deployment("c", image="busybox:1"), manager="two", force=False)
     assert conflict.value.status == 409
-    assert apply(apps, deployment("c", image="busybox:1"), manager="two").spec.template.spec\
-        .containers[0].image == "busybox:1"
+    assert (
+        apply(apps, deployment("c", image="busybox:1"), manager="two")
+        .spec.template.spec.containers[0]
+        .image
+        == "busybox:1"
+    )
 
 
 def test_put_replace_checks_resource_version(api_client: kubernetes.client.ApiClient) -> None:
@@ -108,9 +126,15 @@ def test_strategic_merge_lists_by_name_and_status_subresource(
     apps = kubernetes.client.AppsV1Api(api_client)
     apps.create_namespaced_deployment(NS, deployment("d", env=[{"name": "A", "value": "1"}]))
     patched = apps.patch_namespaced_deployment(
-        "d", NS,
-        {"spec": {"template": {"spec": {"containers": [
-            {"name": "app", "env": [{"name": "B", "value": "2"}]}]}}}},
+        "d",
+        NS,
+        {
+            "spec": {
+                "template": {
+                    "spec": {"containers": [{"name": "app", "env": [{"name": "B", "value": "2"}]}]}
+                }
+            }
+        },
     )
     container = patched.spec.template.spec.containers[0]
     assert container.image == "nginx:1.27"
@@ -158,12 +182,23 @@ def test_delete_collects_dependents(api_client: kubernetes.client.ApiClient) -> 
     apps = kubernetes.client.AppsV1Api(api_client)
     core = kubernetes.client.CoreV1Api(api_client)
     owner = apps.create_namespaced_deployment(NS, deployment("g"))
-    core.create_namespaced_pod(NS, {
-        "metadata": {"name": "g-1", "ownerReferences": [{
-            "apiVersion": "apps/v1", "kind": "Deployment", "name": "g",
-            "uid": owner.metadata.uid}]},
-        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
-    })
+    core.create_namespaced_pod(
+        NS,
+        {
+            "metadata": {
+                "name": "g-1",
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": "g",
+                        "uid": owner.metadata.uid,
+                    }
+                ],
+            },
+            "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
+        },
+    )
     apps.delete_namespaced_deployment("g", NS, propagation_policy="Foreground")
     assert core.list_namespaced_pod(NS).items == []
     with pytest.raises(ApiException) as gone:
@@ -181,7 +216,11 @@ def test_watch_resume_timeout_and_gone(
     apps.create_namespaced_deployment(NS, deployment("j", labels={"w": "2"}))
     started = time.monotonic()
     response = apps.list_namespaced_deployment(
-        NS, watch=True, resource_version=version, label_selector="w=1", timeout_seconds=1,
+        NS,
+        watch=True,
+        resource_version=version,
+        label_selector="w=1",
+        timeout_seconds=1,
         _preload_content=False,
     )
     events = [json.loads(line) for line in response.read().splitlines() if line]
@@ -190,7 +229,11 @@ def test_watch_resume_timeout_and_gone(
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "i")]
     k8s.compact()
     response = apps.list_namespaced_deployment(
-        NS, watch=True, resource_version=version, timeout_seconds=1, _preload_content=False,
+        NS,
+        watch=True,
+        resource_version=version,
+        timeout_seconds=1,
+        _preload_content=False,
     )
     events = [json.loads(line) for line in response.read().splitlines() if line]
     response.release_conn()
@@ -202,7 +245,11 @@ def test_watch_streams_live_changes(api_client: kubernetes.client.ApiClient) -> 
     apps = kubernetes.client.AppsV1Api(api_client)
     version = apps.list_namespaced_deployment(NS).metadata.resource_version
     response = apps.list_namespaced_deployment(
-        NS, watch=True, resource_version=version, timeout_seconds=2, _preload_content=False,
+        NS,
+        watch=True,
+        resource_version=version,
+        timeout_seconds=2,
+        _preload_content=False,
     )
     threading.Timer(0.2, lambda: apps.create_namespaced_deployment(NS, deployment("k"))).start()
     line = response.readline()
@@ -214,8 +261,13 @@ def test_pod_log_plain_text_tail_and_follow(
     api_client: kubernetes.client.ApiClient, k8s: EmulatorThread
 ) -> None:
     core = kubernetes.client.CoreV1Api(api_client)
-    core.create_namespaced_pod(NS, {"metadata": {"name": "p"}, "spec": {"containers": [
-        {"name": "app", "image": "nginx:1.27"}]}})
+    core.create_namespaced_pod(
+        NS,
+        {
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]},
+        },
+    )
     for index in range(3):
         k8s.append_log(NS, "p", f"line {index}")
     text = core.read_namespaced_pod_log("p", NS, tail_lines=2)
