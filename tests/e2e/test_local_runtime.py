@@ -25,7 +25,7 @@ import pytest
 
 from app.auth import LocalKeys
 from app.settings import Settings
-from tests.support.podman import HTTPD_V1, HTTPD_V2, PAGE_V1, PAGE_V2, PodmanService
+from tests.support.podman import ECHO, HTTPD_V1, HTTPD_V2, PAGE_V1, PAGE_V2, PodmanService
 
 pytestmark = pytest.mark.podman
 
@@ -275,3 +275,38 @@ def test_orphans_are_collected_on_startup(server: Server, podman_service: Podman
     server.stop()
     server.start()
     wait_engine(podman_service, orphan_id, 0)
+
+
+def test_ingress_passes_methods_headers_and_bodies(server: Server) -> None:
+    created = server.api(
+        "POST", "/v1/containers", json={"name": "echo", "image": ECHO, "port": 8080}
+    ).json()
+    server.wait_for(created["id"], lambda c: c["status"] == "deployed")
+    host = created["urls"][0]
+    body = b"".join(b"chunk %06d\n" % n for n in range(200_000))  # 2.6 MB, streamed both ways
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    with httpx.Client(timeout=60) as client:
+        for method in ("POST", "PUT", "PATCH", "DELETE", "GET"):
+            response = client.request(
+                method,
+                f"{server.url}/cgi-bin/echo?a=1&b=two",
+                headers={"Host": host, "X-Custom": "kept", "X-Forwarded-For": "203.0.113.9"},
+                content=chunks() if method in ("POST", "PUT") else None,
+            )
+            assert response.status_code == 200, (method, response.text[:300])
+            assert response.headers["x-echo"] == "yes"
+            head, _, echoed = response.content.partition(b"body:\n")
+            text = head.decode()
+            assert f"method={method}" in text
+            assert "query=a=1&b=two" in text
+            assert "HTTP_X_CUSTOM=kept" in text
+            assert f"HTTP_HOST={host}" in text
+            assert "HTTP_X_FORWARDED_FOR=203.0.113.9, 127.0.0.1" in text
+            assert f"HTTP_X_FORWARDED_HOST={host}" in text
+            assert "HTTP_X_FORWARDED_PROTO=http" in text
+            if method in ("POST", "PUT"):
+                assert echoed == body

@@ -3,7 +3,9 @@
 The images are ``podman import``-ed from a rootfs tar holding a static busybox, so the tests need
 no network: ``localhost/dockyard-test-httpd:v1``/``v2`` serve ``/www/index.html`` on port 8080,
 ``localhost/dockyard-test-crash:v1`` prints two lines and exits 3, and
-``localhost/dockyard-test-logger:v1`` prints a numbered stdout and stderr line every 0.2 s.
+``localhost/dockyard-test-logger:v1`` prints a numbered stdout and stderr line every 0.2 s, and
+``localhost/dockyard-test-echo:v1`` answers ``/cgi-bin/echo`` with the method, query, headers
+and body it received.
 """
 
 from __future__ import annotations
@@ -18,12 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "echo", "sleep", "httpd", "cat", "ls")
+APPLETS = ("sh", "echo", "sleep", "httpd", "cat", "ls", "env", "sort")
 
 HTTPD_V1 = "localhost/dockyard-test-httpd:v1"
 HTTPD_V2 = "localhost/dockyard-test-httpd:v2"
 CRASH = "localhost/dockyard-test-crash:v1"
 LOGGER = "localhost/dockyard-test-logger:v1"
+ECHO = "localhost/dockyard-test-echo:v1"
+ECHO_SCRIPT = """#!/bin/sh
+echo "Content-Type: text/plain"
+echo "X-Echo: yes"
+echo ""
+echo "method=$REQUEST_METHOD"
+echo "query=$QUERY_STRING"
+env | sort | grep '^HTTP_'
+echo "body:"
+cat
+"""
 
 PAGE_V1 = "dockyard test page v1\n"
 PAGE_V2 = "dockyard test page v2\n"
@@ -40,6 +53,7 @@ IMAGES: dict[str, tuple[str, str]] = {
     HTTPD_V2: (PAGE_V2, HTTPD_CMD),
     CRASH: (PAGE_V1, CRASH_CMD),
     LOGGER: (PAGE_V1, LOGGER_CMD),
+    ECHO: (PAGE_V1, HTTPD_CMD),
 }
 
 
@@ -70,6 +84,11 @@ def _rootfs_tar(workdir: Path, page: str) -> Path:
     for applet in APPLETS:
         (root / "bin" / applet).symlink_to("busybox")
     (root / "www" / "index.html").write_text(page)
+    # busybox httpd runs /www/cgi-bin/* as CGI: `echo` answers with the request it received
+    (root / "www" / "cgi-bin").mkdir()
+    script = root / "www" / "cgi-bin" / "echo"
+    script.write_text(ECHO_SCRIPT)
+    script.chmod(0o755)
     tar_path = workdir / "rootfs.tar"
     with tarfile.open(tar_path, "w") as tar:
         tar.add(root, arcname=".")
