@@ -319,6 +319,9 @@ class Reconciler:
     async def _converge(self, container: Container) -> None:
         generation = container.generation
         try:
+            # A spec the runtime has not seen yet is applied (idempotent) without looking first.
+            if container.observed_generation < generation:
+                await self.runtime.apply(workload_spec(container, self.catalog))
             states = await self.runtime.observe(container.id)
             if not any(state.revision == generation for state in states):
                 await self.runtime.apply(workload_spec(container, self.catalog))
