@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            # The built-in ingress appends the real peer to X-Forwarded-For itself; letting
+            # uvicorn rewrite the peer from that header first would record the client twice.
+            proxy_headers=False,
         )
         return 0
     if args.command == "token":

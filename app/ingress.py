@@ -128,7 +128,7 @@ class IngressProxy:
                 )
                 return
         except httpx.HTTPError as e:
-            log.info("proxying to %s failed: %s", endpoint, e)
+            log.warning("proxying to %s failed: %r", endpoint, e)
             await _plain(send, 502, "the container did not answer\n", retry_after=True)
             return
         try:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import make_verifier
+from app.bus import Bus
 from app.db import installation_id, make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
@@ -25,6 +26,7 @@ from app.ingress import IngressProxy
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.reconcile.leader import Elector, database_elector
 from app.rest import problems
+from app.rest.logs import router as logs_router
 from app.rest.routes import router as rest_router
 from app.runtime.base import Runtime
 from app.runtime.factory import make_runtime
@@ -33,6 +35,7 @@ from app.runtime.k8s_lease import LeaseElector
 from app.runtime.k8s_manifests import KubernetesConfig, Toleration
 from app.services.context import ServiceContext
 from app.settings import Settings
+from app.streams import LogHub
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8000
@@ -86,6 +89,33 @@ def _elector(settings: Settings, state: AppState, runtime: Runtime) -> Elector:
     return database_elector(state.ctx.engine, settings.data_dir)
 
 
+def _log_hub(
+    settings: Settings, state: AppState, runtime: Runtime | None, reconciler: Reconciler | None
+) -> LogHub | None:
+    """The live-data provider, when something can feed it: a runtime here, or other replicas."""
+    bus = Bus(settings.broadcast_url)
+    if runtime is None and not bus.shared:
+        return None  # nothing would ever be published: GraphQL falls back to polling status
+
+    def on_remote_change(container_id: str) -> None:
+        if reconciler is not None and reconciler.leading:
+            reconciler.request(container_id)
+
+    hub = LogHub(
+        bus,
+        runtime,
+        is_leader=lambda: reconciler is not None and reconciler.leading,
+        on_remote_change=on_remote_change,
+        queue_lines=settings.log_queue_lines,
+        demand_heartbeat_seconds=settings.log_demand_heartbeat_seconds,
+    )
+    state.ctx.listeners.append(hub.service_changed)
+    if reconciler is not None:
+        reconciler.on_status = hub.status_changed
+    state.streams = hub
+    return hub
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -108,11 +138,14 @@ def create_app(
             or ReconcilerOptions(resync_interval=settings.reconcile_interval_seconds),
             elector=_elector(settings, state, runtime),
         )
-        state.ctx.listeners.append(reconciler.request)
+        state.ctx.listeners.append(lambda container_id, _kind: reconciler.request(container_id))
     state.reconciler = reconciler
+    hub = _log_hub(settings, state, runtime, reconciler)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if hub is not None:
+            await hub.start()
         if reconciler is not None:
             await reconciler.start()
         try:
@@ -120,6 +153,9 @@ def create_app(
         finally:
             if reconciler is not None:
                 await reconciler.stop()
+            if hub is not None:
+                await hub.stop()
+            if reconciler is not None:
                 await reconciler.runtime.close()
             state.ctx.engine.dispose()
 
@@ -139,6 +175,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.include_router(rest_router)
+    app.include_router(logs_router)
     # GraphQL documents itself (introspection, graphql/schema.graphql), not in the OpenAPI.
     app.include_router(
         graphql_router(allowed_origins=settings.cors_origins),
@@ -165,7 +202,15 @@ def create_app(
             await run_in_threadpool(ping)
         except sa.exc.SQLAlchemyError as e:
             return JSONResponse({"status": "unavailable", "reason": str(e)[:200]}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        body: dict[str, object] = {"status": "ok"}
+        if hub is not None:
+            body["logStreams"] = {
+                "upstreamOpened": hub.upstream.opened,
+                "upstreamOpen": hub.upstream.open,
+                "pumps": hub.pumps,
+                "subscribers": hub.local_subscribers,
+            }
+        return JSONResponse(body)
 
     return app
 

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     broadcast_url: str = Field(
         "memory://", description="Event fan-out: memory://, redis://…, postgres://…"
     )
+    sse_heartbeat_seconds: float = Field(
+        15, gt=0, description="Seconds between keep-alive comments on idle event streams."
+    )
+    log_queue_lines: int = Field(
+        1000, ge=1, description="Lines buffered per log subscriber; older ones are dropped."
+    )
+    log_demand_heartbeat_seconds: float = Field(
+        5, gt=0, description="Seconds between a log subscriber's announcements on the bus."
+    )
     reconcile_interval_seconds: float = Field(
         30, gt=0, description="Period of the full resync of desired and actual state."
     )

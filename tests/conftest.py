@@ -4,6 +4,10 @@ DOCKYARD_TEST_DATABASE_URL, emptied between tests) and tokens signed with its lo
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -144,3 +148,47 @@ def api_client(k8s: EmulatorThread) -> Iterator[kubernetes.client.ApiClient]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on 127.0.0.1 and a free port, for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server not installed (apt-get install redis-server)"
+        if os.environ.get("DOCKYARD_REQUIRE_REDIS") == "1":
+            pytest.fail(f"DOCKYARD_REQUIRE_REDIS=1 but {message}")
+        pytest.skip(message)
+    directory: Path = tmp_path_factory.mktemp("redis")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    process = subprocess.Popen(
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

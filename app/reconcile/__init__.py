@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult, Engine
@@ -46,7 +46,8 @@ from app.runtime.base import (
 
 log = logging.getLogger(__name__)
 
-StatusListener = Callable[[str], Awaitable[None]]
+StatusListener = Callable[[str, Literal["status", "deleted"]], Awaitable[None]]
+"""Called with the container id after its observed status changed, or after it was purged."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ class Reconciler:
             await asyncio.to_thread(self._purge, container_id)
             log.info("container %s removed from the runtime and purged", container_id)
             if self.on_status is not None:
-                await self.on_status(container_id)
+                await self.on_status(container_id, "deleted")
         self._locks.pop(container_id, None)
         self._pending_polls.pop(container_id, None)
         self._failures.pop(container_id, None)
@@ -347,7 +348,7 @@ class Reconciler:
         self._route(container.id, observed, states)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
         if changed and self.on_status is not None:
-            await self.on_status(container.id)
+            await self.on_status(container.id, "status")
         await self._retire_or_wait(container.id, generation, observed, states)
 
     def _route(

@@ -263,7 +263,7 @@ def delete_container(*, ctx: ServiceContext, principal: Principal, container_id:
         container = _load(session, container_id, principal, lock=True)
         container.deleted_at = utcnow()
         session.add(container)
-    ctx.notify(container.id)
+    ctx.notify(container.id, "deleted")
 
 
 def list_revisions(

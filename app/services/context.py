@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sqlalchemy.engine import Engine
 
 from app.domain.gpus import GpuCatalog
 from app.domain.spec import Limits
 
-ChangeListener = Callable[[str], None]
+ChangeKind = Literal["spec", "deleted"]
+ChangeListener = Callable[[str, ChangeKind], None]
+"""Called with the container id and what changed, from the worker thread that committed."""
 
 
 @dataclass
@@ -23,7 +26,7 @@ class ServiceContext:
     ingress_domain: str
     listeners: list[ChangeListener] = field(default_factory=list)
 
-    def notify(self, container_id: str) -> None:
+    def notify(self, container_id: str, kind: ChangeKind = "spec") -> None:
         """Tell listeners (reconciler, publishers) that a container's desired state changed."""
         for listener in self.listeners:
-            listener(container_id)
+            listener(container_id, kind)

@@ -1,5 +1,5 @@
-"""The seam between the transports' live views (GraphQL subscriptions, later REST event
-streams) and whatever produces live container data.
+"""The seam between the transports' live views (GraphQL subscriptions, REST event streams) and
+whatever produces live container data (``app.streams.LogHub``).
 
 The runtime (logs) and the reconciler (status changes) must not import the transports, and the
 transports must not import each other, so the port lives here, below both. Providers satisfy it
@@ -13,8 +13,12 @@ as every other read), and only then open a stream.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
+
+DROPPED_STREAM = "dropped"
+"""The ``stream`` of a marker saying that lines were dropped because the client read too slowly."""
 
 
 class LogRecord(Protocol):
@@ -37,13 +41,43 @@ class LogRecord(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LogEvent:
+    """One line of output with a deterministic id, or a marker of dropped lines.
+
+    ``id`` is ``<timestamp in ns>-<k>`` where ``k`` counts the earlier lines with the same
+    timestamp: every reader of the runtime's log computes the same id for the same line, so a
+    client can resume after the last id it saw (``Last-Event-ID``). A marker has
+    ``stream == "dropped"``, ``dropped`` > 0, ``line == "<n> lines dropped"`` and the id of the
+    last line before the gap.
+    """
+
+    id: str
+    timestamp: datetime
+    line: str
+    stream: str
+    revision: int | None
+    dropped: int = 0
+
+
 class ContainerStreams(Protocol):
     """Live data about one container, provided by the app state (``AppState.streams``)."""
 
     def logs(
-        self, container_id: str, *, tail: int | None, follow: bool
-    ) -> AsyncIterator[LogRecord]:
-        """The last ``tail`` lines (all when None), then new ones while ``follow`` is true."""
+        self,
+        container_id: str,
+        *,
+        tail: int | None,
+        follow: bool,
+        since: datetime | None = None,
+        after: str | None = None,
+    ) -> AsyncIterator[LogEvent]:
+        """The last ``tail`` lines (all when None; only those at or after ``since``), then new
+        ones while ``follow`` is true, until the container is deleted.
+
+        ``after`` is the id of the last line a reconnecting client has: the stream resumes right
+        after it (as far as the runtime still has the lines) and ``tail`` is ignored.
+        """
         ...
 
     def status(self, container_id: str) -> AsyncIterator[object]:

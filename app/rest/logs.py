@@ -1,0 +1,162 @@
+"""``GET /v1/containers/{id}/logs``: a container's output as a server-sent event stream.
+
+Authorization runs before the stream starts, so 401/403/404 are ordinary problem+json answers.
+Each line is an event whose id (``<ns>-<k>``, see ``app.streams``) lets a reconnecting client
+resume with ``Last-Event-ID``; ``: keep-alive`` comments keep idle streams open through proxies;
+``event: dropped`` tells a slow reader how many lines it lost; ``event: end`` closes the stream
+(backlog done without ``follow``, or the container was deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import CurrentPrincipal, app_state
+from app.domain.errors import FieldError, ValidationFailed
+from app.rest import problems
+from app.services import containers as svc
+from app.services.streams import LogEvent
+
+router = APIRouter(prefix="/v1")
+log = logging.getLogger(__name__)
+
+MAX_TAIL = 10_000
+_END = "event: end\ndata: {}\n\n"
+_KEEP_ALIVE = ": keep-alive\n\n"
+_closing: set[asyncio.Task[None]] = set()
+
+
+def parse_since(value: str | None, *, now: datetime | None = None) -> datetime | None:
+    """RFC 3339 (``2024-05-01T12:00:00Z``) or a whole number of seconds ago."""
+    if value is None or value == "":
+        return None
+    now = now or datetime.now(UTC)
+    if value.isdigit():
+        return now - timedelta(seconds=int(value))
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(
+            [FieldError("since", "must be RFC 3339 (2024-05-01T12:00:00Z) or seconds ago, e.g. 60")]
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def format_event(event: LogEvent) -> str:
+    if event.dropped:
+        return f"event: dropped\ndata: {json.dumps({'dropped': event.dropped})}\n\n"
+    data = {
+        "timestamp": event.timestamp.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "line": event.line,
+        "stream": event.stream,
+        "revision": event.revision,
+    }
+    return f"id: {event.id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _read(events: AsyncIterator[LogEvent], queue: asyncio.Queue[LogEvent | None]) -> None:
+    try:
+        async for event in events:
+            await queue.put(event)
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    await queue.put(None)
+
+
+async def event_stream(events: AsyncIterator[LogEvent], *, heartbeat: float) -> AsyncIterator[str]:
+    """SSE text of ``events``, with keep-alive comments whenever nothing came for ``heartbeat``.
+
+    The events are read by a task of their own: when the client goes away, the server cancels
+    this generator, and the reader is cancelled in turn, closing the subscription in its own
+    task (cleanup that awaits cannot run inside an already-cancelled request scope).
+    """
+    queue: asyncio.Queue[LogEvent | None] = asyncio.Queue(maxsize=1)
+    reader = asyncio.create_task(_read(events, queue), name="sse-reader")
+    _closing.add(reader)
+    reader.add_done_callback(_closing.discard)
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait(
+                {getter, reader}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()
+                if reader in done:  # it failed: it puts None when it ends normally
+                    if not reader.cancelled() and reader.exception() is not None:
+                        log.warning("log stream failed: %s", reader.exception())
+                    yield _END
+                    return
+                yield _KEEP_ALIVE
+                continue
+            event = getter.result()
+            if event is None:
+                yield _END
+                return
+            yield format_event(event)
+    finally:
+        reader.cancel()
+
+
+_LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events: `id` + `data` {timestamp, line, stream, revision} "
+        "per line; `event: dropped` with {dropped}; `event: end`; `: keep-alive` comments",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **{
+        code: {"description": text, "content": {"application/problem+json": {}}}
+        for code, text in [
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (422, "Invalid input; `errors` names each field"),
+            (503, "This server cannot stream logs (no runtime, no shared bus)"),
+        ]
+    },
+}
+
+
+@router.get("/containers/{id}/logs", response_class=StreamingResponse, responses=_LOG_RESPONSES)
+async def container_logs(
+    id: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    follow: Annotated[bool, Query(description="Keep streaming new lines")] = True,
+    tail: Annotated[int, Query(ge=0, le=MAX_TAIL, description="Lines of backlog")] = 100,
+    since: Annotated[
+        str | None, Query(description="RFC 3339 time, or whole seconds ago (e.g. 60)")
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event")
+    ] = None,
+) -> Response:
+    state = app_state(request)
+    await run_in_threadpool(
+        lambda: svc.get_container(ctx=state.ctx, principal=principal, container_id=id)
+    )
+    since_time = parse_since(since)
+    streams = state.streams
+    if streams is None:
+        return problems.problem(
+            503, "UNAVAILABLE", "no runtime configured: this server cannot stream logs"
+        )
+    events = streams.logs(
+        id, tail=tail, follow=follow, since=since_time, after=last_event_id or None
+    )
+    return StreamingResponse(
+        event_stream(events, heartbeat=state.settings.sse_heartbeat_seconds),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,167 @@
+"""Log fan-out benchmark: 1, 10 and 100 SSE subscribers of one chatty container, side by side with
+reading the engine's own log stream directly (docker SDK), in one run on Podman.
+
+    PYTHONPATH=. .venv/bin/python bench/logs.py [--seconds 5]
+
+Starts its own `podman system service` and `dockyard serve` on 127.0.0.1, a busybox container that
+prints as fast as it can, and stops everything at the end. Prints lines/s per subscriber and in
+total, upstream engine streams opened by the server (must stay 1 per phase) and server RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+import httpx
+import psutil
+
+from app.auth import LocalKeys
+from app.settings import Settings
+from tests.support.podman import PAGE_V1, build_image, ensure_test_images, image_exists
+from tests.support.podman import start_service as start_podman
+from tests.support.server import Server, free_port
+
+SPAMMER = "localhost/dockyard-bench-spammer:v1"
+SPAMMER_CMD = '["/bin/sh","-c","i=0; while true; do i=$((i+1)); echo spam line $i; done"]'
+
+
+def rss_mib(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def direct_engine(base_url: str, engine_id: str, seconds: float) -> int:
+    """Lines read from the engine's own follow stream during ``seconds``."""
+    client = docker.DockerClient(base_url=base_url, version="1.41")
+    count = 0
+    stream = client.api.logs(engine_id, stream=True, follow=True, tail=0)
+    stop = threading.Event()
+
+    def stopper() -> None:
+        stop.wait(seconds)
+        stream.close()
+
+    threading.Thread(target=stopper, daemon=True).start()
+    deadline = time.monotonic() + seconds
+    try:
+        for chunk in stream:
+            count += chunk.count(b"\n")
+            if time.monotonic() > deadline:
+                break
+    except Exception:
+        pass
+    stop.set()
+    client.close()
+    return count
+
+
+async def sse_phase(
+    server: Server, container_id: str, subscribers: int, seconds: float
+) -> list[int]:
+    counts = [0] * subscribers
+
+    async def one(index: int, client: httpx.AsyncClient) -> None:
+        url = f"{server.url}/v1/containers/{container_id}/logs"
+        async with client.stream("GET", url, params={"tail": 0}, headers=server.headers) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    counts[index] += 1
+
+    limits = httpx.Limits(max_connections=subscribers + 5)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=None), limits=limits) as client:
+        tasks = [asyncio.create_task(one(i, client)) for i in range(subscribers)]
+        await asyncio.sleep(seconds)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return counts
+
+
+def streams(server: Server) -> dict[str, int]:
+    return dict(httpx.get(f"{server.url}/readyz", timeout=10).json()["logStreams"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    ensure_test_images()
+    if not image_exists(SPAMMER):
+        build_image(SPAMMER, PAGE_V1, SPAMMER_CMD)
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
+        data_dir = Path(tmp)
+        podman = start_podman(data_dir)
+        token = LocalKeys(Settings(data_dir=data_dir)).mint(
+            subject="bench", roles=[], ttl_seconds=3600
+        )
+        env = {
+            **os.environ,
+            "DOCKYARD_DATA_DIR": str(data_dir),
+            "DOCKYARD_RUNTIME": "docker",
+            "DOCKYARD_DOCKER_HOST": podman.base_url,
+            "DOCKYARD_READINESS_TIMEOUT_SECONDS": "3600",
+        }
+        server = Server(
+            env, free_port(), data_dir / "server.log", headers={"Authorization": f"Bearer {token}"}
+        )
+        server.start()
+        try:
+            body = {"name": "spammer", "image": SPAMMER, "port": 8080, "ram": "64Mi"}
+            container_id = server.api("POST", "/v1/containers", json=body).json()["id"]
+            client = docker.DockerClient(base_url=podman.base_url, version="1.41")
+            engine_id = None
+            while engine_id is None:
+                found = client.containers.list(
+                    filters={"label": f"dockyard.dev/container-id={container_id}"}
+                )
+                engine_id = found[0].id if found else None
+                time.sleep(0.3)
+            client.close()
+            time.sleep(1)
+            pid = server.process.pid  # type: ignore[union-attr]
+            direct = direct_engine(podman.base_url, engine_id, args.seconds) / args.seconds
+            print(f"direct engine stream: {direct:,.0f} lines/s")
+            idle_rss = rss_mib(pid)
+            print(f"server RSS idle: {idle_rss:.1f} MiB")
+            for subscribers in (1, 10, 100):
+                before = streams(server)["upstreamOpened"]
+                sampler_rss: list[float] = []
+                stop = threading.Event()
+
+                def sample(stop: threading.Event = stop, into: list[float] = sampler_rss) -> None:
+                    while not stop.wait(0.5):
+                        into.append(rss_mib(pid))
+
+                thread = threading.Thread(target=sample, daemon=True)
+                thread.start()
+                counts = asyncio.run(sse_phase(server, container_id, subscribers, args.seconds))
+                stop.set()
+                thread.join()
+                time.sleep(1.5)  # let the server close the upstream
+                opened = streams(server)["upstreamOpened"] - before
+                per = [c / args.seconds for c in counts]
+                total = sum(per)
+                peak = max(sampler_rss or [rss_mib(pid)])
+                print(
+                    f"{subscribers:>3} subscribers: per subscriber min/mean {min(per):,.0f}/"
+                    f"{total / subscribers:,.0f} lines/s, total {total:,.0f} lines/s, "
+                    f"mean/direct {total / subscribers / direct:.2f}, "
+                    f"total/direct {total / direct:.2f}, "
+                    f"upstream opened {opened}, RSS peak {peak:.1f} MiB "
+                    f"(+{(peak - idle_rss) / subscribers * 1024:.0f} KiB/subscriber)"
+                )
+            server.api("DELETE", f"/v1/containers/{container_id}")
+            time.sleep(3)
+        finally:
+            server.stop()
+            podman.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Live logs and status on a real engine: SSE and GraphQL subscriptions of a `dockyard serve`
+process whose containers run on Podman."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from app.auth import LocalKeys
+from app.settings import Settings
+from tests.support.podman import HTTPD_V1, LOGGER, PodmanService
+from tests.support.server import Server, free_port
+from tests.support.sse import SseEvent, iter_events
+
+pytestmark = pytest.mark.podman
+
+
+def serve_env(
+    data_dir: Path, database_url: str, podman: PodmanService, **extra: str
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DOCKYARD_DATA_DIR": str(data_dir),
+        "DOCKYARD_DATABASE_URL": database_url,
+        "DOCKYARD_RUNTIME": "docker",
+        "DOCKYARD_DOCKER_HOST": podman.base_url,
+        "DOCKYARD_READINESS_TIMEOUT_SECONDS": "30",
+        "DOCKYARD_STOP_TIMEOUT_SECONDS": "1",
+        "DOCKYARD_RECONCILE_INTERVAL_SECONDS": "5",
+        "DOCKYARD_SSE_HEARTBEAT_SECONDS": "0.5",
+        "DOCKYARD_LOG_DEMAND_HEARTBEAT_SECONDS": "0.5",
+        **extra,
+    }
+
+
+def bearer(data_dir: Path, subject: str = "alice") -> dict[str, str]:
+    token = LocalKeys(Settings(data_dir=data_dir)).mint(subject=subject, roles=[], ttl_seconds=900)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
+    server = Server(
+        env=serve_env(tmp_path, database_url, podman_service),
+        port=free_port(),
+        log_path=tmp_path / "server.log",
+        headers=bearer(tmp_path),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def create(server: Server, image: str = LOGGER, name: str = "logger") -> str:
+    body: dict[str, Any] = {"name": name, "image": image, "port": 8080, "ram": "64Mi"}
+    created = server.api("POST", "/v1/containers", json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def open_logs(
+    server: Server, container_id: str, headers: dict[str, str] | None = None, **params: Any
+) -> Any:
+    return httpx.stream(
+        "GET",
+        f"{server.url}/v1/containers/{container_id}/logs",
+        params=params,
+        headers={**server.headers, **(headers or {})},
+        timeout=httpx.Timeout(30, read=10),
+    )
+
+
+def events_of(response: httpx.Response) -> Iterator[SseEvent]:
+    return iter_events(response.iter_lines())
+
+
+def take_lines(events: Iterator[SseEvent], count: int) -> list[SseEvent]:
+    taken = []
+    for event in events:
+        if event.event == "message":
+            taken.append(event)
+            if len(taken) == count:
+                break
+    return taken
+
+
+def log_streams(server: Server) -> dict[str, int]:
+    return dict(httpx.get(f"{server.url}/readyz", timeout=10).json()["logStreams"])
+
+
+def wait_streams(server: Server, expected: dict[str, int], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    current = log_streams(server)
+    while time.monotonic() < deadline:
+        current = log_streams(server)
+        if all(current[k] == v for k, v in expected.items()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"log streams {current}, expected {expected}")
+
+
+def test_errors_come_before_any_stream(server: Server, tmp_path: Path) -> None:
+    container_id = create(server, HTTPD_V1, "web")
+    url = f"{server.url}/v1/containers/{container_id}/logs"
+    cases = [
+        (httpx.get(url, timeout=10), 401, None),
+        (httpx.get(url, headers=bearer(tmp_path, "mallory"), timeout=10), 403, None),
+        (server.api("GET", "/v1/containers/00000000-0000-0000-0000-000000000000/logs"), 404, None),
+        (server.api("GET", f"/v1/containers/{container_id}/logs?tail=-1"), 422, "tail"),
+        (server.api("GET", f"/v1/containers/{container_id}/logs?tail=10001"), 422, "tail"),
+        (server.api("GET", f"/v1/containers/{container_id}/logs?since=yesterday"), 422, "since"),
+    ]
+    for response, status, field in cases:
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        if field:
+            assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+def test_sse_backlog_follow_resume_and_release(server: Server) -> None:
+    container_id = create(server)  # it never opens its port: it logs while "deploying"
+    deadline = time.monotonic() + 30
+    events: list[SseEvent] = []
+    while len(events) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with open_logs(server, container_id, follow="false", tail=3) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = list(events_of(response))
+    assert [e.event for e in events] == ["message"] * 3 + ["end"]
+    first = events[0].json()
+    assert set(first) == {"timestamp", "line", "stream", "revision"}
+    assert first["timestamp"].endswith("Z") and first["revision"] == 1
+    assert first["stream"] in ("stdout", "stderr")
+
+    with open_logs(server, container_id, tail=2) as response:
+        events_iterator = events_of(response)  # closing it would close the response
+        received = take_lines(events_iterator, 12)
+        streams = log_streams(server)
+        assert streams["upstreamOpen"] == 1 and streams["subscribers"] == 1, streams
+    lines = [e.json()["line"] for e in received]
+    numbers = [int(line.split()[1]) for line in lines if line.startswith("line ")]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # no gap, no duplicate
+    assert len({e.id for e in received}) == len(received)
+    # The client went away: the server releases its subscription and the upstream stream.
+    wait_streams(server, {"subscribers": 0, "pumps": 0, "upstreamOpen": 0})
+
+    # Reconnect after the 4th line: the lines that follow are exactly the ones seen before.
+    resume_from = received[3].id
+    assert resume_from is not None
+    with open_logs(server, container_id, {"Last-Event-ID": resume_from}) as response:
+        resumed = take_lines(events_of(response), 8)
+    assert [(e.id, e.json()) for e in resumed] == [(e.id, e.json()) for e in received[4:12]]
+    wait_streams(server, {"subscribers": 0, "pumps": 0, "upstreamOpen": 0})
+    assert log_streams(server)["upstreamOpened"] == 2
+
+
+def test_idle_streams_get_keep_alives_and_end_on_delete(server: Server) -> None:
+    container_id = create(server, HTTPD_V1, "quiet")
+    server.wait_for(container_id, lambda c: c["status"] == "deployed")
+    with open_logs(server, container_id) as response:
+        events = events_of(response)
+        assert next(events).comment == "keep-alive"
+        assert server.api("DELETE", f"/v1/containers/{container_id}").status_code == 204
+        rest = [e.event for e in events]
+    assert rest[-1] == "end" and set(rest[:-1]) <= {"comment"}
+    wait_streams(server, {"subscribers": 0, "pumps": 0})
+
+
+@contextlib.contextmanager
+def graphql_ws(server: Server) -> Iterator[Any]:
+    url = f"ws://127.0.0.1:{server.port}/graphql"
+    with connect(url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        ws.send(json.dumps({"type": "connection_init", "payload": server.headers}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        yield ws
+
+
+def test_graphql_subscriptions_carry_live_logs_and_status(server: Server) -> None:
+    web_id = create(server, HTTPD_V1, "web")
+    container_id = create(server)
+    with graphql_ws(server) as ws:
+        ws.send(
+            json.dumps(
+                {
+                    "type": "subscribe",
+                    "id": "status",
+                    "payload": {
+                        "query": "subscription($id: ID!) "
+                        "{ containerStatus(id: $id) { status revision } }",
+                        "variables": {"id": web_id},
+                    },
+                }
+            )
+        )
+        statuses = []
+        while "deployed" not in statuses:
+            message = json.loads(ws.recv(timeout=30))
+            assert message["type"] == "next", message
+            statuses.append(message["payload"]["data"]["containerStatus"]["status"])
+        assert statuses[0] == "deploying"
+        ws.send(json.dumps({"type": "complete", "id": "status"}))
+        ws.send(
+            json.dumps(
+                {
+                    "type": "subscribe",
+                    "id": "logs",
+                    "payload": {
+                        "query": "subscription($id: ID!) { containerLogs(id: $id, tail: 1) "
+                        "{ line stream revision timestamp } }",
+                        "variables": {"id": container_id},
+                    },
+                }
+            )
+        )
+        lines = []
+        while len(lines) < 6:
+            message = json.loads(ws.recv(timeout=10))
+            if message.get("id") != "logs":
+                continue
+            assert message["type"] == "next", message
+            lines.append(message["payload"]["data"]["containerLogs"])
+        assert {line["stream"] for line in lines} == {"stdout", "stderr"}
+        assert all(line["revision"] == 1 for line in lines)
+        assert log_streams(server)["upstreamOpen"] == 1
+        ws.send(json.dumps({"type": "complete", "id": "logs"}))
+        wait_streams(server, {"subscribers": 0, "pumps": 0, "upstreamOpen": 0})

@@ -1,0 +1,232 @@
+"""The log hub on the in-memory bus, with a scripted runtime: one upstream stream per container
+however many subscribers, deterministic ids, deduplication, slow consumers, demand expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.bus import LOGS_DEMAND, Bus
+from app.runtime.base import LogLine
+from app.services.streams import DROPPED_STREAM, LogEvent
+from app.streams import LogHub, event_key, numbered, timestamp_ns
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class ScriptedRuntime:
+    """``logs`` serves the lines appended so far, then (follow) every new one."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.lines: list[LogLine] = []
+        self.opened = 0
+        self.open = 0
+        self.follow_opened = 0
+        self._changed = asyncio.Event()
+
+    def write(self, text: str, *, at: datetime | None = None, stream: str = "stdout") -> None:
+        moment = at or (self.lines[-1].timestamp if self.lines else T0)
+        self.lines.append(LogLine(moment, text, stream, 1))
+        self._changed.set()
+
+    async def logs(
+        self,
+        container_id: str,
+        *,
+        revision: int | None = None,
+        follow: bool = True,
+        tail: int | None = 100,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        self.opened += 1
+        self.open += 1
+        self.follow_opened += follow
+        try:
+            chosen = [
+                line
+                for line in self.lines
+                if since is None or line.timestamp >= since.replace(microsecond=0)
+            ]
+            if tail is not None:
+                chosen = chosen[len(chosen) - tail :] if tail else []
+            position = len(self.lines)
+            for line in chosen:
+                yield line
+            while follow:
+                self._changed.clear()
+                await self._changed.wait()
+                for line in self.lines[position:]:
+                    yield line
+                position = len(self.lines)
+        finally:
+            self.open -= 1
+
+
+async def take(events: AsyncIterator[LogEvent], count: int, within: float = 5) -> list[LogEvent]:
+    taken: list[LogEvent] = []
+    async with asyncio.timeout(within):
+        async for event in events:
+            taken.append(event)
+            if len(taken) == count:
+                break
+    return taken
+
+
+async def until(predicate: Callable[[], bool], within: float = 5) -> None:
+    """Poll: the conditions are counters of the hub, which signals nothing."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def runtime() -> ScriptedRuntime:
+    return ScriptedRuntime()
+
+
+@pytest.fixture
+async def hub(runtime: ScriptedRuntime) -> AsyncIterator[LogHub]:
+    hub = LogHub(Bus("memory://"), runtime, queue_lines=5, demand_heartbeat_seconds=0.05)  # type: ignore[arg-type]
+    await hub.start()
+    yield hub
+    await hub.stop()
+
+
+async def test_ids_count_lines_sharing_a_timestamp() -> None:
+    async def lines() -> AsyncIterator[LogLine]:
+        for n, moment in enumerate([T0, T0, T0 + timedelta(microseconds=5), T0]):
+            yield LogLine(moment, f"l{n}", "stdout", 1)
+
+    ids = [event.id async for event in numbered(lines())]
+    ns = timestamp_ns(T0)
+    assert ids == [f"{ns}-0", f"{ns}-1", f"{ns + 5000}-0", f"{ns}-0"]
+    assert event_key(ids[1]) == (ns, 1)
+    assert event_key("garbage") is None
+
+
+async def test_subscribers_share_one_upstream_and_get_backlog_then_live_lines(
+    hub: LogHub, runtime: ScriptedRuntime
+) -> None:
+    now = datetime.now(UTC)
+    for n in range(3):
+        runtime.write(f"old {n}", at=now)
+    first = hub.logs("c1", tail=2, follow=True)
+    second = hub.logs("c1", tail=0, follow=True)
+    backlog = await take(first, 2)
+    assert [e.line for e in backlog] == ["old 1", "old 2"]
+    assert [e.id for e in backlog] == [f"{timestamp_ns(now)}-1", f"{timestamp_ns(now)}-2"]
+    second_task = asyncio.ensure_future(take(second, 2))
+    await until(lambda: hub.local_subscribers == 2 and hub.upstream.open == 1)
+    runtime.write("new 1", at=now + timedelta(seconds=1))
+    runtime.write("new 2")
+    # The pump republishes its lookback too; the first subscriber skips what it already has.
+    assert [e.line for e in await take(first, 2)] == ["new 1", "new 2"]
+    assert [e.line for e in await second_task] == ["old 0", "old 1"]  # it had no backlog
+    assert runtime.follow_opened == 1 and hub.upstream.opened == 1 and hub.pumps == 1
+    await first.aclose()  # type: ignore[attr-defined]
+    await second.aclose()  # type: ignore[attr-defined]
+    await until(lambda: hub.pumps == 0 and runtime.open == 0 and hub.local_subscribers == 0)
+
+
+async def test_without_follow_the_backlog_ends(hub: LogHub, runtime: ScriptedRuntime) -> None:
+    for n in range(4):
+        runtime.write(f"line {n}", at=T0 + timedelta(seconds=n // 2))
+    events = [e async for e in hub.logs("c1", tail=3, follow=False)]
+    # Numbered from the whole second of the first tail line: ids match every other reader.
+    assert [(e.line, e.id.split("-")[1]) for e in events] == [
+        ("line 1", "1"),
+        ("line 2", "0"),
+        ("line 3", "1"),
+    ]
+    assert hub.pumps == 0 and runtime.follow_opened == 0
+
+
+async def test_resume_after_an_event_id(hub: LogHub, runtime: ScriptedRuntime) -> None:
+    for n in range(6):
+        runtime.write(f"line {n}", at=T0 + timedelta(seconds=n // 3))
+    everything = [e async for e in hub.logs("c1", tail=None, follow=False)]
+    resumed = [e async for e in hub.logs("c1", tail=1, follow=False, after=everything[1].id)]
+    assert [e.line for e in resumed] == ["line 2", "line 3", "line 4", "line 5"]
+    assert [e.id for e in resumed] == [e.id for e in everything[2:]]
+
+
+async def test_a_slow_subscriber_loses_its_oldest_lines_and_is_told(
+    hub: LogHub, runtime: ScriptedRuntime
+) -> None:
+    now = datetime.now(UTC)
+    slow = hub.logs("c1", tail=0, follow=True)
+    fast = hub.logs("c1", tail=0, follow=True)
+    slow_first = asyncio.ensure_future(take(slow, 1))
+    fast_all = asyncio.ensure_future(take(fast, 20))
+    await until(lambda: hub.upstream.open == 1 or runtime.follow_opened == 1)
+    await until(lambda: hub.local_subscribers == 2)
+    for n in range(20):
+        runtime.write(f"n{n}", at=now + timedelta(seconds=1, microseconds=n))
+        await asyncio.sleep(0)  # the fast one keeps up
+    assert [e.line for e in await fast_all] == [f"n{n}" for n in range(20)]
+    (first,) = await slow_first
+    rest = await take(slow, 6)
+    assert first.line == "n0"
+    marker, *kept = rest
+    assert (marker.stream, marker.dropped) == (DROPPED_STREAM, 14)
+    assert marker.line == "14 lines dropped"
+    assert [e.line for e in kept] == [f"n{n}" for n in range(15, 20)]
+    await slow.aclose()  # type: ignore[attr-defined]
+    await fast.aclose()  # type: ignore[attr-defined]
+
+
+async def test_deleting_the_container_ends_its_streams(
+    hub: LogHub, runtime: ScriptedRuntime
+) -> None:
+    events = hub.logs("c1", tail=0, follow=True)
+    collected = asyncio.ensure_future(take(events, 100))
+    await until(lambda: hub.pumps == 1)
+    hub.service_changed("c1", "deleted")
+    assert await collected == []
+    await until(lambda: hub.pumps == 0 and runtime.open == 0)
+
+
+async def test_status_yields_on_every_change_of_that_container(hub: LogHub) -> None:
+    changes = hub.status("c1")
+    first = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0.01)
+    hub.service_changed("other", "spec")
+    await hub.status_changed("c1", "status")
+    assert await first == "status"
+    hub.service_changed("c1", "spec")
+    assert await anext(changes) == "spec"
+    await changes.aclose()  # type: ignore[attr-defined]
+
+
+async def test_demand_from_a_silent_replica_expires(hub: LogHub, runtime: ScriptedRuntime) -> None:
+    # A subscriber on another replica joined, then its replica died without leaving.
+    await hub.bus.publish(LOGS_DEMAND, {"id": "c1", "subscriber": "dead/1", "op": "join"})
+    await until(lambda: hub.pumps == 1)
+    await until(lambda: hub.pumps == 0, within=2)
+    assert runtime.open == 0
+
+
+async def test_only_the_leader_pumps(runtime: ScriptedRuntime) -> None:
+    leading = False
+    hub = LogHub(
+        Bus("memory://"), runtime, is_leader=lambda: leading, demand_heartbeat_seconds=0.05
+    )  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        events = hub.logs("c1", tail=0, follow=True)
+        reader = asyncio.ensure_future(take(events, 1))
+        await asyncio.sleep(0.2)
+        assert hub.pumps == 0
+        leading = True  # elected: the next heartbeat round starts the pump
+        await until(lambda: hub.pumps == 1)
+        runtime.write("hello", at=datetime.now(UTC) + timedelta(seconds=1))
+        assert [e.line for e in await reader] == ["hello"]
+        await events.aclose()  # type: ignore[attr-defined]
+    finally:
+        await hub.stop()
