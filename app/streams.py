@@ -53,6 +53,16 @@ PUMP_LOOKBACK = timedelta(seconds=2)
 """A new pump starts this far back, so lines written while subscribers read their backlog are
 never missed (they deduplicate by id)."""
 
+BACKLOG_EXTRA_LINES = 200
+"""A tail read asks this many lines more than wanted (see ``LogHub._last_lines``)."""
+MAX_BACKLOG_READ = 200_000
+PUMP_TAIL_LINES = 2000
+"""A new pump reads at most this many lines back (then drops those older than its look-back)."""
+PUBLISH_BATCH_LINES = 1000
+"""At most this many lines travel in one bus message."""
+PENDING_LINES_LIMIT = 20_000
+"""A pump stops reading while this many lines wait for the bus (backpressure, bounded memory)."""
+
 Key = tuple[int, int]
 T = TypeVar("T")
 
@@ -107,6 +117,17 @@ async def numbered(lines: AsyncIterator[LogLine]) -> AsyncIterator[LogEvent]:
                 stream=line.stream,
                 revision=line.revision,
             )
+
+
+def _after_first_timestamp(events: list[LogEvent]) -> list[LogEvent]:
+    """The events after those sharing the first one's timestamp (whose ids may be off)."""
+    if not events:
+        return events
+    first = events[0].timestamp
+    for index, event in enumerate(events):
+        if event.timestamp != first:
+            return events[index:]
+    return []
 
 
 def _whole_second(moment: datetime) -> datetime:
@@ -178,6 +199,31 @@ class _Subscriber:
                 return None
             self._wakeup.clear()
             await self._wakeup.wait()
+
+
+class _Outbox:
+    """Lines a pump read and its publisher has not sent yet; bounded (the pump waits)."""
+
+    def __init__(self) -> None:
+        self._lines: list[Message] = []
+        self._waiting = asyncio.Event()
+        self._room = asyncio.Event()
+
+    async def put(self, line: Message) -> None:
+        while len(self._lines) >= PENDING_LINES_LIMIT:  # the bus lags behind the engine
+            self._room.clear()
+            await self._room.wait()
+        self._lines.append(line)
+        self._waiting.set()
+
+    async def take(self, most: int) -> list[Message]:
+        while not self._lines:
+            self._waiting.clear()
+            await self._waiting.wait()
+        batch = self._lines[:most]
+        del self._lines[:most]
+        self._room.set()
+        return batch
 
 
 @dataclass
@@ -374,15 +420,9 @@ class LogHub:
         elif tail is None:
             start = None
         else:
-            # The first of the last `tail` lines, then every line from its whole second: ids
-            # are only right when numbering starts at a timestamp's first line.
-            start = None
-            async with _closing(runtime.logs(container_id, follow=False, tail=tail)) as lines:
-                async for line in lines:
-                    start = _whole_second(line.timestamp)
-                    break
-            if start is None:
-                return
+            async for event in self._last_lines(container_id, tail):
+                yield event
+            return
         if start is not None:
             start = _whole_second(start)
         kept: deque[LogEvent] = deque(maxlen=limit)
@@ -397,6 +437,34 @@ class LogHub:
             log.warning("reading the logs of %s failed: %s", container_id, e)
         for event in kept:
             yield event
+
+    async def _last_lines(self, container_id: str, tail: int) -> AsyncIterator[LogEvent]:
+        """The last ``tail`` lines with reliable ids, read with the engine's cheap ``tail``.
+
+        Engines answer ``tail`` from the end of the log at once, while ``since`` makes some
+        (Podman) scan the whole log first. A tail read may start in the middle of a timestamp,
+        where the ids' counters would be off, so it reads some more lines than asked and drops
+        those sharing the first line's timestamp (unless the read reached the log's start).
+        """
+        assert self.runtime is not None
+        want = tail + max(tail, BACKLOG_EXTRA_LINES)
+        while True:
+            events: list[LogEvent] = []
+            try:
+                async for event in numbered(
+                    self.runtime.logs(container_id, follow=False, tail=want)
+                ):
+                    events.append(event)
+            except RuntimeAdapterError as e:
+                log.warning("reading the logs of %s failed: %s", container_id, e)
+                return
+            whole_log = len(events) < want
+            reliable = events if whole_log else _after_first_timestamp(events)
+            if len(reliable) >= tail or whole_log or want >= MAX_BACKLOG_READ:
+                for event in reliable[-tail:]:
+                    yield event
+                return
+            want = min(want * 4, MAX_BACKLOG_READ)
 
     async def _attach(self, container_id: str) -> _Subscriber:
         subscriber = _Subscriber(f"{self.origin}/{next(self._serial)}", self.queue_lines)
@@ -433,11 +501,13 @@ class LogHub:
         async with self.bus.subscribe(logs_channel(container_id)) as messages:
             channel.ready.set()
             async for message in messages:
-                event = _decode(message)
-                if event is None:
-                    continue
-                for subscriber in list(channel.subscribers.values()):
-                    subscriber.put(event)
+                lines = message.get("lines")
+                for encoded in lines if isinstance(lines, list) else ():
+                    event = _decode(encoded) if isinstance(encoded, dict) else None
+                    if event is None:
+                        continue
+                    for subscriber in list(channel.subscribers.values()):
+                        subscriber.put(event)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -488,28 +558,76 @@ class LogHub:
             pump.cancel()
 
     async def _pump(self, container_id: str) -> None:
-        """Keep one upstream stream open and republish it; reopen where it stopped if it ends."""
+        """Keep one upstream stream open and republish it; reopen where it stopped if it ends.
+
+        Lines go out in batches: a publisher task takes whatever accumulated while this loop
+        read a burst from the runtime, so a chatty container costs one bus message per burst.
+        """
         assert self.runtime is not None
-        since = _whole_second(datetime.now(UTC) - PUMP_LOOKBACK)
+        since: datetime | None = None
+        cutoff = datetime.now(UTC) - PUMP_LOOKBACK
         last: Key | None = None
+        outbox = _Outbox()
+        publisher = asyncio.create_task(
+            self._publish_lines(container_id, outbox), name=f"hub-publish-{container_id}"
+        )
+        try:
+            while True:
+                delivering = False
+                try:
+                    # Reopen (revision replaced, restart): from where the last stream ended.
+                    # First open: the whole log when it is short; else a cheap tail read whose
+                    # lines sharing the first timestamp are skipped (their ids could be off).
+                    skip_first = since is None and await self._log_is_long(container_id)
+                    lines = (
+                        self.runtime.logs(container_id, follow=True, tail=None, since=since)
+                        if not skip_first
+                        else self.runtime.logs(container_id, follow=True, tail=PUMP_TAIL_LINES)
+                    )
+                    first_timestamp: datetime | None = None
+                    async for event in numbered(lines):
+                        if not delivering:
+                            delivering = True
+                            self.upstream.opened += 1
+                            self.upstream.open += 1
+                        if first_timestamp is None:
+                            first_timestamp = event.timestamp
+                        if since is None and (
+                            (skip_first and event.timestamp == first_timestamp)
+                            or event.timestamp < cutoff
+                        ):
+                            continue
+                        key = event_key(event.id)
+                        if last is not None and key is not None and key <= last:
+                            continue
+                        last, since = key, _whole_second(event.timestamp)
+                        await outbox.put(_encode(event))
+                except RuntimeAdapterError as e:
+                    log.warning("the log stream of %s failed: %s", container_id, e)
+                except Exception:
+                    log.exception("the log pump of %s failed; reopening", container_id)
+                finally:
+                    if delivering:
+                        self.upstream.open -= 1
+                # The stream ended (revision replaced, container restarted or not started yet).
+                await asyncio.sleep(self.reopen_delay_seconds)
+        finally:
+            publisher.cancel()
+
+    async def _log_is_long(self, container_id: str) -> bool:
+        """Whether the log has more lines than a pump reads back (engines scan long logs for
+        ``since``, so a pump then starts from a tail read instead)."""
+        assert self.runtime is not None
+        count = 0
+        async with _closing(
+            self.runtime.logs(container_id, follow=False, tail=PUMP_TAIL_LINES)
+        ) as lines:
+            async for _ in lines:
+                count += 1
+        return count >= PUMP_TAIL_LINES
+
+    async def _publish_lines(self, container_id: str, outbox: _Outbox) -> None:
+        channel = logs_channel(container_id)
         while True:
-            delivering = False
-            try:
-                lines = self.runtime.logs(container_id, follow=True, tail=None, since=since)
-                async for event in numbered(lines):
-                    if not delivering:
-                        delivering = True
-                        self.upstream.opened += 1
-                        self.upstream.open += 1
-                    key = event_key(event.id)
-                    if last is not None and key is not None and key <= last:
-                        continue
-                    last, since = key, _whole_second(event.timestamp)
-                    await self.bus.publish(logs_channel(container_id), _encode(event))
-            except RuntimeAdapterError as e:
-                log.warning("the log stream of %s failed: %s", container_id, e)
-            finally:
-                if delivering:
-                    self.upstream.open -= 1
-            # The stream ended (revision replaced, container restarted or not started yet).
-            await asyncio.sleep(self.reopen_delay_seconds)
+            batch = await outbox.take(PUBLISH_BATCH_LINES)
+            await self.bus.publish(channel, {"lines": batch})

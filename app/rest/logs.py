@@ -63,6 +63,10 @@ def format_event(event: LogEvent) -> str:
     return f"id: {event.id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+SSE_BATCH = 512
+"""Events read ahead and sent together; the subscriber's own queue bounds the rest."""
+
+
 async def _read(events: AsyncIterator[LogEvent], queue: asyncio.Queue[LogEvent | None]) -> None:
     try:
         async for event in events:
@@ -81,7 +85,7 @@ async def event_stream(events: AsyncIterator[LogEvent], *, heartbeat: float) -> 
     this generator, and the reader is cancelled in turn, closing the subscription in its own
     task (cleanup that awaits cannot run inside an already-cancelled request scope).
     """
-    queue: asyncio.Queue[LogEvent | None] = asyncio.Queue(maxsize=1)
+    queue: asyncio.Queue[LogEvent | None] = asyncio.Queue(maxsize=SSE_BATCH)
     reader = asyncio.create_task(_read(events, queue), name="sse-reader")
     _closing.add(reader)
     reader.add_done_callback(_closing.discard)
@@ -100,11 +104,16 @@ async def event_stream(events: AsyncIterator[LogEvent], *, heartbeat: float) -> 
                     return
                 yield _KEEP_ALIVE
                 continue
-            event = getter.result()
-            if event is None:
-                yield _END
+            # Send whatever else is already waiting in the same chunk: one write per burst.
+            burst = [getter.result()]
+            while burst[-1] is not None and len(burst) < SSE_BATCH and not queue.empty():
+                burst.append(queue.get_nowait())
+            ended = burst[-1] is None
+            text = "".join(format_event(event) for event in burst if event is not None)
+            if ended:
+                yield text + _END
                 return
-            yield format_event(event)
+            yield text
     finally:
         reader.cancel()
 

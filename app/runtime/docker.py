@@ -36,10 +36,11 @@ import re
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import docker
 import docker.errors
@@ -184,6 +185,72 @@ class _Stream:
     lock: threading.Lock
     stopped: bool = False
     response: Any = None
+
+
+class _Handoff(Generic[T]):
+    """Items from a reader thread to the event loop, in batches.
+
+    The thread appends under a lock and wakes the loop only when the buffer was empty, so a fast
+    stream costs one wake-up per batch rather than one loop round trip per line; a full buffer
+    makes the thread wait (backpressure) until the consumer takes what is there.
+    """
+
+    LIMIT = 10_000
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[T] = deque()
+        self._room = threading.Condition()
+        self._ready = asyncio.Event()
+        self._ended = False
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._ready.set)
+
+    def put(self, item: T, *, stopped: Callable[[], bool]) -> bool:
+        """From the thread; False when the consumer went away."""
+        with self._room:
+            while len(self._items) >= self.LIMIT:
+                if self._closed or stopped():
+                    return False
+                self._room.wait(0.2)
+            if self._closed:
+                return False
+            was_empty = not self._items
+            self._items.append(item)
+        if was_empty:
+            self._wake()
+        return True
+
+    def finish(self, error: BaseException | None) -> None:
+        """From the thread: the stream ended, normally or with ``error``."""
+        with self._room:
+            self._ended = True
+            self._error = error
+        self._wake()
+
+    async def take(self) -> tuple[list[T], bool, BaseException | None]:
+        """Everything buffered (waiting for at least one item or the end)."""
+        while True:
+            with self._room:
+                if self._items or self._ended:
+                    batch = list(self._items)
+                    self._items.clear()
+                    self._room.notify_all()
+                    return batch, self._ended, self._error
+            self._ready.clear()
+            with self._room:
+                if self._items or self._ended:
+                    continue
+            await self._ready.wait()
+
+    def close(self) -> None:
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
 
 
 class DockerRuntime:
@@ -580,58 +647,46 @@ class DockerRuntime:
     async def _iterate_in_thread(
         self,
         what: str,
-        open_stream: Callable[[], Any],
+        open_stream: Callable[[Any], Any],
         read: Callable[[Any], Iterator[T]],
     ) -> AsyncIterator[T]:
         """Run a blocking engine stream in a daemon thread and yield its items.
 
-        ``open_stream`` returns a streaming HTTP response, ``read`` iterates over it. When the
+        ``open_stream(api)`` returns a streaming HTTP response, ``read`` iterates over it. When the
         consumer stops (break + aclose, cancellation, error) the response is shut down, which
-        unblocks the reader thread.
+        unblocks the reader thread. Each stream has a client of its own: a connection shut down
+        under a reader must never go back to the pool the other API calls share.
         """
         self._check_socket(what)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1000)
+        handoff: _Handoff[T] = _Handoff(asyncio.get_running_loop())
         handle = _Stream(lock=threading.Lock())
-
-        def put(kind: str, value: Any) -> bool:
-            try:
-                future = asyncio.run_coroutine_threadsafe(queue.put((kind, value)), loop)
-            except RuntimeError:  # loop closed
-                return False
-            while True:
-                try:
-                    future.result(timeout=0.2)
-                    return True
-                except TimeoutError:
-                    if handle.stopped:
-                        future.cancel()
-                        return False
-                except Exception:
-                    return False
 
         def pump() -> None:
             response = None
+            api = docker.APIClient(
+                base_url=self.base_url, version=self._client.api.api_version, timeout=None
+            )
             try:
-                response = open_stream()
+                response = open_stream(api)
                 with handle.lock:
                     if handle.stopped:
                         return
                     handle.response = response
                 for item in read(response):
-                    if handle.stopped or not put("item", item):
+                    if handle.stopped or not handoff.put(item, stopped=lambda: handle.stopped):
                         return
-                put("end", None)
+                handoff.finish(None)
             except Exception as e:
                 if handle.stopped:
                     return
                 if isinstance(e, docker.errors.APIError) or _is_transport_error(e):
-                    put("error", _translate(e, what))
+                    handoff.finish(_translate(e, what))
                 else:
-                    put("error", e)
+                    handoff.finish(e)
             finally:
                 if response is not None:
                     _shutdown_response(response)
+                api.close()
 
         with self._streams_lock:
             self._streams.add(handle)
@@ -639,15 +694,16 @@ class DockerRuntime:
         thread.start()
         try:
             while True:
-                kind, value = await queue.get()
-                if kind == "item":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
+                batch, ended, error = await handoff.take()
+                for item in batch:
+                    yield item
+                if error is not None:
+                    raise error
+                if ended:
                     return
         finally:
             self._stop_stream(handle)
+            handoff.close()
             with self._streams_lock:
                 self._streams.discard(handle)
             for _ in range(50):
@@ -664,8 +720,7 @@ class DockerRuntime:
             _shutdown_response(response)
 
     async def watch(self) -> AsyncIterator[RuntimeEvent]:
-        def open_events() -> Any:
-            api = self._client.api
+        def open_events(api: Any) -> Any:
             response = api.get(
                 f"{api.base_url}/v{api.api_version}/events",
                 params={
@@ -707,8 +762,7 @@ class DockerRuntime:
             # Podman stamps log lines to the second only: compare at that precision.
             cutoff = (since if since.tzinfo else since.replace(tzinfo=UTC)).replace(microsecond=0)
 
-        def open_logs() -> Any:
-            api = self._client.api
+        def open_logs(api: Any) -> Any:
             params: dict[str, Any] = {
                 "stdout": 1,
                 "stderr": 1,

@@ -161,7 +161,9 @@ def test_sse_backlog_follow_resume_and_release(server: Server) -> None:
         resumed = take_lines(events_of(response), 8)
     assert [(e.id, e.json()) for e in resumed] == [(e.id, e.json()) for e in received[4:12]]
     wait_streams(server, {"subscribers": 0, "pumps": 0, "upstreamOpen": 0})
-    assert log_streams(server)["upstreamOpened"] == 2
+    # One upstream per wave of followers at most (the resumed client may have been served
+    # from its backlog alone, before its wave's upstream delivered anything).
+    assert log_streams(server)["upstreamOpened"] in (1, 2)
 
 
 def test_idle_streams_get_keep_alives_and_end_on_delete(server: Server) -> None:
