@@ -64,8 +64,11 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings) -> FastAPI:
-    return create_app(settings)
+def app(settings: Settings) -> Iterator[FastAPI]:
+    application = create_app(settings)
+    yield application
+    # A test that never started the app (no TestClient) still must not leak pooled connections.
+    application.state.dockyard.ctx.engine.dispose()
 
 
 @pytest.fixture

@@ -55,13 +55,21 @@ def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> 
 def engine_containers(podman_service: PodmanService, container_id: str) -> list[Any]:
     client = docker.DockerClient(base_url=podman_service.base_url, version="1.41")
     try:
-        return list(
-            client.containers.list(
-                all=True,
-                filters={"label": f"dockyard.dev/container-id={container_id}"},
-                ignore_removed=True,  # a removal in progress is not an error
-            )
-        )
+        for attempt in range(10):
+            try:
+                return list(
+                    client.containers.list(
+                        all=True,
+                        filters={"label": f"dockyard.dev/container-id={container_id}"},
+                        ignore_removed=True,  # a removal in progress is not an error
+                    )
+                )
+            except docker.errors.APIError:
+                # Podman answers 500 "no such container" (not 404) for one being removed.
+                if attempt == 9:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
     finally:
         client.close()
 

@@ -7,7 +7,7 @@ scenarios run against real Podman containers in tests/e2e.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -103,8 +103,10 @@ class MemoryRuntime:
 
 
 @pytest.fixture
-def ctx(settings: Settings) -> ServiceContext:
-    return build_state(settings).ctx
+def ctx(settings: Settings) -> Iterator[ServiceContext]:
+    context = build_state(settings).ctx
+    yield context
+    context.engine.dispose()
 
 
 @pytest.fixture

@@ -143,11 +143,11 @@ def test_roles_claim_paths() -> None:
 
 def test_signing_key_is_created_once_and_private(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path}/db.sqlite")
-    create_app(settings)
+    create_app(settings).state.dockyard.ctx.engine.dispose()
     key_file = tmp_path / "signing-key.json"
     first = key_file.read_text()
     assert key_file.stat().st_mode & 0o077 == 0
-    create_app(settings)
+    create_app(settings).state.dockyard.ctx.engine.dispose()
     assert key_file.read_text() == first
 
 
