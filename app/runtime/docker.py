@@ -68,6 +68,7 @@ from app.runtime.base import (
 T = TypeVar("T")
 
 MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+LIST_ATTEMPTS = 3
 LOG_TAIL_ON_FAILURE = 5
 _STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
 _TIMESTAMP = re.compile(
@@ -336,9 +337,19 @@ class DockerRuntime:
         labels = self._managed_filter()
         if container_id is not None:
             labels.append(f"{LABEL_CONTAINER_ID}={container_id}")
-        found = self._client.containers.list(
-            all=True, sparse=sparse, filters={"label": labels}, ignore_removed=True
-        )
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                found = self._client.containers.list(
+                    all=True, sparse=sparse, filters={"label": labels}, ignore_removed=True
+                )
+                break
+            except docker.errors.APIError as e:
+                # Podman answers 500 "no such container" (Docker: 404, which the SDK ignores)
+                # when a listed container is removed before its inspect: list again.
+                if attempt == LIST_ATTEMPTS - 1 or "no such container" not in str(e).lower():
+                    raise
+        else:  # pragma: no cover - the loop either breaks or raises
+            raise AssertionError("unreachable")
         result = []
         for c in found:
             c_labels = self._labels(c)
