@@ -80,6 +80,18 @@ def sse_phase(server: Server, container_id: str, subscribers: int, seconds: floa
     return [int((client.communicate()[0] or "0").strip() or 0) for client in clients]
 
 
+def remove_managed(base_url: str) -> None:
+    """Force-remove every Dockyard container on the engine, whatever the server managed."""
+    client = docker.DockerClient(base_url=base_url, version="1.41")
+    try:
+        for container in client.containers.list(
+            all=True, filters={"label": "dockyard.dev/managed-by=dockyard"}, ignore_removed=True
+        ):
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
 def streams(server: Server) -> dict[str, int]:
     return dict(httpx.get(f"{server.url}/readyz", timeout=10).json()["logStreams"])
 
@@ -157,6 +169,7 @@ def main() -> None:
             time.sleep(3)
         finally:
             server.stop()
+            remove_managed(podman.base_url)  # a chatty container left behind fills the disk
             podman.stop()
             if os.environ.get("BENCH_SHOW_SERVER_LOG"):
                 print(server.log_path.read_text()[-3000:])
