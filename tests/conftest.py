@@ -125,6 +125,22 @@ def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanS
     try:
         yield service
     finally:
+        # Engine containers outlive the API service: leave none running after the session.
+        subprocess.run(
+            [
+                "podman",
+                "rm",
+                "--force",
+                "--time",
+                "0",
+                "--filter",
+                "label=dockyard.dev/managed-by=dockyard",
+                "--all",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         service.stop()
 
 
