@@ -84,7 +84,12 @@ def dockyard_deploy(api: httpx.Client, n: int) -> float:
 
 def wait_engine_empty(client: docker.DockerClient) -> None:
     deadline = time.monotonic() + 60
-    while client.containers.list(all=True, ignore_removed=True):
+    while True:
+        try:
+            if not client.containers.list(all=True, ignore_removed=True):
+                return
+        except docker.errors.APIError:  # Podman: 500 for a container removed mid-listing
+            pass
         if time.monotonic() > deadline:
             raise TimeoutError("the engine still runs containers")
         time.sleep(0.05)
