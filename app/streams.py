@@ -426,13 +426,19 @@ class LogHub:
         if start is not None:
             start = _whole_second(start)
         kept: deque[LogEvent] = deque(maxlen=limit)
+        # Lines written after this request began are live lines, not backlog; without this
+        # bound the read of a chatty container's log would never reach an end.
+        read_until = datetime.now(UTC) + timedelta(seconds=1)
         try:
-            async for event in numbered(
-                runtime.logs(container_id, follow=False, tail=None, since=start)
-            ):
-                if since is not None and after is None and event.timestamp < since:
-                    continue
-                kept.append(event)
+            async with _closing(
+                numbered(runtime.logs(container_id, follow=False, tail=None, since=start))
+            ) as read:
+                async for event in read:
+                    if event.timestamp > read_until:
+                        break
+                    if since is not None and after is None and event.timestamp < since:
+                        continue
+                    kept.append(event)
         except RuntimeAdapterError as e:
             log.warning("reading the logs of %s failed: %s", container_id, e)
         for event in kept:
@@ -451,10 +457,13 @@ class LogHub:
         while True:
             events: list[LogEvent] = []
             try:
-                async for event in numbered(
-                    self.runtime.logs(container_id, follow=False, tail=want)
-                ):
-                    events.append(event)
+                async with _closing(
+                    numbered(self.runtime.logs(container_id, follow=False, tail=want))
+                ) as read:
+                    async for event in read:
+                        events.append(event)
+                        if len(events) >= want:  # a chatty log would never reach its end
+                            break
             except RuntimeAdapterError as e:
                 log.warning("reading the logs of %s failed: %s", container_id, e)
                 return
@@ -624,6 +633,9 @@ class LogHub:
         ) as lines:
             async for _ in lines:
                 count += 1
+                if count >= PUMP_TAIL_LINES:
+                    # A chatty container's log has no end to read to: enough is enough.
+                    break
         return count >= PUMP_TAIL_LINES
 
     async def _publish_lines(self, container_id: str, outbox: _Outbox) -> None:

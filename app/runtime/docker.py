@@ -235,6 +235,9 @@ class _Handoff(Generic[T]):
 
     async def take(self) -> tuple[list[T], bool, BaseException | None]:
         """Everything buffered (waiting for at least one item or the end)."""
+        # Yield to the loop once per batch even when items are waiting: a stream that never
+        # runs dry must not starve every other task of the process.
+        await asyncio.sleep(0)
         while True:
             with self._room:
                 if self._items or self._ended:
