@@ -42,7 +42,6 @@ class Settings(BaseSettings):
     ingress_domain: str | None = Field(
         None, description="Domain of container URLs; default localhost:<serve port>."
     )
-    public_scheme: Literal["http", "https"] = Field("http", description="Scheme of container URLs.")
     auth_issuer: str | None = Field(
         None, description="OIDC issuer URL; when set, tokens are verified with its JWKS."
     )

@@ -126,6 +126,11 @@ class GpuModel:
         return cls(code=view.code, name=view.name)
 
 
+def _paging(page: Page[Any]) -> dict[str, int]:
+    """The paging fields every page type shares."""
+    return {"total": page.total, "page": page.page, "rows_per_page": page.rowsPerPage}
+
+
 @strawberry.type
 class ContainerPage:
     items: list[Container]
@@ -135,12 +140,7 @@ class ContainerPage:
 
     @classmethod
     def from_page(cls, page: Page[ContainerView]) -> ContainerPage:
-        return cls(
-            items=[Container.from_view(item) for item in page.items],
-            total=page.total,
-            page=page.page,
-            rows_per_page=page.rowsPerPage,
-        )
+        return cls(items=[Container.from_view(item) for item in page.items], **_paging(page))
 
 
 @strawberry.type
@@ -152,12 +152,7 @@ class RevisionPage:
 
     @classmethod
     def from_page(cls, page: Page[RevisionView]) -> RevisionPage:
-        return cls(
-            items=[Revision.from_view(item) for item in page.items],
-            total=page.total,
-            page=page.page,
-            rows_per_page=page.rowsPerPage,
-        )
+        return cls(items=[Revision.from_view(item) for item in page.items], **_paging(page))
 
 
 @strawberry.type
@@ -169,12 +164,7 @@ class GpuModelPage:
 
     @classmethod
     def from_page(cls, page: Page[GpuModelView]) -> GpuModelPage:
-        return cls(
-            items=[GpuModel.from_view(item) for item in page.items],
-            total=page.total,
-            page=page.page,
-            rows_per_page=page.rowsPerPage,
-        )
+        return cls(items=[GpuModel.from_view(item) for item in page.items], **_paging(page))
 
 
 @strawberry.type(description="The authenticated caller.")

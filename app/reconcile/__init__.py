@@ -333,18 +333,16 @@ class Reconciler:
             observed = ObservedStatus(
                 "failed", "RuntimeRejected", f"revision {generation}: {e}", container.ready_revision
             )
-        except RuntimeUnavailable as e:
-            states = []
-            observed = derive_status(generation=generation, observations=[], runtime_reason=str(e))
-            observed = ObservedStatus(
-                observed.status, observed.reason, observed.message, container.ready_revision
-            )
-            self._requeue_after(container.id, 5.0)
         except RuntimeAdapterError as e:
-            log.warning("runtime refused %s: %s", container.id, e)
+            # Unavailable or conflicting for now: say so, keep serving the revision that was
+            # ready (its route stays), and look again soon.
+            log.warning("runtime error for %s: %s", container.id, e)
             states = []
-            observed = derive_status(generation=generation, observations=[], runtime_reason=str(e))
-            self._requeue_after(container.id, 2.0)
+            unknown = derive_status(generation=generation, observations=[], runtime_reason=str(e))
+            observed = ObservedStatus(
+                unknown.status, unknown.reason, unknown.message, container.ready_revision
+            )
+            self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
         self._route(container.id, observed, states)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
         if changed and self.on_status is not None:

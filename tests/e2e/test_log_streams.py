@@ -187,28 +187,34 @@ def graphql_ws(server: Server) -> Iterator[Any]:
         yield ws
 
 
+def statuses_until_deployed(ws: Any, container_id: str, *, op: str, fields: str) -> list[str]:
+    """Subscribe to containerStatus on ``ws`` and collect statuses up to `deployed`."""
+    ws.send(
+        json.dumps(
+            {
+                "type": "subscribe",
+                "id": op,
+                "payload": {
+                    "query": "subscription($id: ID!) "
+                    f"{{ containerStatus(id: $id) {{ {fields} }} }}",
+                    "variables": {"id": container_id},
+                },
+            }
+        )
+    )
+    statuses: list[str] = []
+    while "deployed" not in statuses:
+        message = json.loads(ws.recv(timeout=30))
+        assert message["type"] == "next", message
+        statuses.append(message["payload"]["data"]["containerStatus"]["status"])
+    return statuses
+
+
 def test_graphql_subscriptions_carry_live_logs_and_status(server: Server) -> None:
     web_id = create(server, HTTPD_V1, "web")
     container_id = create(server)
     with graphql_ws(server) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "id": "status",
-                    "payload": {
-                        "query": "subscription($id: ID!) "
-                        "{ containerStatus(id: $id) { status revision } }",
-                        "variables": {"id": web_id},
-                    },
-                }
-            )
-        )
-        statuses = []
-        while "deployed" not in statuses:
-            message = json.loads(ws.recv(timeout=30))
-            assert message["type"] == "next", message
-            statuses.append(message["payload"]["data"]["containerStatus"]["status"])
+        statuses = statuses_until_deployed(ws, web_id, op="status", fields="status revision")
         assert statuses[0] == "deploying"
         ws.send(json.dumps({"type": "complete", "id": "status"}))
         ws.send(

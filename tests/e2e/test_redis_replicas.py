@@ -9,7 +9,6 @@ of the redis-py pin: with redis-py 8.0-8.1 broadcaster's redis backend delivers 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.e2e.test_log_streams import (
     log_streams,
     open_logs,
     serve_env,
+    statuses_until_deployed,
     take_lines,
     wait_streams,
 )
@@ -69,23 +69,6 @@ def test_replica_b_streams_what_leader_a_produces(replicas: tuple[Server, Server
     # Created through B, reconciled by A (B's write reached A over Redis), watched on B.
     web_id = create(b, HTTPD_V1, "web")
     with graphql_ws(b) as ws:
-        ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "id": "1",
-                    "payload": {
-                        "query": "subscription($id: ID!) "
-                        "{ containerStatus(id: $id) { status readyRevision } }",
-                        "variables": {"id": web_id},
-                    },
-                }
-            )
-        )
-        statuses = []
-        while "deployed" not in statuses:
-            message = json.loads(ws.recv(timeout=30))
-            assert message["type"] == "next", message
-            statuses.append(message["payload"]["data"]["containerStatus"]["status"])
+        statuses = statuses_until_deployed(ws, web_id, op="1", fields="status readyRevision")
     assert statuses[0] == "deploying"
     assert "this replica now leads" not in b.log_path.read_text()

@@ -22,6 +22,7 @@ from app.runtime.base import (
     Phase,
     RevisionState,
     Runtime,
+    RuntimeConflict,
     RuntimeEvent,
     RuntimeUnavailable,
     WorkloadSpec,
@@ -43,9 +44,12 @@ class MemoryRuntime:
         self.revisions: dict[str, dict[int, RevisionState]] = {}
         self.applied: list[WorkloadSpec] = []
         self.available = True
+        self.failure: Exception | None = None
         self.events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
 
     def _check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
         if not self.available:
             raise RuntimeUnavailable("engine socket refused the connection")
 
@@ -298,3 +302,21 @@ async def test_status_of_an_outdated_generation_is_not_written(
     observed = derive_status(generation=1, observations=[RevisionObservation(1, "ready")])
     assert not await asyncio.to_thread(reconciler._write_status, container_id, 1, observed)
     assert status(ctx, container_id)[0] == "deploying"
+
+
+async def test_a_runtime_error_keeps_the_ready_revision_serving(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    runtime.failure = RuntimeConflict("the object changed underneath")
+    await reconciler.reconcile(container_id)
+    state, reason, ready = status(ctx, container_id)
+    assert state == "deploying" and ready == 1
+    assert reason is not None and "changed underneath" in reason
+    assert reconciler.routes[container_id] == "127.0.0.1:40001"  # traffic is not cut
+    runtime.failure = None
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == ("deployed", None, 1)
