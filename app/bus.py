@@ -41,6 +41,12 @@ class Bus:
         self._connected = False
 
     @property
+    def max_message_bytes(self) -> int | None:
+        """The largest message the backend carries, when it has a limit: PostgreSQL's NOTIFY
+        refuses payloads of 8000 bytes or more."""
+        return 7900 if self.url.startswith(("postgres://", "postgresql://")) else None
+
+    @property
     def shared(self) -> bool:
         """Whether other processes can see what this one publishes."""
         return not self.url.startswith("memory://")

@@ -16,7 +16,13 @@ one is gone. Every process tracks demand, so a replica that becomes leader start
 A subscriber subscribes to the log channel *before* reading its backlog straight from the
 runtime (when its process has one), then drops the live lines it already got from the backlog.
 Both sides agree on which lines are the same because ids are deterministic: ``<ns>-<k>``, the
-line's timestamp and how many earlier lines share it (see ``numbered``).
+line's timestamp and how many earlier lines share it (see ``Numberer``).
+
+Throughput: lines travel in batches from end to end. The runtime hands over what one read of
+its stream returned, the pump publishes one bus message per batch, each process decodes a
+message once into a ``LogBatch`` shared by all its subscribers, and a transport renders a batch
+once for all of them (``LogBatch.rendered``). A subscriber's queue holds references to shared
+batches, so its cost is per batch, not per line.
 
 Status: writes (services) and observations (reconciler) are published on ``dockyard.changes``;
 each process relays them to its status subscribers and ends the log streams of deleted
@@ -35,21 +41,21 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
-from app.bus import CHANGES, LOGS_DEMAND, Bus, Message, logs_channel
+from app.bus import CHANGES, LOGS_DEMAND, Bus, logs_channel
+from app.domain.logtime import NS, to_datetime, to_ns
 from app.runtime.base import LogLine, Runtime, RuntimeAdapterError
-from app.services.streams import DROPPED_STREAM, LogEvent
+from app.services.streams import Key, LogBatch, LogChunk, LogEvent
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_RESUME_LINES = 10_000
 """At most this many lines are replayed to a client resuming with ``Last-Event-ID``."""
 MISSED_HEARTBEATS = 3
 """A subscriber silent for this many heartbeat intervals is forgotten (its replica died)."""
-PUMP_LOOKBACK = timedelta(seconds=2)
+PUMP_LOOKBACK_NS = 2 * NS
 """A new pump starts this far back, so lines written while subscribers read their backlog are
 never missed (they deduplicate by id)."""
 
@@ -58,13 +64,16 @@ BACKLOG_EXTRA_LINES = 200
 MAX_BACKLOG_READ = 200_000
 PUMP_TAIL_LINES = 2000
 """A new pump reads at most this many lines back (then drops those older than its look-back)."""
-PUBLISH_BATCH_LINES = 1000
+PUBLISH_BATCH_LINES = 2000
 """At most this many lines travel in one bus message."""
-PENDING_LINES_LIMIT = 20_000
+PENDING_LINES_LIMIT = 50_000
 """A pump stops reading while this many lines wait for the bus (backpressure, bounded memory)."""
+ROW_OVERHEAD_BYTES = 48
+"""Bytes a line costs in a bus message besides its text (``[ns,k,"…","stdout",12],``)."""
 
-Key = tuple[int, int]
 T = TypeVar("T")
+Row = list[Any]
+"""A line on the bus: ``[ns, k, line, stream, revision]``."""
 
 
 @contextlib.asynccontextmanager
@@ -78,12 +87,6 @@ async def _closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]
             await aclose()
 
 
-def timestamp_ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch, exactly (no float rounding)."""
-    delta = moment.astimezone(UTC) - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
 def event_key(event_id: str) -> Key | None:
     """``(ns, k)`` of an event id, or None when it is not one of ours."""
     ns, sep, k = event_id.partition("-")
@@ -92,109 +95,141 @@ def event_key(event_id: str) -> Key | None:
     return int(ns), int(k)
 
 
-def parse_event_time(key: Key) -> datetime:
-    return EPOCH + timedelta(microseconds=key[0] // 1_000)
-
-
-async def numbered(lines: AsyncIterator[LogLine]) -> AsyncIterator[LogEvent]:
-    """Give each line its id ``<ns>-<k>``: k counts the earlier lines with the same timestamp.
+class Numberer:
+    """Gives each line its id ``<ns>-<k>``: k counts the earlier lines with the same timestamp.
 
     The ids match those of any other reader as long as the read starts at (or before) the first
-    line of a timestamp; callers start at a whole second for that reason (engines with
-    one-second precision, such as Podman, stamp many lines alike).
+    line of a timestamp; readers that may start in the middle of one drop its lines
+    (``_after_first_timestamp``).
     """
-    previous = -1
-    k = 0
-    async with _closing(lines):
-        async for line in lines:
-            ns = timestamp_ns(line.timestamp)
-            k = k + 1 if ns == previous else 0
-            previous = ns
-            yield LogEvent(
-                id=f"{ns}-{k}",
-                timestamp=line.timestamp,
-                line=line.line,
-                stream=line.stream,
-                revision=line.revision,
-            )
+
+    def __init__(self) -> None:
+        self._previous = -1
+        self._k = 0
+
+    def number(self, lines: list[LogLine]) -> list[LogEvent]:
+        events = []
+        previous, k = self._previous, self._k
+        for ns, text, stream, revision in lines:
+            if ns == previous:
+                k += 1
+            else:
+                previous, k = ns, 0
+            events.append(LogEvent(ns, k, text, stream, revision))
+        self._previous, self._k = previous, k
+        return events
+
+
+async def numbered(batches: AsyncIterator[list[LogLine]]) -> AsyncIterator[list[LogEvent]]:
+    """``Numberer`` over a runtime's batches (closing them when done)."""
+    numberer = Numberer()
+    async with _closing(batches):
+        async for batch in batches:
+            yield numberer.number(batch)
 
 
 def _after_first_timestamp(events: list[LogEvent]) -> list[LogEvent]:
     """The events after those sharing the first one's timestamp (whose ids may be off)."""
     if not events:
         return events
-    first = events[0].timestamp
+    first = events[0].ns
     for index, event in enumerate(events):
-        if event.timestamp != first:
+        if event.ns != first:
             return events[index:]
     return []
 
 
-def _whole_second(moment: datetime) -> datetime:
-    return moment.replace(microsecond=0)
+def _whole_second(ns: int) -> int:
+    return ns - ns % NS
 
 
-def _encode(event: LogEvent) -> Message:
-    return {
-        "id": event.id,
-        "timestamp": event.timestamp.isoformat(),
-        "line": event.line,
-        "stream": event.stream,
-        "revision": event.revision,
-    }
+def _row(event: LogEvent) -> Row:
+    return [event.ns, event.k, event.line, event.stream, event.revision]
 
 
-def _decode(message: Message) -> LogEvent | None:
+def _event(row: Any) -> LogEvent | None:
     try:
-        return LogEvent(
-            id=str(message["id"]),
-            timestamp=datetime.fromisoformat(message["timestamp"]),
-            line=str(message["line"]),
-            stream=str(message["stream"]),
-            revision=message.get("revision"),
-        )
-    except (KeyError, TypeError, ValueError):
+        ns, k, line, stream, revision = row
+        if not isinstance(ns, int) or not isinstance(k, int):
+            return None
+        return LogEvent(ns, k, str(line), str(stream), revision)
+    except (TypeError, ValueError):
         return None
 
 
+def _messages(rows: list[Row], max_bytes: int | None) -> list[list[Row]]:
+    """Split ``rows`` into bus messages of at most ``PUBLISH_BATCH_LINES`` lines and, when the
+    bus limits message sizes (PostgreSQL's NOTIFY: 8000 bytes), about ``max_bytes`` each; a
+    line too long for one message on its own is cut to fit, and says so."""
+    if max_bytes is None:
+        return [rows[i : i + PUBLISH_BATCH_LINES] for i in range(0, len(rows), PUBLISH_BATCH_LINES)]
+    messages: list[list[Row]] = []
+    current: list[Row] = []
+    size = 0
+    budget = max_bytes - 64
+    for row in rows:
+        # JSON escapes can grow a character to 6 bytes (\u0000); UTF-8 to 4: be pessimistic.
+        cost = ROW_OVERHEAD_BYTES + len(row[2]) * (6 if not row[2].isascii() else 2)
+        if cost > budget:
+            keep = max((budget - ROW_OVERHEAD_BYTES) // 6 - 16, 0)
+            row = [*row[:2], row[2][:keep] + " [line cut]", *row[3:]]
+            cost = budget
+        if current and (size + cost > budget or len(current) >= PUBLISH_BATCH_LINES):
+            messages.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += cost
+    if current:
+        messages.append(current)
+    return messages
+
+
 class _Subscriber:
-    """One follower's bounded queue: on overflow the oldest lines go and are counted."""
+    """One follower's bounded queue of shared chunks: on overflow the oldest lines go (counted).
+
+    The queue holds views on batches that every subscriber of the process shares, so its memory
+    is a few references per batch whatever the lines weigh.
+    """
 
     def __init__(self, key: str, limit: int) -> None:
         self.key = key
         self._limit = limit
-        self._lines: deque[LogEvent] = deque()
+        self._chunks: deque[LogChunk] = deque()
+        self._lines = 0
         self._dropped = 0
         self._ended = False
         self._wakeup = asyncio.Event()
 
-    def put(self, event: LogEvent) -> None:
-        if len(self._lines) >= self._limit:
-            self._lines.popleft()
-            self._dropped += 1
-        self._lines.append(event)
+    def put(self, chunk: LogChunk) -> None:
+        self._chunks.append(chunk)
+        self._lines += len(chunk)
+        while self._lines > self._limit:
+            oldest = self._chunks[0]
+            excess = self._lines - self._limit
+            if len(oldest) <= excess:
+                self._chunks.popleft()
+                lost = len(oldest)
+            else:
+                self._chunks[0] = LogChunk(oldest.batch, oldest.start + excess, oldest.stop)
+                lost = excess
+            self._lines -= lost
+            self._dropped += lost
         self._wakeup.set()
 
     def end(self) -> None:
         self._ended = True
         self._wakeup.set()
 
-    async def get(self) -> LogEvent | None:
-        """The next line, a marker of dropped lines, or None once the stream ended."""
+    async def get(self) -> LogChunk | None:
+        """The next chunk, a marker of dropped lines, or None once the stream ended."""
         while True:
             if self._dropped:
                 dropped, self._dropped = self._dropped, 0
-                first = self._lines[0]
-                return LogEvent(
-                    id="",
-                    timestamp=first.timestamp,
-                    line=f"{dropped} lines dropped",
-                    stream=DROPPED_STREAM,
-                    revision=first.revision,
-                    dropped=dropped,
-                )
-            if self._lines:
-                return self._lines.popleft()
+                return LogChunk.of([LogEvent.marker(dropped, self._chunks[0].first)])
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._lines -= len(chunk)
+                return chunk
             if self._ended:
                 return None
             self._wakeup.clear()
@@ -205,25 +240,25 @@ class _Outbox:
     """Lines a pump read and its publisher has not sent yet; bounded (the pump waits)."""
 
     def __init__(self) -> None:
-        self._lines: list[Message] = []
+        self._rows: list[Row] = []
         self._waiting = asyncio.Event()
         self._room = asyncio.Event()
 
-    async def put(self, line: Message) -> None:
-        while len(self._lines) >= PENDING_LINES_LIMIT:  # the bus lags behind the engine
+    async def put(self, rows: list[Row]) -> None:
+        while len(self._rows) >= PENDING_LINES_LIMIT:  # the bus lags behind the engine
             self._room.clear()
             await self._room.wait()
-        self._lines.append(line)
+        self._rows.extend(rows)
         self._waiting.set()
 
-    async def take(self, most: int) -> list[Message]:
-        while not self._lines:
+    async def take(self) -> list[Row]:
+        """Everything waiting (at least one line)."""
+        while not self._rows:
             self._waiting.clear()
             await self._waiting.wait()
-        batch = self._lines[:most]
-        del self._lines[:most]
+        rows, self._rows = self._rows, []
         self._room.set()
-        return batch
+        return rows
 
 
 @dataclass
@@ -377,74 +412,66 @@ class LogHub:
         follow: bool,
         since: datetime | None = None,
         after: str | None = None,
-    ) -> AsyncIterator[LogEvent]:
+    ) -> AsyncIterator[LogChunk]:
         """Backlog from the runtime, then (``follow``) live lines from the bus, deduplicated."""
         subscriber = await self._attach(container_id) if follow else None
         try:
             last = event_key(after) if after else None
-            async for event in self._backlog(container_id, tail=tail, since=since, after=last):
-                key = event_key(event.id)
-                if last is not None and key is not None and key <= last:
-                    continue
-                last = key
-                yield event
+            backlog = await self._backlog(container_id, tail=tail, since=since, after=last)
+            if last is not None:
+                backlog = [event for event in backlog if event.key > last]
+            if backlog:
+                last = backlog[-1].key
+                yield LogChunk.of(backlog)
             if subscriber is None:
                 return
-            while (live := await subscriber.get()) is not None:
-                if live.dropped:
-                    yield live
+            while (chunk := await subscriber.get()) is not None:
+                fresh = chunk.after(last) if last is not None else chunk
+                if fresh is None:
                     continue
-                key = event_key(live.id)
-                if last is not None and key is not None and key <= last:
-                    continue
-                last = key
-                yield live
+                if not fresh.first.dropped:
+                    last = fresh.last.key
+                yield fresh
         finally:
             if subscriber is not None:
                 self._detach(container_id, subscriber)
 
     async def _backlog(
         self, container_id: str, *, tail: int | None, since: datetime | None, after: Key | None
-    ) -> AsyncIterator[LogEvent]:
+    ) -> list[LogEvent]:
         runtime = self.runtime
         if runtime is None:
-            return
+            return []
         limit = tail
+        start: int | None = None
         if after is not None:
-            start: datetime | None = parse_event_time(after)
-            limit = MAX_RESUME_LINES
+            start, limit = after[0], MAX_RESUME_LINES
         elif tail == 0:
-            return
+            return []
         elif since is not None:
-            start = since
-        elif tail is None:
-            start = None
-        else:
-            async for event in self._last_lines(container_id, tail):
-                yield event
-            return
-        if start is not None:
-            start = _whole_second(start)
+            start = to_ns(since)
+        elif tail is not None:
+            return await self._last_lines(container_id, tail)
         kept: deque[LogEvent] = deque(maxlen=limit)
         # Lines written after this request began are live lines, not backlog; without this
         # bound the read of a chatty container's log would never reach an end.
-        read_until = datetime.now(UTC) + timedelta(seconds=1)
+        read_until = time.time_ns() + NS
+        # Read from the whole second: the ids' counters need the first line of a timestamp.
+        begin = to_datetime(_whole_second(start)) if start is not None else None
         try:
-            async with _closing(
-                numbered(runtime.logs(container_id, follow=False, tail=None, since=start))
-            ) as read:
-                async for event in read:
-                    if event.timestamp > read_until:
+            batches = runtime.log_batches(container_id, follow=False, tail=None, since=begin)
+            async with _closing(numbered(batches)) as read:
+                async for events in read:
+                    if start is not None and after is None:
+                        events = [event for event in events if event.ns >= start]
+                    kept.extend(events)
+                    if events and events[-1].ns > read_until:
                         break
-                    if since is not None and after is None and event.timestamp < since:
-                        continue
-                    kept.append(event)
         except RuntimeAdapterError as e:
             log.warning("reading the logs of %s failed: %s", container_id, e)
-        for event in kept:
-            yield event
+        return [event for event in kept if event.ns <= read_until]
 
-    async def _last_lines(self, container_id: str, tail: int) -> AsyncIterator[LogEvent]:
+    async def _last_lines(self, container_id: str, tail: int) -> list[LogEvent]:
         """The last ``tail`` lines with reliable ids, read with the engine's cheap ``tail``.
 
         Engines answer ``tail`` from the end of the log at once, while ``since`` makes some
@@ -455,25 +482,30 @@ class LogHub:
         assert self.runtime is not None
         want = tail + max(tail, BACKLOG_EXTRA_LINES)
         while True:
-            events: list[LogEvent] = []
-            try:
-                async with _closing(
-                    numbered(self.runtime.logs(container_id, follow=False, tail=want))
-                ) as read:
-                    async for event in read:
-                        events.append(event)
-                        if len(events) >= want:  # a chatty log would never reach its end
-                            break
-            except RuntimeAdapterError as e:
-                log.warning("reading the logs of %s failed: %s", container_id, e)
-                return
+            events = await self._read_lines(container_id, want)
+            if events is None:
+                return []
             whole_log = len(events) < want
             reliable = events if whole_log else _after_first_timestamp(events)
             if len(reliable) >= tail or whole_log or want >= MAX_BACKLOG_READ:
-                for event in reliable[-tail:]:
-                    yield event
-                return
+                return reliable[-tail:]
             want = min(want * 4, MAX_BACKLOG_READ)
+
+    async def _read_lines(self, container_id: str, tail: int) -> list[LogEvent] | None:
+        """The last ``tail`` lines (fewer when the log is shorter); None when the read failed."""
+        assert self.runtime is not None
+        events: list[LogEvent] = []
+        try:
+            batches = self.runtime.log_batches(container_id, follow=False, tail=tail)
+            async with _closing(numbered(batches)) as read:
+                async for batch in read:
+                    events.extend(batch)
+                    if len(events) >= tail:  # a chatty log would never reach its end
+                        break
+        except RuntimeAdapterError as e:
+            log.warning("reading the logs of %s failed: %s", container_id, e)
+            return None
+        return events[:tail]
 
     async def _attach(self, container_id: str) -> _Subscriber:
         subscriber = _Subscriber(f"{self.origin}/{next(self._serial)}", self.queue_lines)
@@ -506,17 +538,22 @@ class LogHub:
         self._spawn(self.bus.publish(LOGS_DEMAND, message))
 
     async def _relay(self, container_id: str, channel: _Channel) -> None:
-        """Copy the container's lines from the bus into each local subscriber's queue."""
+        """Copy the container's lines from the bus into each local subscriber's queue: one
+        decoded batch per message, shared by all of them."""
         async with self.bus.subscribe(logs_channel(container_id)) as messages:
             channel.ready.set()
             async for message in messages:
-                lines = message.get("lines")
-                for encoded in lines if isinstance(lines, list) else ():
-                    event = _decode(encoded) if isinstance(encoded, dict) else None
-                    if event is None:
-                        continue
-                    for subscriber in list(channel.subscribers.values()):
-                        subscriber.put(event)
+                rows = message.get("lines")
+                events = [
+                    event
+                    for event in map(_event, rows if isinstance(rows, list) else ())
+                    if event is not None
+                ]
+                if not events:
+                    continue
+                batch = LogBatch(events)
+                for subscriber in list(channel.subscribers.values()):
+                    subscriber.put(LogChunk(batch))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -570,11 +607,11 @@ class LogHub:
         """Keep one upstream stream open and republish it; reopen where it stopped if it ends.
 
         Lines go out in batches: a publisher task takes whatever accumulated while this loop
-        read a burst from the runtime, so a chatty container costs one bus message per burst.
+        read from the runtime, so a chatty container costs one bus message per burst.
         """
         assert self.runtime is not None
-        since: datetime | None = None
-        cutoff = datetime.now(UTC) - PUMP_LOOKBACK
+        since: int | None = None
+        cutoff = time.time_ns() - PUMP_LOOKBACK_NS
         last: Key | None = None
         outbox = _Outbox()
         publisher = asyncio.create_task(
@@ -588,29 +625,38 @@ class LogHub:
                     # First open: the whole log when it is short; else a cheap tail read whose
                     # lines sharing the first timestamp are skipped (their ids could be off).
                     skip_first = since is None and await self._log_is_long(container_id)
-                    lines = (
-                        self.runtime.logs(container_id, follow=True, tail=None, since=since)
-                        if not skip_first
-                        else self.runtime.logs(container_id, follow=True, tail=PUMP_TAIL_LINES)
+                    batches = (
+                        self.runtime.log_batches(
+                            container_id, follow=True, tail=None, since=to_datetime(since)
+                        )
+                        if since is not None
+                        else self.runtime.log_batches(
+                            container_id,
+                            follow=True,
+                            tail=PUMP_TAIL_LINES if skip_first else None,
+                        )
                     )
-                    first_timestamp: datetime | None = None
-                    async for event in numbered(lines):
+                    first_ns: int | None = None
+                    async for events in numbered(batches):
                         if not delivering:
                             delivering = True
                             self.upstream.opened += 1
                             self.upstream.open += 1
-                        if first_timestamp is None:
-                            first_timestamp = event.timestamp
-                        if since is None and (
-                            (skip_first and event.timestamp == first_timestamp)
-                            or event.timestamp < cutoff
-                        ):
+                        if first_ns is None and events:
+                            first_ns = events[0].ns
+                        if since is None:
+                            events = [
+                                event
+                                for event in events
+                                if event.ns >= cutoff and not (skip_first and event.ns == first_ns)
+                            ]
+                        if last is not None and events and events[0].key <= last:
+                            events = [event for event in events if event.key > last]
+                        if not events:
                             continue
-                        key = event_key(event.id)
-                        if last is not None and key is not None and key <= last:
-                            continue
-                        last, since = key, _whole_second(event.timestamp)
-                        await outbox.put(_encode(event))
+                        last = events[-1].key
+                        since = _whole_second(last[0])
+                        await outbox.put([_row(event) for event in events])
                 except RuntimeAdapterError as e:
                     log.warning("the log stream of %s failed: %s", container_id, e)
                 except Exception:
@@ -626,20 +672,12 @@ class LogHub:
     async def _log_is_long(self, container_id: str) -> bool:
         """Whether the log has more lines than a pump reads back (engines scan long logs for
         ``since``, so a pump then starts from a tail read instead)."""
-        assert self.runtime is not None
-        count = 0
-        async with _closing(
-            self.runtime.logs(container_id, follow=False, tail=PUMP_TAIL_LINES)
-        ) as lines:
-            async for _ in lines:
-                count += 1
-                if count >= PUMP_TAIL_LINES:
-                    # A chatty container's log has no end to read to: enough is enough.
-                    break
-        return count >= PUMP_TAIL_LINES
+        events = await self._read_lines(container_id, PUMP_TAIL_LINES)
+        return events is not None and len(events) >= PUMP_TAIL_LINES
 
     async def _publish_lines(self, container_id: str, outbox: _Outbox) -> None:
         channel = logs_channel(container_id)
         while True:
-            batch = await outbox.take(PUBLISH_BATCH_LINES)
-            await self.bus.publish(channel, {"lines": batch})
+            rows = await outbox.take()
+            for message in _messages(rows, self.bus.max_message_bytes):
+                await self.bus.publish(channel, {"lines": message})

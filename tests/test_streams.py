@@ -4,6 +4,7 @@ however many subscribers, deterministic ids, deduplication, slow consumers, dema
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -11,15 +12,17 @@ import pytest
 
 from app import streams
 from app.bus import LOGS_DEMAND, Bus
+from app.domain.logtime import to_ns
 from app.runtime.base import LogLine
-from app.services.streams import DROPPED_STREAM, LogEvent
-from app.streams import LogHub, event_key, numbered, timestamp_ns
+from app.services.streams import DROPPED_STREAM, LogChunk, LogEvent
+from app.streams import LogHub, Numberer, _messages, event_key
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class ScriptedRuntime:
-    """``logs`` serves the lines appended so far, then (follow) every new one."""
+    """``log_batches`` serves the lines appended so far, then (follow) every new one; each
+    read hands over whatever was appended since the previous one, as an engine does."""
 
     name = "scripted"
 
@@ -31,11 +34,11 @@ class ScriptedRuntime:
         self._changed = asyncio.Event()
 
     def write(self, text: str, *, at: datetime | None = None, stream: str = "stdout") -> None:
-        moment = at or (self.lines[-1].timestamp if self.lines else T0)
-        self.lines.append(LogLine(moment, text, stream, 1))
+        ns = to_ns(at) if at is not None else (self.lines[-1].ns if self.lines else to_ns(T0))
+        self.lines.append(LogLine(ns, text, stream, 1))
         self._changed.set()
 
-    async def logs(
+    async def log_batches(
         self,
         container_id: str,
         *,
@@ -43,39 +46,41 @@ class ScriptedRuntime:
         follow: bool = True,
         tail: int | None = 100,
         since: datetime | None = None,
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncIterator[list[LogLine]]:
         self.opened += 1
         self.open += 1
         self.follow_opened += follow
         try:
-            chosen = [
-                line
-                for line in self.lines
-                if since is None or line.timestamp >= since.replace(microsecond=0)
-            ]
+            since_ns = to_ns(since.replace(microsecond=0)) if since is not None else None
+            chosen = [line for line in self.lines if since_ns is None or line.ns >= since_ns]
             if tail is not None:
                 chosen = chosen[len(chosen) - tail :] if tail else []
             position = len(self.lines)
-            for line in chosen:
-                yield line
+            if chosen:
+                yield chosen
             while follow:
                 self._changed.clear()
                 await self._changed.wait()
-                for line in self.lines[position:]:
-                    yield line
+                if self.lines[position:]:
+                    yield self.lines[position:]
                 position = len(self.lines)
         finally:
             self.open -= 1
 
 
-async def take(events: AsyncIterator[LogEvent], count: int, within: float = 5) -> list[LogEvent]:
+async def take(chunks: AsyncIterator[LogChunk], count: int, within: float = 5) -> list[LogEvent]:
+    """The events of whole chunks, until there are at least ``count`` (or the stream ends)."""
     taken: list[LogEvent] = []
     async with asyncio.timeout(within):
-        async for event in events:
-            taken.append(event)
-            if len(taken) == count:
+        async for chunk in chunks:
+            taken.extend(chunk)
+            if len(taken) >= count:
                 break
     return taken
+
+
+async def drain(chunks: AsyncIterator[LogChunk]) -> list[LogEvent]:
+    return [event async for chunk in chunks for event in chunk]
 
 
 async def until(predicate: Callable[[], bool], within: float = 5) -> None:
@@ -99,16 +104,42 @@ async def hub(runtime: ScriptedRuntime) -> AsyncIterator[LogHub]:
     await hub.stop()
 
 
-async def test_ids_count_lines_sharing_a_timestamp() -> None:
-    async def lines() -> AsyncIterator[LogLine]:
-        for n, moment in enumerate([T0, T0, T0 + timedelta(microseconds=5), T0]):
-            yield LogLine(moment, f"l{n}", "stdout", 1)
-
-    ids = [event.id async for event in numbered(lines())]
-    ns = timestamp_ns(T0)
-    assert ids == [f"{ns}-0", f"{ns}-1", f"{ns + 5000}-0", f"{ns}-0"]
+def test_ids_count_lines_sharing_a_timestamp_across_batches() -> None:
+    ns = to_ns(T0)
+    numberer = Numberer()
+    stamps = [[ns, ns], [ns, ns + 5], [ns + 5, ns]]
+    ids = [
+        event.id
+        for batch in stamps
+        for event in numberer.number([LogLine(t, f"l{t}", "stdout", 1) for t in batch])
+    ]
+    assert ids == [f"{ns}-0", f"{ns}-1", f"{ns}-2", f"{ns + 5}-0", f"{ns + 5}-1", f"{ns}-0"]
     assert event_key(ids[1]) == (ns, 1)
     assert event_key("garbage") is None
+
+
+def test_chunks_skip_what_a_subscriber_already_has() -> None:
+    events = [LogEvent(10, k, f"l{k}", "stdout", 1) for k in range(4)]
+    chunk = LogChunk.of(events)
+    assert chunk.after((9, 0)) is chunk
+    assert chunk.after((10, 3)) is None
+    rest = chunk.after((10, 1))
+    assert rest is not None and [e.line for e in rest] == ["l2", "l3"]
+    assert rest.text(lambda e: e.line) == "l2l3" and chunk.text(lambda e: e.line) == "l0l1l2l3"
+    marker = LogChunk.of([LogEvent.marker(3, events[0])])
+    assert marker.after((99, 0)) is marker and marker.first.id == ""
+
+
+def test_bus_messages_fit_a_size_limit() -> None:
+    rows = [[n, 0, "x" * 100, "stdout", 1] for n in range(500)] + [
+        [500, 0, "é" * 9000, "stdout", 1]
+    ]
+    unlimited = _messages(rows, None)
+    assert [len(m) for m in unlimited] == [501]
+    limited = _messages(rows, 7900)
+    assert sum(len(m) for m in limited) == 501 and len(limited) > 1
+    assert all(len(json.dumps({"lines": m}).encode()) < 7900 for m in limited)
+    assert limited[-1][-1][2].endswith(" [line cut]")
 
 
 async def test_subscribers_share_one_upstream_and_get_backlog_then_live_lines(
@@ -121,14 +152,14 @@ async def test_subscribers_share_one_upstream_and_get_backlog_then_live_lines(
     second = hub.logs("c1", tail=0, follow=True)
     backlog = await take(first, 2)
     assert [e.line for e in backlog] == ["old 1", "old 2"]
-    assert [e.id for e in backlog] == [f"{timestamp_ns(now)}-1", f"{timestamp_ns(now)}-2"]
+    assert [e.id for e in backlog] == [f"{to_ns(now)}-1", f"{to_ns(now)}-2"]
     second_task = asyncio.ensure_future(take(second, 2))
     await until(lambda: hub.local_subscribers == 2 and hub.upstream.open == 1)
     runtime.write("new 1", at=now + timedelta(seconds=1))
     runtime.write("new 2")
     # The pump republishes its lookback too; the first subscriber skips what it already has.
     assert [e.line for e in await take(first, 2)] == ["new 1", "new 2"]
-    assert [e.line for e in await second_task] == ["old 0", "old 1"]  # it had no backlog
+    assert [e.line for e in await second_task] == ["old 0", "old 1", "old 2"]  # no backlog
     assert runtime.follow_opened == 1 and hub.upstream.opened == 1 and hub.pumps == 1
     await first.aclose()  # type: ignore[attr-defined]
     await second.aclose()  # type: ignore[attr-defined]
@@ -138,7 +169,7 @@ async def test_subscribers_share_one_upstream_and_get_backlog_then_live_lines(
 async def test_without_follow_the_backlog_ends(hub: LogHub, runtime: ScriptedRuntime) -> None:
     for n in range(4):
         runtime.write(f"line {n}", at=T0 + timedelta(seconds=n // 2))
-    events = [e async for e in hub.logs("c1", tail=3, follow=False)]
+    events = await drain(hub.logs("c1", tail=3, follow=False))
     # Numbered from the whole second of the first tail line: ids match every other reader.
     assert [(e.line, e.id.split("-")[1]) for e in events] == [
         ("line 1", "1"),
@@ -151,8 +182,8 @@ async def test_without_follow_the_backlog_ends(hub: LogHub, runtime: ScriptedRun
 async def test_resume_after_an_event_id(hub: LogHub, runtime: ScriptedRuntime) -> None:
     for n in range(6):
         runtime.write(f"line {n}", at=T0 + timedelta(seconds=n // 3))
-    everything = [e async for e in hub.logs("c1", tail=None, follow=False)]
-    resumed = [e async for e in hub.logs("c1", tail=1, follow=False, after=everything[1].id)]
+    everything = await drain(hub.logs("c1", tail=None, follow=False))
+    resumed = await drain(hub.logs("c1", tail=1, follow=False, after=everything[1].id))
     assert [e.line for e in resumed] == ["line 2", "line 3", "line 4", "line 5"]
     assert [e.id for e in resumed] == [e.id for e in everything[2:]]
 
@@ -171,12 +202,13 @@ async def test_a_slow_subscriber_loses_its_oldest_lines_and_is_told(
         runtime.write(f"n{n}", at=now + timedelta(seconds=1, microseconds=n))
         await asyncio.sleep(0)  # the fast one keeps up
     assert [e.line for e in await fast_all] == [f"n{n}" for n in range(20)]
-    (first,) = await slow_first
+    first = await slow_first
+    assert [e.line for e in first] == [f"n{n}" for n in range(len(first))]
     rest = await take(slow, 6)
-    assert first.line == "n0"
     marker, *kept = rest
-    assert (marker.stream, marker.dropped) == (DROPPED_STREAM, 14)
-    assert marker.line == "14 lines dropped"
+    # It holds 5 lines at most: everything between what it read and the last 5 went.
+    assert (marker.stream, marker.dropped) == (DROPPED_STREAM, 15 - len(first))
+    assert marker.line == f"{15 - len(first)} lines dropped"
     assert [e.line for e in kept] == [f"n{n}" for n in range(15, 20)]
     await slow.aclose()  # type: ignore[attr-defined]
     await fast.aclose()  # type: ignore[attr-defined]

@@ -137,8 +137,9 @@ class Subscription:
         streams = info.context.streams
         if streams is None:
             raise Unavailable("no runtime configured: this server cannot stream logs")
-        async for record in streams.logs(str(id), tail=tail, follow=follow):
-            yield LogLine.from_record(record)
+        async for chunk in streams.logs(str(id), tail=tail, follow=follow):
+            for event in chunk:
+                yield LogLine.from_event(event)
 
     @strawberry.subscription(description="The container now, then again after each change.")
     async def container_status(

@@ -14,11 +14,11 @@ from strawberry.scalars import JSON
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
-from app.domain.views import ContainerView, GpuModelView, Page, RevisionView, as_utc
+from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
 
 if TYPE_CHECKING:
     from app.gql.context import Context
-    from app.services.streams import LogRecord
+    from app.services.streams import LogEvent
 
 TIMESTAMP = "RFC 3339 UTC time, e.g. 2023-09-22T15:36:06Z"
 
@@ -175,16 +175,18 @@ class Viewer:
 
 @strawberry.type(description="One line a container wrote.")
 class LogLine:
-    timestamp: str = strawberry.field(description="RFC 3339 UTC time with fractional seconds.")
+    timestamp: str = strawberry.field(description="RFC 3339 UTC time with nanoseconds.")
     line: str
     stream: str = strawberry.field(description="stdout or stderr.")
     revision: int | None = strawberry.field(description="The revision that wrote the line.")
 
     @classmethod
-    def from_record(cls, record: LogRecord) -> LogLine:
-        timestamp = as_utc(record.timestamp).isoformat().replace("+00:00", "Z")
+    def from_event(cls, event: LogEvent) -> LogLine:
         return cls(
-            timestamp=timestamp, line=record.line, stream=record.stream, revision=record.revision
+            timestamp=event.timestamp_text,
+            line=event.line,
+            stream=event.stream,
+            revision=event.revision,
         )
 
 

@@ -24,7 +24,7 @@ from app.deps import CurrentPrincipal, app_state
 from app.domain.errors import FieldError, ValidationFailed
 from app.rest import problems
 from app.services import containers as svc
-from app.services.streams import LogEvent
+from app.services.streams import LogChunk, LogEvent
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger(__name__)
@@ -52,41 +52,42 @@ def parse_since(value: str | None, *, now: datetime | None = None) -> datetime |
 
 
 def format_event(event: LogEvent) -> str:
+    """One SSE event; computed once per line and process (``LogBatch.rendered``)."""
     if event.dropped:
-        return f"event: dropped\ndata: {json.dumps({'dropped': event.dropped})}\n\n"
-    data = {
-        "timestamp": event.timestamp.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "line": event.line,
-        "stream": event.stream,
-        "revision": event.revision,
-    }
-    return f"id: {event.id}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+        return f'event: dropped\ndata: {{"dropped":{event.dropped}}}\n\n'
+    revision = "null" if event.revision is None else int(event.revision)
+    return (
+        f"id: {event.ns}-{event.k}\ndata: "
+        f'{{"timestamp":"{event.timestamp_text}","line":{_json_string(event.line)},'
+        f'"stream":{_json_string(event.stream)},"revision":{revision}}}\n\n'
+    )
 
 
-SSE_BATCH = 512
-"""Events read ahead and sent together; the subscriber's own queue bounds the rest."""
+_json_string = json.JSONEncoder(ensure_ascii=False).encode
 
 
-async def _read(events: AsyncIterator[LogEvent], queue: asyncio.Queue[LogEvent | None]) -> None:
+async def _read(chunks: AsyncIterator[LogChunk], queue: asyncio.Queue[LogChunk | None]) -> None:
     try:
-        async for event in events:
-            await queue.put(event)
+        async for chunk in chunks:
+            await queue.put(chunk)
     finally:
-        aclose = getattr(events, "aclose", None)
+        aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
     await queue.put(None)
 
 
-async def event_stream(events: AsyncIterator[LogEvent], *, heartbeat: float) -> AsyncIterator[str]:
-    """SSE text of ``events``, with keep-alive comments whenever nothing came for ``heartbeat``.
+async def event_stream(chunks: AsyncIterator[LogChunk], *, heartbeat: float) -> AsyncIterator[str]:
+    """SSE text of ``chunks``, with keep-alive comments whenever nothing came for ``heartbeat``.
 
-    The events are read by a task of their own: when the client goes away, the server cancels
+    The chunks are read by a task of their own: when the client goes away, the server cancels
     this generator, and the reader is cancelled in turn, closing the subscription in its own
-    task (cleanup that awaits cannot run inside an already-cancelled request scope).
+    task (cleanup that awaits cannot run inside an already-cancelled request scope). The queue
+    between them is short on purpose: lines wait in the hub's bounded subscriber queue, where a
+    slow client loses the oldest ones, not here.
     """
-    queue: asyncio.Queue[LogEvent | None] = asyncio.Queue(maxsize=SSE_BATCH)
-    reader = asyncio.create_task(_read(events, queue), name="sse-reader")
+    queue: asyncio.Queue[LogChunk | None] = asyncio.Queue(maxsize=2)
+    reader = asyncio.create_task(_read(chunks, queue), name="sse-reader")
     _closing.add(reader)
     reader.add_done_callback(_closing.discard)
     try:
@@ -106,10 +107,10 @@ async def event_stream(events: AsyncIterator[LogEvent], *, heartbeat: float) -> 
                 continue
             # Send whatever else is already waiting in the same chunk: one write per burst.
             burst = [getter.result()]
-            while burst[-1] is not None and len(burst) < SSE_BATCH and not queue.empty():
+            while burst[-1] is not None and not queue.empty():
                 burst.append(queue.get_nowait())
             ended = burst[-1] is None
-            text = "".join(format_event(event) for event in burst if event is not None)
+            text = "".join(chunk.text(format_event) for chunk in burst if chunk is not None)
             if ended:
                 yield text + _END
                 return
@@ -161,11 +162,11 @@ async def container_logs(
         return problems.problem(
             503, "UNAVAILABLE", "no runtime configured: this server cannot stream logs"
         )
-    events = streams.logs(
+    chunks = streams.logs(
         id, tail=tail, follow=follow, since=since_time, after=last_event_id or None
     )
     return StreamingResponse(
-        event_stream(events, heartbeat=state.settings.sse_heartbeat_seconds),
+        event_stream(chunks, heartbeat=state.settings.sse_heartbeat_seconds),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -6,9 +6,10 @@ The container port is published on ``127.0.0.1`` with an ephemeral host port; th
 proxy reaches the revision at the ``endpoint`` that :meth:`DockerRuntime.observe` reports.
 
 The official ``docker`` SDK is synchronous: every call runs in a worker thread
-(``asyncio.to_thread``); the long-lived streams of :meth:`DockerRuntime.watch` and
-:meth:`DockerRuntime.logs` each get a dedicated daemon thread whose HTTP response is shut down from
-the event loop when the consumer stops, so no thread stays blocked on the engine.
+(``asyncio.to_thread``). The long-lived streams of :meth:`DockerRuntime.watch` and
+:meth:`DockerRuntime.log_batches` are read asynchronously with aiohttp instead
+(``app.runtime.engine_streams``): no thread per stream, and a chatty container's log is parsed
+in blocks rather than one SDK call per line.
 
 Limits of the local engine, on purpose:
 
@@ -30,17 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import os
-import re
 import socket
-import struct
-import threading
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -48,6 +43,7 @@ import docker.types
 import docker.utils
 import urllib3.exceptions
 
+from app.domain.logtime import NS, parse_ns, to_datetime, to_ns
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
     LABEL_INSTANCE,
@@ -64,6 +60,7 @@ from app.runtime.base import (
     RuntimeUnavailable,
     WorkloadSpec,
 )
+from app.runtime.engine_streams import EngineStreams, LogParser, read_json_lines, read_log_batches
 
 T = TypeVar("T")
 
@@ -71,9 +68,6 @@ MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 LIST_ATTEMPTS = 3
 LOG_TAIL_ON_FAILURE = 5
 _STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
-_TIMESTAMP = re.compile(
-    r"^(?P<base>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d{2}:\d{2})$"
-)
 
 
 def container_name(container_id: str, revision: int) -> str:
@@ -131,19 +125,12 @@ def container_create_kwargs(
 
 
 def parse_engine_time(value: str) -> datetime | None:
-    """Parse an engine RFC 3339 timestamp (nanoseconds, ``Z`` or offset) into aware UTC."""
-    match = _TIMESTAMP.match(value.strip())
-    if match is None:
+    """An engine RFC 3339 timestamp (nanoseconds, ``Z`` or offset) as aware UTC; None for the
+    engine's zero time (``0001-01-01T00:00:00Z``: never started) and for garbage."""
+    ns = parse_ns(value.strip())
+    if ns is None or ns <= 0:
         return None
-    frac = (match["frac"] or "")[:6].ljust(6, "0")
-    tz = "+00:00" if match["tz"] == "Z" else match["tz"]
-    try:
-        parsed = datetime.fromisoformat(f"{match['base']}.{frac}{tz}")
-    except ValueError:
-        return None
-    if parsed.year <= 1:
-        return None
-    return parsed.astimezone(UTC)
+    return to_datetime(ns)
 
 
 def _api_error_text(e: docker.errors.APIError) -> str:
@@ -169,92 +156,6 @@ def _translate(e: Exception, action: str) -> RuntimeAdapterError:
 def _is_transport_error(e: BaseException) -> bool:
     # requests' exceptions derive from OSError; DockerException covers e.g. a bad base_url.
     return isinstance(e, OSError | urllib3.exceptions.HTTPError | docker.errors.DockerException)
-
-
-def _shutdown_response(response: Any) -> None:
-    """Close a streaming HTTP response from any thread, unblocking a reader blocked on it."""
-    with contextlib.suppress(Exception):
-        docker.types.CancellableStream(iter(()), response).close()
-    with contextlib.suppress(Exception):
-        response.close()
-
-
-@dataclass(eq=False)
-class _Stream:
-    """Hand-over between a stream's reader thread and the async consumer."""
-
-    lock: threading.Lock
-    stopped: bool = False
-    response: Any = None
-
-
-class _Handoff(Generic[T]):
-    """Items from a reader thread to the event loop, in batches.
-
-    The thread appends under a lock and wakes the loop only when the buffer was empty, so a fast
-    stream costs one wake-up per batch rather than one loop round trip per line; a full buffer
-    makes the thread wait (backpressure) until the consumer takes what is there.
-    """
-
-    LIMIT = 10_000
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._items: deque[T] = deque()
-        self._room = threading.Condition()
-        self._ready = asyncio.Event()
-        self._ended = False
-        self._error: BaseException | None = None
-        self._closed = False
-
-    def _wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            self._loop.call_soon_threadsafe(self._ready.set)
-
-    def put(self, item: T, *, stopped: Callable[[], bool]) -> bool:
-        """From the thread; False when the consumer went away."""
-        with self._room:
-            while len(self._items) >= self.LIMIT:
-                if self._closed or stopped():
-                    return False
-                self._room.wait(0.2)
-            if self._closed:
-                return False
-            was_empty = not self._items
-            self._items.append(item)
-        if was_empty:
-            self._wake()
-        return True
-
-    def finish(self, error: BaseException | None) -> None:
-        """From the thread: the stream ended, normally or with ``error``."""
-        with self._room:
-            self._ended = True
-            self._error = error
-        self._wake()
-
-    async def take(self) -> tuple[list[T], bool, BaseException | None]:
-        """Everything buffered (waiting for at least one item or the end)."""
-        # Yield to the loop once per batch even when items are waiting: a stream that never
-        # runs dry must not starve every other task of the process.
-        await asyncio.sleep(0)
-        while True:
-            with self._room:
-                if self._items or self._ended:
-                    batch = list(self._items)
-                    self._items.clear()
-                    self._room.notify_all()
-                    return batch, self._ended, self._error
-            self._ready.clear()
-            with self._room:
-                if self._items or self._ended:
-                    continue
-            await self._ready.wait()
-
-    def close(self) -> None:
-        with self._room:
-            self._closed = True
-            self._room.notify_all()
 
 
 class DockerRuntime:
@@ -296,8 +197,9 @@ class DockerRuntime:
             base_url=base_url, version=api_version, timeout=int(api_timeout)
         )
         self._failures: dict[tuple[str, int], RevisionState] = {}
-        self._streams: set[_Stream] = set()
-        self._streams_lock = threading.Lock()
+        self._engine_streams = EngineStreams(
+            base_url, api_version=api_version, connect_timeout=max(connect_timeout, 5.0)
+        )
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -658,107 +560,24 @@ class DockerRuntime:
 
     # -- streams --------------------------------------------------------------------------------
 
-    async def _iterate_in_thread(
-        self,
-        what: str,
-        open_stream: Callable[[Any], Any],
-        read: Callable[[Any], Iterator[T]],
-    ) -> AsyncIterator[T]:
-        """Run a blocking engine stream in a daemon thread and yield its items.
-
-        ``open_stream(api)`` returns a streaming HTTP response, ``read`` iterates over it. When the
-        consumer stops (break + aclose, cancellation, error) the response is shut down, which
-        unblocks the reader thread. Each stream has a client of its own: a connection shut down
-        under a reader must never go back to the pool the other API calls share.
-        """
-        self._check_socket(what)
-        handoff: _Handoff[T] = _Handoff(asyncio.get_running_loop())
-        handle = _Stream(lock=threading.Lock())
-
-        def pump() -> None:
-            response = None
-            api = docker.APIClient(
-                base_url=self.base_url, version=self._client.api.api_version, timeout=None
-            )
-            try:
-                response = open_stream(api)
-                with handle.lock:
-                    if handle.stopped:
-                        return
-                    handle.response = response
-                for item in read(response):
-                    if handle.stopped or not handoff.put(item, stopped=lambda: handle.stopped):
-                        return
-                handoff.finish(None)
-            except Exception as e:
-                if handle.stopped:
-                    return
-                if isinstance(e, docker.errors.APIError) or _is_transport_error(e):
-                    handoff.finish(_translate(e, what))
-                else:
-                    handoff.finish(e)
-            finally:
-                if response is not None:
-                    _shutdown_response(response)
-                api.close()
-
-        with self._streams_lock:
-            self._streams.add(handle)
-        thread = threading.Thread(target=pump, name=f"dockyard-{what}", daemon=True)
-        thread.start()
-        try:
-            while True:
-                batch, ended, error = await handoff.take()
-                for item in batch:
-                    yield item
-                if error is not None:
-                    raise error
-                if ended:
-                    return
-        finally:
-            self._stop_stream(handle)
-            handoff.close()
-            with self._streams_lock:
-                self._streams.discard(handle)
-            for _ in range(50):
-                if not thread.is_alive():
-                    break
-                await asyncio.sleep(0.02)
-
-    @staticmethod
-    def _stop_stream(handle: _Stream) -> None:
-        with handle.lock:
-            handle.stopped = True
-            response = handle.response
-        if response is not None:
-            _shutdown_response(response)
+    @property
+    def open_streams(self) -> int:
+        """Engine streams (logs, events) open right now."""
+        return self._engine_streams.open_streams
 
     async def watch(self) -> AsyncIterator[RuntimeEvent]:
-        def open_events(api: Any) -> Any:
-            response = api.get(
-                f"{api.base_url}/v{api.api_version}/events",
-                params={
-                    "filters": docker.utils.convert_filters(
-                        {"label": self._managed_filter(), "type": ["container"]}
-                    )
-                },
-                stream=True,
-                timeout=None,
-            )
-            _raise_for_status(response)
-            return response
-
-        def read_events(response: Any) -> Iterator[RuntimeEvent]:
-            for event in _read_json_lines(response):
+        self._check_socket("events")
+        filters = docker.utils.convert_filters(
+            {"label": self._managed_filter(), "type": ["container"]}
+        )
+        async with self._engine_streams.open("events", "/events", {"filters": filters}) as response:
+            async for event in read_json_lines(response):
                 attributes = (event.get("Actor") or {}).get("Attributes") or {}
                 cid = attributes.get(LABEL_CONTAINER_ID)
                 if cid and attributes.get(LABEL_MANAGED_BY, MANAGED_BY) == MANAGED_BY:
                     yield RuntimeEvent(container_id=cid)
 
-        async for event in self._iterate_in_thread("events", open_events, read_events):
-            yield event
-
-    async def logs(
+    async def log_batches(
         self,
         container_id: str,
         *,
@@ -766,45 +585,32 @@ class DockerRuntime:
         follow: bool = True,
         tail: int | None = 100,
         since: datetime | None = None,
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncIterator[list[LogLine]]:
         target = await self._call(f"logs {container_id}", self._log_target, container_id, revision)
         if target is None:
             return
         engine_id, target_revision = target
-        cutoff = None
+        params = {
+            "stdout": "1",
+            "stderr": "1",
+            "timestamps": "1",
+            "follow": "1" if follow else "0",
+            "tail": "all" if tail is None else str(max(tail, 0)),
+        }
+        since_ns = None
         if since is not None:
-            # Podman stamps log lines to the second only: compare at that precision.
-            cutoff = (since if since.tzinfo else since.replace(tzinfo=UTC)).replace(microsecond=0)
-
-        def open_logs(api: Any) -> Any:
-            params: dict[str, Any] = {
-                "stdout": 1,
-                "stderr": 1,
-                "timestamps": 1,
-                "follow": 1 if follow else 0,
-                "tail": "all" if tail is None else str(max(tail, 0)),
-            }
-            if since is not None:
-                params["since"] = int(cutoff.timestamp()) if cutoff else 0
-            response = api.get(
-                f"{api.base_url}/v{api.api_version}/containers/{engine_id}/logs",
-                params=params,
-                stream=True,
-                timeout=None,
-            )
-            _raise_for_status(response)
-            return response
-
-        def read_logs(response: Any) -> Iterator[LogLine]:
-            for stream_id, line in _read_frames(response):
-                parsed = _parse_log_line(
-                    line, _STREAM_NAMES.get(stream_id, "stdout"), target_revision
-                )
-                if parsed is not None and (cutoff is None or parsed.timestamp >= cutoff):
-                    yield parsed
-
-        async for line in self._iterate_in_thread(f"logs-{container_id}", open_logs, read_logs):
-            yield line
+            since_ns = to_ns(since)
+            # The engine filters to the second (Podman's ``since`` is whole seconds); the parser
+            # drops the earlier lines of that second.
+            params["since"] = str(max(since_ns // NS, 0))
+        parser = LogParser(target_revision, since_ns=since_ns)
+        action = f"logs {container_id}"
+        self._check_socket(action)
+        async with self._engine_streams.open(
+            action, f"/containers/{engine_id}/logs", params
+        ) as response:
+            async for batch in read_log_batches(response, parser):
+                yield batch
 
     def _log_target(self, container_id: str, revision: int | None) -> tuple[str, int] | None:
         candidates = []
@@ -818,74 +624,5 @@ class DockerRuntime:
         return engine_id, rev
 
     async def close(self) -> None:
-        with self._streams_lock:
-            handles = list(self._streams)
-        for handle in handles:
-            self._stop_stream(handle)
+        await self._engine_streams.close()
         await asyncio.to_thread(self._client.close)
-
-
-def _raise_for_status(response: Any) -> None:
-    try:
-        response.raise_for_status()
-    except Exception as e:
-        response.close()
-        raise docker.errors.create_api_error_from_http_exception(e) from e
-
-
-def _read_exactly(response: Any, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = response.raw.read(size - len(data))
-        if not chunk:
-            return data
-        data += chunk
-    return data
-
-
-def _read_json_lines(response: Any) -> Iterator[dict[str, Any]]:
-    """Decode a stream of newline-separated JSON objects (the events endpoint)."""
-    buffer = b""
-    while True:
-        byte = response.raw.read(1)
-        if not byte:
-            break
-        if byte != b"\n":
-            buffer += byte
-            continue
-        if buffer.strip():
-            with contextlib.suppress(ValueError):
-                decoded = json.loads(buffer)
-                if isinstance(decoded, dict):
-                    yield decoded
-        buffer = b""
-
-
-def _read_frames(response: Any) -> Iterator[tuple[int, bytes]]:
-    """Split a multiplexed (non-TTY) log stream into (stream id, line) pairs."""
-    pending: dict[int, bytes] = {}
-    while True:
-        header = _read_exactly(response, 8)
-        if len(header) < 8:
-            break
-        stream_id, length = struct.unpack(">BxxxL", header)
-        data = _read_exactly(response, length) if length else b""
-        buffer = pending.get(stream_id, b"") + data
-        *lines, rest = buffer.split(b"\n")
-        pending[stream_id] = rest
-        for line in lines:
-            yield stream_id, line
-        if len(data) < length:
-            break
-    for stream_id, rest in pending.items():
-        if rest:
-            yield stream_id, rest
-
-
-def _parse_log_line(raw: bytes, stream: str, revision: int) -> LogLine | None:
-    text = raw.decode("utf-8", "replace").rstrip("\r")
-    stamp, sep, line = text.partition(" ")
-    timestamp = parse_engine_time(stamp) if sep else None
-    if timestamp is None:
-        timestamp, line = datetime.now(UTC), text
-    return LogLine(timestamp=timestamp, line=line, stream=stream, revision=revision)

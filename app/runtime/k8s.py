@@ -19,8 +19,8 @@ import datetime
 import json
 import logging
 import math
-import re
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from app.domain.logtime import parse_ns
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
     LABEL_REVISION,
@@ -71,7 +72,6 @@ FAILING_WAITING_REASONS = frozenset(
         "CreateContainerError",
     }
 )
-_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d) ?(.*)$")
 
 
 def translate_error(error: Exception) -> RuntimeAdapterError:
@@ -96,15 +96,14 @@ def _is_client_error(error: BaseException) -> bool:
     return isinstance(error, ApiException | urllib3.exceptions.HTTPError | OSError)
 
 
-def parse_log_line(raw: str) -> tuple[datetime.datetime, str]:
-    """Split ``2024-05-01T10:00:00.123456789Z text`` (RFC 3339, nanoseconds) into its parts."""
-    match = _TIMESTAMP.match(raw)
-    if match is None:
-        return datetime.datetime.now(datetime.UTC), raw
-    seconds, fraction, zone, text = match.groups()
-    micro = (fraction or "0")[:6].ljust(6, "0")
-    stamp = datetime.datetime.fromisoformat(f"{seconds}.{micro}{'+00:00' if zone == 'Z' else zone}")
-    return stamp, text
+def parse_log_line(raw: str) -> tuple[int, str]:
+    """Split ``2024-05-01T10:00:00.123456789Z text`` (RFC 3339, nanoseconds) into its time in
+    nanoseconds and its text; an unstamped line is stamped now."""
+    stamp, _, text = raw.partition(" ")
+    ns = parse_ns(stamp)
+    if ns is None:
+        return time.time_ns(), raw
+    return ns, text
 
 
 def _revision_of(labels: dict[str, str] | None) -> int | None:
@@ -517,7 +516,7 @@ class KubernetesRuntime:
 
     # --- logs ---
 
-    async def logs(
+    async def log_batches(
         self,
         container_id: str,
         *,
@@ -525,7 +524,7 @@ class KubernetesRuntime:
         follow: bool = True,
         tail: int | None = 100,
         since: datetime.datetime | None = None,
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncIterator[list[LogLine]]:
         deployment = await self._deployment(container_id)
         if deployment is None:
             return
@@ -558,11 +557,11 @@ class KubernetesRuntime:
                     self._read_log, namespace, name, options, revision
                 )
             ]
-            for line in sorted(lines, key=lambda line: line.timestamp):
-                yield line
+            if lines:
+                yield sorted(lines, key=lambda line: line.ns)
             return
-        async for line in self._follow_logs(namespace, names, options, revision):
-            yield line
+        async for batch in self._follow_logs(namespace, names, options, revision):
+            yield batch
 
     def _read_log(
         self, namespace: str, pod: str, options: dict[str, Any], revision: int
@@ -587,13 +586,13 @@ class KubernetesRuntime:
         for raw in response:
             text = raw.decode("utf-8", errors="replace").rstrip("\n")
             if text:
-                stamp, line = parse_log_line(text)
+                ns, line = parse_log_line(text)
                 # Kubernetes interleaves stdout and stderr into one log.
-                yield LogLine(timestamp=stamp, line=line, stream="stdout", revision=revision)
+                yield LogLine(ns, line, "stdout", revision)
 
     async def _follow_logs(
         self, namespace: str, pods: list[str], options: dict[str, Any], revision: int
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncIterator[list[LogLine]]:
         queue: asyncio.Queue[LogLine | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
@@ -635,13 +634,21 @@ class KubernetesRuntime:
         running = len(workers)
         try:
             while running:
-                item = await queue.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
+                items = [await queue.get()]
+                while not queue.empty():  # one batch: whatever arrived meanwhile
+                    items.append(queue.get_nowait())
+                batch: list[LogLine] = []
+                for item in items:
+                    if item is None:
+                        running -= 1
+                    elif isinstance(item, BaseException):
+                        if batch:
+                            yield batch
+                        raise item
+                    else:
+                        batch.append(item)
+                if batch:
+                    yield batch
         finally:
             stop.set()
             for stream in list(streams):

@@ -12,52 +12,160 @@ as every other read), and only then open a stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import bisect
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Protocol
+
+from app.domain.logtime import format_ns, to_datetime
 
 DROPPED_STREAM = "dropped"
 """The ``stream`` of a marker saying that lines were dropped because the client read too slowly."""
 
-
-class LogRecord(Protocol):
-    """One line of a container's output."""
-
-    @property
-    def timestamp(self) -> datetime: ...
-
-    @property
-    def line(self) -> str: ...
-
-    @property
-    def stream(self) -> str:
-        """``stdout`` or ``stderr``."""
-        ...
-
-    @property
-    def revision(self) -> int | None:
-        """The revision whose instance wrote the line, when the runtime knows it."""
-        ...
+Key = tuple[int, int]
 
 
-@dataclass(frozen=True)
 class LogEvent:
     """One line of output with a deterministic id, or a marker of dropped lines.
 
-    ``id`` is ``<timestamp in ns>-<k>`` where ``k`` counts the earlier lines with the same
-    timestamp: every reader of the runtime's log computes the same id for the same line, so a
-    client can resume after the last id it saw (``Last-Event-ID``). A marker has
-    ``stream == "dropped"``, ``dropped`` > 0, ``line == "<n> lines dropped"`` and the id of the
-    last line before the gap.
+    ``id`` is ``<ns>-<k>``: the line's timestamp in nanoseconds and ``k``, how many earlier lines
+    share that timestamp. Every reader of the runtime's log computes the same id for the same
+    line, so a client can resume after the last id it saw (``Last-Event-ID``). A marker has
+    ``stream == "dropped"``, ``dropped`` > 0, ``line == "<n> lines dropped"`` and an empty id.
+    A plain class with slots: a chatty container makes tens of thousands a second.
     """
 
-    id: str
-    timestamp: datetime
-    line: str
-    stream: str
-    revision: int | None
-    dropped: int = 0
+    __slots__ = ("dropped", "k", "line", "ns", "revision", "stream")
+
+    def __init__(
+        self, ns: int, k: int, line: str, stream: str, revision: int | None, dropped: int = 0
+    ) -> None:
+        self.ns = ns
+        self.k = k
+        self.line = line
+        self.stream = stream
+        self.revision = revision
+        self.dropped = dropped
+
+    @classmethod
+    def marker(cls, dropped: int, before: LogEvent) -> LogEvent:
+        return cls(
+            before.ns, 0, f"{dropped} lines dropped", DROPPED_STREAM, before.revision, dropped
+        )
+
+    @property
+    def id(self) -> str:
+        return "" if self.dropped else f"{self.ns}-{self.k}"
+
+    @property
+    def key(self) -> Key:
+        return self.ns, self.k
+
+    @property
+    def timestamp(self) -> datetime:
+        return to_datetime(self.ns)
+
+    @property
+    def timestamp_text(self) -> str:
+        """RFC 3339 UTC with nanoseconds, e.g. ``2026-11-27T11:26:42.352486655Z``."""
+        return format_ns(self.ns)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LogEvent):
+            return NotImplemented
+        return (self.ns, self.k, self.line, self.stream, self.revision, self.dropped) == (
+            other.ns,
+            other.k,
+            other.line,
+            other.stream,
+            other.revision,
+            other.dropped,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.ns, self.k, self.line))
+
+    def __repr__(self) -> str:
+        return f"LogEvent({self.id or 'dropped'}, {self.stream}, {self.line!r})"
+
+
+Render = Callable[[LogEvent], str]
+
+
+class LogBatch:
+    """Consecutive events that travelled together; one object shared by every subscriber of a
+    process, so a transport renders each line once per process instead of once per client."""
+
+    __slots__ = ("_joined", "_rendered", "events")
+
+    def __init__(self, events: list[LogEvent]) -> None:
+        self.events = events
+        self._rendered: tuple[Render, list[str]] | None = None
+        self._joined: tuple[Render, str] | None = None
+
+    def rendered(self, render: Render) -> list[str]:
+        """``render`` of each event, computed once (for the last ``render`` asked for)."""
+        cached = self._rendered
+        if cached is None or cached[0] is not render:
+            cached = self._rendered = (render, [render(event) for event in self.events])
+        return cached[1]
+
+    def joined(self, render: Render) -> str:
+        cached = self._joined
+        if cached is None or cached[0] is not render:
+            cached = self._joined = (render, "".join(self.rendered(render)))
+        return cached[1]
+
+
+class LogChunk:
+    """What a subscriber receives: a run of consecutive events, a view on a shared batch."""
+
+    __slots__ = ("batch", "start", "stop")
+
+    def __init__(self, batch: LogBatch, start: int = 0, stop: int | None = None) -> None:
+        self.batch = batch
+        self.start = start
+        self.stop = len(batch.events) if stop is None else stop
+
+    @classmethod
+    def of(cls, events: list[LogEvent]) -> LogChunk:
+        return cls(LogBatch(events))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[LogEvent]:
+        events = self.batch.events
+        return iter(events if self._whole else events[self.start : self.stop])
+
+    @property
+    def _whole(self) -> bool:
+        return self.start == 0 and self.stop == len(self.batch.events)
+
+    @property
+    def first(self) -> LogEvent:
+        return self.batch.events[self.start]
+
+    @property
+    def last(self) -> LogEvent:
+        return self.batch.events[self.stop - 1]
+
+    def after(self, key: Key) -> LogChunk | None:
+        """The part of this chunk after ``key`` (events are in key order), or None."""
+        if self.first.dropped:  # a marker always goes through
+            return self
+        if self.last.key <= key:
+            return None
+        if self.first.key > key:
+            return self
+        keys = [event.key for event in self.batch.events[self.start : self.stop]]
+        return LogChunk(self.batch, self.start + bisect.bisect_right(keys, key), self.stop)
+
+    def text(self, render: Render) -> str:
+        """The rendered events, joined; shared with every subscriber that got the whole batch."""
+        if self._whole:
+            return self.batch.joined(render)
+        return "".join(self.batch.rendered(render)[self.start : self.stop])
 
 
 class ContainerStreams(Protocol):
@@ -71,9 +179,10 @@ class ContainerStreams(Protocol):
         follow: bool,
         since: datetime | None = None,
         after: str | None = None,
-    ) -> AsyncIterator[LogEvent]:
+    ) -> AsyncIterator[LogChunk]:
         """The last ``tail`` lines (all when None; only those at or after ``since``), then new
-        ones while ``follow`` is true, until the container is deleted.
+        ones while ``follow`` is true, until the container is deleted; in chunks of consecutive
+        lines as they arrived (a marker of dropped lines is a chunk of its own).
 
         ``after`` is the id of the last line a reconnecting client has: the stream resumes right
         after it (as far as the runtime still has the lines) and ``tail`` is ignored.

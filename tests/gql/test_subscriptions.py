@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +13,11 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from app.deps import AppState
+from app.domain.logtime import to_ns
 from app.domain.principal import Principal
 from app.gql import schema as gql_schema
 from app.services import containers as svc
+from app.services.streams import LogChunk, LogEvent
 
 Mint = Callable[..., str]
 TRANSPORT_WS = "graphql-transport-ws"
@@ -141,14 +142,6 @@ def test_logs_without_a_runtime_are_unavailable(
         assert errors[0]["message"].startswith("no runtime configured")
 
 
-@dataclass(frozen=True)
-class Line:
-    timestamp: datetime
-    line: str
-    stream: str
-    revision: int | None
-
-
 class FakeStreams:
     """A provider as the runtime and reconciler will supply one, backed by lists."""
 
@@ -158,11 +151,11 @@ class FakeStreams:
 
     async def logs(
         self, container_id: str, *, tail: int | None, follow: bool
-    ) -> AsyncIterator[Line]:
+    ) -> AsyncIterator[LogChunk]:
         self.calls.append(("logs", (container_id, tail, follow)))
-        moment = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
-        yield Line(moment, "listening on :8080", "stdout", 1)
-        yield Line(moment, "warning: no TLS", "stderr", None)
+        ns = to_ns(datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)) + 250_000_001
+        yield LogChunk.of([LogEvent(ns, 0, "listening on :8080", "stdout", 1)])
+        yield LogChunk.of([LogEvent(ns, 1, "warning: no TLS", "stderr", None)])
 
     async def status(self, container_id: str) -> AsyncIterator[object]:
         self.calls.append(("status", container_id))
@@ -193,13 +186,13 @@ def test_logs_come_from_the_streams_provider(
             "line": "listening on :8080",
             "stream": "stdout",
             "revision": 1,
-            "timestamp": "2024-05-01T12:00:00.250000Z",
+            "timestamp": "2024-05-01T12:00:00.250000001Z",
         },
         {
             "line": "warning: no TLS",
             "stream": "stderr",
             "revision": None,
-            "timestamp": "2024-05-01T12:00:00.250000Z",
+            "timestamp": "2024-05-01T12:00:00.250000001Z",
         },
     ]
     assert streams.calls == [("logs", (container_id, 2, True))]

@@ -90,7 +90,7 @@ class MemoryRuntime:
         while True:
             yield await self.events.get()
 
-    async def logs(
+    async def log_batches(
         self,
         container_id: str,
         *,
@@ -98,7 +98,7 @@ class MemoryRuntime:
         follow: bool = True,
         tail: int | None = 100,
         since: datetime | None = None,
-    ) -> AsyncIterator[LogLine]:
+    ) -> AsyncIterator[list[LogLine]]:
         if False:  # pragma: no cover - no logs in memory
             yield
 

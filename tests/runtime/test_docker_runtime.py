@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import docker
 import httpx
@@ -25,6 +25,7 @@ from app.runtime.base import (
     RuntimeRejected,
     RuntimeUnavailable,
     WorkloadSpec,
+    lines_of,
 )
 from app.runtime.docker import DockerRuntime, container_create_kwargs, parse_engine_time
 from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2
@@ -131,7 +132,7 @@ async def test_unreachable_engine_raises_runtime_unavailable(tmp_path: object) -
                 async for _ in events:
                     pass
         with pytest.raises(RuntimeUnavailable):
-            async with aclosing(rt.logs("abc")) as lines:
+            async with aclosing(read_logs(rt, "abc")) as lines:
                 async for _ in lines:
                     pass
     finally:
@@ -350,8 +351,12 @@ async def test_remove_deletes_every_revision(runtime: DockerRuntime, container_i
     assert await runtime.observe(container_id) == []
 
 
-def stream_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("dockyard-")]
+def read_logs(runtime: DockerRuntime, container_id: str, **options: Any) -> AsyncIterator[LogLine]:
+    return lines_of(runtime.log_batches(container_id, **options))
+
+
+def open_engine_streams(runtime: DockerRuntime) -> int:
+    return runtime.open_streams
 
 
 @pytest.mark.podman
@@ -374,7 +379,7 @@ async def test_watch_yields_events_and_stops_when_cancelled(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
-    await until(lambda: not stream_threads())
+    await until(lambda: open_engine_streams(runtime) == 0)
 
 
 @pytest.mark.podman
@@ -392,7 +397,7 @@ async def test_watch_stops_when_the_consumer_breaks(
     await asyncio.sleep(0.5)
     await runtime.apply(make_spec(container_id))
     assert (await asyncio.wait_for(waiter, 15)).container_id == container_id
-    await until(lambda: not stream_threads())
+    await until(lambda: open_engine_streams(runtime) == 0)
 
 
 async def until(
@@ -418,12 +423,12 @@ async def test_logs_tail_returns_the_printed_lines_with_stream_and_revision(
     await runtime.apply(make_spec(container_id, 4, LOGGER))
 
     async def enough() -> bool:
-        lines = [ln async for ln in runtime.logs(container_id, follow=False, tail=None)]
+        lines = [ln async for ln in read_logs(runtime, container_id, follow=False, tail=None)]
         return len(lines) >= 6
 
     await until(enough, 15)
     lines: list[LogLine] = []
-    async with aclosing(runtime.logs(container_id, follow=False, tail=4)) as stream:
+    async with aclosing(read_logs(runtime, container_id, follow=False, tail=4)) as stream:
         async for line in stream:
             lines.append(line)
     assert len(lines) == 4
@@ -434,7 +439,7 @@ async def test_logs_tail_returns_the_printed_lines_with_stream_and_revision(
         assert ln.timestamp.tzinfo is not None and ln.timestamp >= started.replace(microsecond=0)
 
     everything = [
-        ln async for ln in runtime.logs(container_id, revision=4, follow=False, tail=None)
+        ln async for ln in read_logs(runtime, container_id, revision=4, follow=False, tail=None)
     ]
     assert [ln.line for ln in everything if ln.stream == "stdout"][:3] == [
         "line 1",
@@ -442,21 +447,23 @@ async def test_logs_tail_returns_the_printed_lines_with_stream_and_revision(
         "line 3",
     ]
     assert [ln.line for ln in everything if ln.stream == "stderr"][:2] == ["err 1", "err 2"]
-    assert [ln async for ln in runtime.logs(container_id, revision=9, follow=False)] == []
+    assert [ln async for ln in read_logs(runtime, container_id, revision=9, follow=False)] == []
 
     # Podman stamps lines to the second: wait until the lines span two seconds.
     async def two_seconds() -> bool:
         nonlocal everything
-        everything = [ln async for ln in runtime.logs(container_id, follow=False, tail=None)]
+        everything = [ln async for ln in read_logs(runtime, container_id, follow=False, tail=None)]
         return len({ln.timestamp for ln in everything}) >= 2
 
     await until(two_seconds, 10)
     cutoff = everything[-1].timestamp
-    recent = [ln async for ln in runtime.logs(container_id, follow=False, tail=None, since=cutoff)]
+    recent = [
+        ln async for ln in read_logs(runtime, container_id, follow=False, tail=None, since=cutoff)
+    ]
     assert recent and all(ln.timestamp >= cutoff.replace(microsecond=0) for ln in recent)
     # Read the whole log after `recent` (the logger keeps writing): the earlier second's
     # lines are in it and not in `recent`.
-    whole = [ln async for ln in runtime.logs(container_id, follow=False, tail=None)]
+    whole = [ln async for ln in read_logs(runtime, container_id, follow=False, tail=None)]
     assert len(recent) < len(whole)
 
 
@@ -468,7 +475,7 @@ async def test_logs_follow_streams_new_lines_and_stops_when_the_consumer_breaks(
     numbers: list[int] = []
 
     async def follow() -> None:
-        async with aclosing(runtime.logs(container_id, follow=True, tail=0)) as stream:
+        async with aclosing(read_logs(runtime, container_id, follow=True, tail=0)) as stream:
             async for line in stream:
                 if line.stream == "stdout":
                     numbers.append(int(line.line.split()[1]))
@@ -477,7 +484,7 @@ async def test_logs_follow_streams_new_lines_and_stops_when_the_consumer_breaks(
 
     await asyncio.wait_for(follow(), 20)
     assert numbers == list(range(numbers[0], numbers[0] + 5))
-    await until(lambda: not stream_threads())
+    await until(lambda: open_engine_streams(runtime) == 0)
 
 
 @pytest.mark.podman
@@ -488,7 +495,7 @@ async def test_logs_follow_is_released_on_cancellation(
     received = asyncio.Event()
 
     async def follow() -> None:
-        async for _ in runtime.logs(container_id, follow=True):
+        async for _ in read_logs(runtime, container_id, follow=True):
             received.set()
 
     task = asyncio.create_task(follow())
@@ -496,7 +503,7 @@ async def test_logs_follow_is_released_on_cancellation(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
-    await until(lambda: not stream_threads())
+    await until(lambda: open_engine_streams(runtime) == 0)
 
 
 @pytest.mark.podman

@@ -14,6 +14,7 @@ import kubernetes.client
 import pytest
 from kubernetes.client import ApiException
 
+from app.domain.logtime import to_ns
 from app.runtime.base import (
     GpuSelector,
     Phase,
@@ -24,6 +25,7 @@ from app.runtime.base import (
     RuntimeRejected,
     RuntimeUnavailable,
     WorkloadSpec,
+    lines_of,
 )
 from app.runtime.k8s import KubernetesRuntime, parse_log_line, translate_error
 from app.runtime.k8s_manifests import KubernetesConfig, namespace_for
@@ -436,7 +438,7 @@ async def test_logs(runtime: KubernetesRuntime, k8s: EmulatorThread) -> None:
     base = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
     k8s.append_log(NS, "dy-c1-1-b", "second", base + datetime.timedelta(seconds=2))
     k8s.append_log(NS, "dy-c1-1-a", "first", base + datetime.timedelta(seconds=1))
-    lines = [line async for line in runtime.logs("c1", follow=False)]
+    lines = [line async for line in lines_of(runtime.log_batches("c1", follow=False))]
     assert [(line.line, line.timestamp, line.revision) for line in lines] == [
         ("first", base + datetime.timedelta(seconds=1), 1),
         ("second", base + datetime.timedelta(seconds=2), 1),
@@ -444,18 +446,18 @@ async def test_logs(runtime: KubernetesRuntime, k8s: EmulatorThread) -> None:
     request = [r for r in k8s.emulator if r.subresource == "log"][-1]
     assert request.params["timestamps"] == "true"
     assert request.params["tailLines"] == "100"
-    async with contextlib.aclosing(runtime.logs("c1", tail=0)) as stream:
+    async with contextlib.aclosing(lines_of(runtime.log_batches("c1", tail=0))) as stream:
         pending = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.5)  # the follow request is open: only new lines come now
         await asyncio.to_thread(k8s.append_log, NS, "dy-c1-1-a", "live")
         line = await asyncio.wait_for(pending, 5)
         assert line.line == "live"
-    assert [line async for line in runtime.logs("missing")] == []
+    assert [batch async for batch in runtime.log_batches("missing")] == []
 
 
 def test_parse_log_line() -> None:
-    stamp, text = parse_log_line("2024-05-01T10:00:00.123456789Z hello world")
-    assert stamp == datetime.datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=datetime.UTC)
+    ns, text = parse_log_line("2024-05-01T10:00:00.123456789Z hello world")
+    assert ns == to_ns(datetime.datetime(2024, 5, 1, 10, 0, 0, tzinfo=datetime.UTC)) + 123456789
     assert text == "hello world"
     assert parse_log_line("no stamp")[1] == "no stamp"
 
