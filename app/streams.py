@@ -18,6 +18,16 @@ runtime (when its process has one), then drops the live lines it already got fro
 Both sides agree on which lines are the same because ids are deterministic: ``<ns>-<k>``, the
 line's timestamp and how many earlier lines share it (see ``Numberer``).
 
+Exact ids: an id is exact when its reader saw the first line of its timestamp. Tail reads (a
+backlog, a pump starting on a long log) may begin inside a timestamp; the backlog drops those
+lines when it read enough others, a pump keeps them. So when one timestamp holds more lines than a tail
+read covers, the ids of that timestamp's lines can differ between readers: resuming or
+deduplicating inside that timestamp may repeat or skip some of its lines. Engines stamp with
+nanoseconds (Docker) or seconds (Podman 4's API): only a container printing more than a few
+hundred lines within one timestamp is concerned, and only at the timestamp a stream started in.
+A pump used to skip such lines instead, which held a new subscriber of a chatty container on
+Podman for up to a second and lost that second's lines for everybody.
+
 Throughput: lines travel in batches from end to end. The runtime hands over what one read of
 its stream returned, the pump publishes one bus message per batch, each process decodes a
 message once into a ``LogBatch`` shared by all its subscribers, and a transport renders a batch
@@ -61,7 +71,6 @@ never missed (they deduplicate by id)."""
 
 BACKLOG_EXTRA_LINES = 200
 """A tail read asks this many lines more than wanted (see ``LogHub._last_lines``)."""
-MAX_BACKLOG_READ = 200_000
 PUMP_TAIL_LINES = 2000
 """A new pump reads at most this many lines back (then drops those older than its look-back)."""
 PUBLISH_BATCH_LINES = 2000
@@ -472,24 +481,23 @@ class LogHub:
         return [event for event in kept if event.ns <= read_until]
 
     async def _last_lines(self, container_id: str, tail: int) -> list[LogEvent]:
-        """The last ``tail`` lines with reliable ids, read with the engine's cheap ``tail``.
+        """The last ``tail`` lines, read with the engine's cheap ``tail``.
 
         Engines answer ``tail`` from the end of the log at once, while ``since`` makes some
         (Podman) scan the whole log first. A tail read may start in the middle of a timestamp,
         where the ids' counters would be off, so it reads some more lines than asked and drops
-        those sharing the first line's timestamp (unless the read reached the log's start).
+        those sharing the first line's timestamp when enough lines remain (see
+        "Exact ids" in the module docstring for when they do not).
         """
-        assert self.runtime is not None
         want = tail + max(tail, BACKLOG_EXTRA_LINES)
-        while True:
-            events = await self._read_lines(container_id, want)
-            if events is None:
-                return []
-            whole_log = len(events) < want
-            reliable = events if whole_log else _after_first_timestamp(events)
-            if len(reliable) >= tail or whole_log or want >= MAX_BACKLOG_READ:
-                return reliable[-tail:]
-            want = min(want * 4, MAX_BACKLOG_READ)
+        events = await self._read_lines(container_id, want)
+        if events is None:
+            return []
+        if len(events) == want:  # the read did not reach the start of the log
+            reliable = _after_first_timestamp(events)
+            if len(reliable) >= tail:
+                events = reliable
+        return events[-tail:]
 
     async def _read_lines(self, container_id: str, tail: int) -> list[LogEvent] | None:
         """The last ``tail`` lines (fewer when the log is shorter); None when the read failed."""
@@ -622,34 +630,22 @@ class LogHub:
                 delivering = False
                 try:
                     # Reopen (revision replaced, restart): from where the last stream ended.
-                    # First open: the whole log when it is short; else a cheap tail read whose
-                    # lines sharing the first timestamp are skipped (their ids could be off).
-                    skip_first = since is None and await self._log_is_long(container_id)
-                    batches = (
-                        self.runtime.log_batches(
-                            container_id, follow=True, tail=None, since=to_datetime(since)
-                        )
-                        if since is not None
-                        else self.runtime.log_batches(
-                            container_id,
-                            follow=True,
-                            tail=PUMP_TAIL_LINES if skip_first else None,
-                        )
-                    )
-                    first_ns: int | None = None
+                    # First open: the whole log when it is short (exact ids from the start);
+                    # else a cheap tail read (see "Exact ids" in the module docstring).
+                    if since is not None:
+                        start: dict[str, Any] = {"tail": None, "since": to_datetime(since)}
+                    elif await self._log_is_long(container_id):
+                        start = {"tail": PUMP_TAIL_LINES}
+                    else:
+                        start = {"tail": None}
+                    batches = self.runtime.log_batches(container_id, follow=True, **start)
                     async for events in numbered(batches):
                         if not delivering:
                             delivering = True
                             self.upstream.opened += 1
                             self.upstream.open += 1
-                        if first_ns is None and events:
-                            first_ns = events[0].ns
-                        if since is None:
-                            events = [
-                                event
-                                for event in events
-                                if event.ns >= cutoff and not (skip_first and event.ns == first_ns)
-                            ]
+                        if since is None and events and events[0].ns < cutoff:
+                            events = [event for event in events if event.ns >= cutoff]
                         if last is not None and events and events[0].key <= last:
                             events = [event for event in events if event.key > last]
                         if not events:

@@ -31,6 +31,7 @@ class ScriptedRuntime:
         self.opened = 0
         self.open = 0
         self.follow_opened = 0
+        self.tails: list[int | None] = []
         self._changed = asyncio.Event()
 
     def write(self, text: str, *, at: datetime | None = None, stream: str = "stdout") -> None:
@@ -50,11 +51,12 @@ class ScriptedRuntime:
         self.opened += 1
         self.open += 1
         self.follow_opened += follow
+        self.tails.append(tail)
         try:
             since_ns = to_ns(since.replace(microsecond=0)) if since is not None else None
             chosen = [line for line in self.lines if since_ns is None or line.ns >= since_ns]
             if tail is not None:
-                chosen = chosen[len(chosen) - tail :] if tail else []
+                chosen = chosen[max(len(chosen) - tail, 0) :] if tail else []
             position = len(self.lines)
             if chosen:
                 yield chosen
@@ -268,17 +270,32 @@ async def test_only_the_leader_pumps(runtime: ScriptedRuntime) -> None:
 async def test_a_pump_on_a_long_log_starts_from_a_cheap_tail_read(
     hub: LogHub, runtime: ScriptedRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Engines scan the whole log for `since`; a long log is read back with `tail` instead, and
-    # the lines sharing the first timestamp of that read are skipped (their ids could be off).
+    # Engines scan the whole log for `since`; a long log is read back with `tail` instead. The
+    # lines of the timestamp the read starts in are kept: a new subscriber must not wait for
+    # that timestamp to end (a whole second on Podman).
     monkeypatch.setattr(streams, "PUMP_TAIL_LINES", 5)
     now = datetime.now(UTC)
     for n in range(12):
         runtime.write(f"old {n}", at=now - timedelta(seconds=1) if n < 9 else now)
     events = hub.logs("c1", tail=0, follow=True)
-    reader = asyncio.ensure_future(take(events, 4))
+    reader = asyncio.ensure_future(take(events, 5))
     await until(lambda: runtime.follow_opened == 1)
+    assert runtime.tails[-1] == 5
+    assert [e.line for e in await reader] == [f"old {n}" for n in range(7, 12)]
     runtime.write("new 1", at=now + timedelta(seconds=1))
-    # the tail read starts inside the older second (skipped); lines of `now` have reliable ids
-    assert [e.line for e in await reader] == ["old 9", "old 10", "old 11", "new 1"]
-    assert [e.id.split("-")[1] for e in (await reader)[:3]] == ["0", "1", "2"]
+    assert [e.line for e in await take(events, 1)] == ["new 1"]
     await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_tail_backlog_drops_a_partial_timestamp_when_it_has_enough_lines(
+    hub: LogHub, runtime: ScriptedRuntime
+) -> None:
+    second = T0 + timedelta(seconds=1)
+    for n in range(600):  # a read of tail + 200 lines starts inside T0's lines
+        runtime.write(f"a{n}", at=T0 if n < 450 else second)
+    events = await drain(hub.logs("c1", tail=100, follow=False))
+    assert [e.line for e in events] == [f"a{n}" for n in range(500, 600)]
+    assert events[0].id == f"{to_ns(second)}-50"  # exact: the read saw all of that second
+    # Too few lines after the partial timestamp: they are kept (with approximate ids).
+    events = await drain(hub.logs("c1", tail=200, follow=False))
+    assert [e.line for e in events] == [f"a{n}" for n in range(400, 600)]
