@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tempfile
@@ -209,6 +210,9 @@ def create_app(
                 "upstreamOpen": hub.upstream.open,
                 "pumps": hub.pumps,
                 "subscribers": hub.local_subscribers,
+                # Counted, not tracked: what a leak would show (tests compare them over time).
+                "engineStreams": getattr(runtime, "open_streams", 0),
+                "asyncioTasks": len(asyncio.all_tasks()),
             }
         return JSONResponse(body)
 

@@ -20,11 +20,12 @@ line's timestamp and how many earlier lines share it (see ``Numberer``).
 
 Exact ids: an id is exact when its reader saw the first line of its timestamp. Tail reads (a
 backlog, a pump starting on a long log) may begin inside a timestamp; the backlog drops those
-lines when it read enough others, a pump keeps them. So when one timestamp holds more lines than a tail
-read covers, the ids of that timestamp's lines can differ between readers: resuming or
-deduplicating inside that timestamp may repeat or skip some of its lines. Engines stamp with
-nanoseconds (Docker) or seconds (Podman 4's API): only a container printing more than a few
-hundred lines within one timestamp is concerned, and only at the timestamp a stream started in.
+lines when it read enough others, a pump keeps them. So when one timestamp holds more lines
+than a tail read covers, the ids of that timestamp's lines can differ between readers:
+resuming or deduplicating inside that timestamp may repeat or skip some of its lines. Engines
+stamp with nanoseconds (Docker) or seconds (Podman 4's API): only a container printing more
+than a few hundred lines within one timestamp is concerned, and only at the timestamp a stream
+started in.
 A pump used to skip such lines instead, which held a new subscriber of a chatty container on
 Podman for up to a second and lost that second's lines for everybody.
 
@@ -49,7 +50,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -421,7 +422,7 @@ class LogHub:
         follow: bool,
         since: datetime | None = None,
         after: str | None = None,
-    ) -> AsyncIterator[LogChunk]:
+    ) -> AsyncGenerator[LogChunk, None]:
         """Backlog from the runtime, then (``follow``) live lines from the bus, deduplicated."""
         subscriber = await self._attach(container_id) if follow else None
         try:
@@ -639,20 +640,21 @@ class LogHub:
                     else:
                         start = {"tail": None}
                     batches = self.runtime.log_batches(container_id, follow=True, **start)
-                    async for events in numbered(batches):
-                        if not delivering:
-                            delivering = True
-                            self.upstream.opened += 1
-                            self.upstream.open += 1
-                        if since is None and events and events[0].ns < cutoff:
-                            events = [event for event in events if event.ns >= cutoff]
-                        if last is not None and events and events[0].key <= last:
-                            events = [event for event in events if event.key > last]
-                        if not events:
-                            continue
-                        last = events[-1].key
-                        since = _whole_second(last[0])
-                        await outbox.put([_row(event) for event in events])
+                    async with _closing(numbered(batches)) as read:
+                        async for events in read:
+                            if not delivering:
+                                delivering = True
+                                self.upstream.opened += 1
+                                self.upstream.open += 1
+                            if since is None and events and events[0].ns < cutoff:
+                                events = [event for event in events if event.ns >= cutoff]
+                            if last is not None and events and events[0].key <= last:
+                                events = [event for event in events if event.key > last]
+                            if not events:
+                                continue
+                            last = events[-1].key
+                            since = _whole_second(last[0])
+                            await outbox.put([_row(event) for event in events])
                 except RuntimeAdapterError as e:
                     log.warning("the log stream of %s failed: %s", container_id, e)
                 except Exception:

@@ -6,6 +6,7 @@ Exported as ``graphql/schema.graphql`` with ``strawberry export-schema app.gql.s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
@@ -137,9 +138,12 @@ class Subscription:
         streams = info.context.streams
         if streams is None:
             raise Unavailable("no runtime configured: this server cannot stream logs")
-        async for chunk in streams.logs(str(id), tail=tail, follow=follow):
-            for event in chunk:
-                yield LogLine.from_event(event)
+        # aclosing: a client that unsubscribes closes this generator at a yield, and the
+        # subscription (queue, demand, upstream) must be released now, not when it is collected.
+        async with contextlib.aclosing(streams.logs(str(id), tail=tail, follow=follow)) as chunks:
+            async for chunk in chunks:
+                for event in chunk:
+                    yield LogLine.from_event(event)
 
     @strawberry.subscription(description="The container now, then again after each change.")
     async def container_status(

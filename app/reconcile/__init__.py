@@ -120,6 +120,9 @@ class Reconciler:
         self.on_status = on_status
         self.elector = elector
         self._leading = elector is None
+        self._elected = asyncio.Event()
+        if self._leading:
+            self._elected.set()
         self.routes: dict[str, str] = {}
         """container id -> endpoint (host:port) of its ready revision, for the local ingress."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,6 +192,7 @@ class Reconciler:
         if self.elector is not None:
             await self.elector.release()
             self._leading = False
+            self._elected.clear()
 
     @property
     def leading(self) -> bool:
@@ -208,10 +212,12 @@ class Reconciler:
             if leading and not self._leading:
                 log.info("this replica now leads reconciliation")
                 self._leading = True
+                self._elected.set()
                 await self.resync()
             elif not leading and self._leading:
                 log.warning("this replica lost the leadership; reconciliation pauses")
                 self._leading = False
+                self._elected.clear()
             await asyncio.sleep(self.options.election_interval)
 
     async def _worker(self) -> None:
@@ -247,7 +253,7 @@ class Reconciler:
         delay = 1.0
         while True:
             if not self._leading:
-                await asyncio.sleep(self.options.election_interval)
+                await self._elected.wait()  # watch from the moment this replica is elected
                 continue
             try:
                 async for event in self.runtime.watch():

@@ -90,6 +90,7 @@ async def event_stream(chunks: AsyncIterator[LogChunk], *, heartbeat: float) -> 
     reader = asyncio.create_task(_read(chunks, queue), name="sse-reader")
     _closing.add(reader)
     reader.add_done_callback(_closing.discard)
+    getter: asyncio.Future[LogChunk | None] | None = None
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())
@@ -116,6 +117,9 @@ async def event_stream(chunks: AsyncIterator[LogChunk], *, heartbeat: float) -> 
                 return
             yield text
     finally:
+        # The client went away while we waited: both tasks would otherwise wait forever.
+        if getter is not None:
+            getter.cancel()
         reader.cancel()
 
 

@@ -13,7 +13,7 @@ as every other read), and only then open a stream.
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Protocol
 
@@ -179,7 +179,7 @@ class ContainerStreams(Protocol):
         follow: bool,
         since: datetime | None = None,
         after: str | None = None,
-    ) -> AsyncIterator[LogChunk]:
+    ) -> AsyncGenerator[LogChunk, None]:
         """The last ``tail`` lines (all when None; only those at or after ``since``), then new
         ones while ``follow`` is true, until the container is deleted; in chunks of consecutive
         lines as they arrived (a marker of dropped lines is a chunk of its own).

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from websockets.sync.client import connect
 
@@ -242,3 +243,83 @@ def test_graphql_subscriptions_carry_live_logs_and_status(server: Server) -> Non
         assert log_streams(server)["upstreamOpen"] == 1
         ws.send(json.dumps({"type": "complete", "id": "logs"}))
         wait_streams(server, {"subscribers": 0, "pumps": 0, "upstreamOpen": 0})
+
+
+def server_connections(server: Server) -> int:
+    """Client connections the server process holds open (TCP, on its port)."""
+    assert server.process is not None
+    process = psutil.Process(server.process.pid)
+    return sum(
+        1
+        for c in process.net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == server.port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def readyz(server: Server) -> dict[str, int]:
+    return log_streams(server)
+
+
+def settle(server: Server, key: str, samples: int = 5) -> int:
+    """The highest value of a /readyz counter over a few samples (background work comes and
+    goes: the reconciler's periodic resync and event watch, the hub's heartbeats)."""
+    values = []
+    for _ in range(samples):
+        values.append(readyz(server)[key])
+        time.sleep(0.2)
+    return max(values)
+
+
+def test_clients_that_go_away_release_tasks_connections_and_engine_streams(
+    server: Server,
+) -> None:
+    container_id = create(server)
+    with open_logs(server, container_id) as response:  # the logger is printing
+        take_lines(events_of(response), 2)
+    wait_streams(server, {"subscribers": 0, "pumps": 0, "upstreamOpen": 0})
+    tasks = settle(server, "asyncioTasks")
+    engine_streams = settle(server, "engineStreams")  # the reconciler's event watch
+    assert server.process is not None
+    threads = psutil.Process(server.process.pid).num_threads()
+
+    with contextlib.ExitStack() as stack:
+        followers = [open_logs(server, container_id, tail=5) for _ in range(20)]
+        # Keep the event iterators: dropping one closes its response.
+        readers = [events_of(stack.enter_context(follower)) for follower in followers]
+        for reader in readers:
+            assert len(take_lines(reader, 3)) == 3
+        sockets = [stack.enter_context(graphql_ws(server)) for _ in range(3)]
+        for n, ws in enumerate(sockets):
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "id": f"logs-{n}",
+                        "payload": {
+                            "query": "subscription($id: ID!) { containerLogs(id: $id) { line } }",
+                            "variables": {"id": container_id},
+                        },
+                    }
+                )
+            )
+            assert json.loads(ws.recv(timeout=10))["type"] == "next"
+        busy = readyz(server)
+        assert busy["subscribers"] == 23 and busy["upstreamOpen"] == 1, busy
+        assert busy["engineStreams"] <= engine_streams + 1  # one upstream for all of them
+        assert busy["asyncioTasks"] > tasks
+        assert server_connections(server) >= 23
+        # Leaving the block closes every client without a goodbye (no `complete`).
+
+    deadline = time.monotonic() + 20
+    expected = {"subscribers": 0, "pumps": 0, "upstreamOpen": 0}
+    while True:
+        current = readyz(server)
+        released = all(current[k] == v for k, v in expected.items())
+        counts = {"engineStreams": engine_streams, "asyncioTasks": tasks}
+        released = released and all(current[k] <= v for k, v in counts.items())
+        if released and server_connections(server) == 0:
+            break
+        assert time.monotonic() < deadline, f"{current}, before: {counts}"
+        time.sleep(0.2)
+    # No thread per stream: only the worker pool may have grown (its size is bounded).
+    assert psutil.Process(server.process.pid).num_threads() <= max(threads, 1) + 8
