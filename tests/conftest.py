@@ -170,6 +170,19 @@ def api_client(k8s: EmulatorThread) -> Iterator[kubernetes.client.ApiClient]:
 
 
 @pytest.fixture(scope="session")
+def postgres_bus_url() -> str:
+    """A PostgreSQL for the ``postgres://`` bus (LISTEN/NOTIFY): DOCKYARD_TEST_POSTGRES_BUS_URL,
+    which .ci/run points at the PostgreSQL it starts (scripts/start-postgres.sh)."""
+    url = os.environ.get("DOCKYARD_TEST_POSTGRES_BUS_URL")
+    if not url:
+        message = "DOCKYARD_TEST_POSTGRES_BUS_URL is not set (bash scripts/start-postgres.sh DIR)"
+        if os.environ.get("DOCKYARD_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"DOCKYARD_REQUIRE_POSTGRES=1 but {message}")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on 127.0.0.1 and a free port, for the whole session."""
     binary = shutil.which("redis-server")

@@ -1,4 +1,5 @@
-"""The event bus on a real Redis: what is published right after subscribing arrives.
+"""The event bus on a real Redis and a real PostgreSQL: what is published right after
+subscribing arrives.
 
 broadcaster 0.3.1's ``redis://`` backend reports a subscription ready before Redis has
 registered the SUBSCRIBE when used with redis-py 8.0-8.1, so the first messages are lost. The
@@ -14,11 +15,17 @@ import pytest
 from app.bus import Bus
 
 
-@pytest.mark.parametrize("url_kind", ["memory", "redis"])
+def bus_url(kind: str, request: pytest.FixtureRequest) -> str:
+    if kind == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(f"{kind}_url" if kind == "redis" else "postgres_bus_url"))
+
+
+@pytest.mark.parametrize("url_kind", ["memory", "redis", "postgres"])
 async def test_a_message_published_right_after_subscribing_arrives(
     url_kind: str, request: pytest.FixtureRequest
 ) -> None:
-    url = "memory://" if url_kind == "memory" else request.getfixturevalue("redis_url")
+    url = bus_url(url_kind, request)
     # memory:// is one process's bus; a shared backend is tested across two connections
     publisher = Bus(url)
     subscriber = publisher if url_kind == "memory" else Bus(url)

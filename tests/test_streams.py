@@ -16,6 +16,7 @@ from app.domain.logtime import to_ns
 from app.runtime.base import LogLine
 from app.services.streams import DROPPED_STREAM, LogChunk, LogEvent
 from app.streams import LogHub, Numberer, _messages, event_key
+from tests.test_bus import bus_url
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -299,3 +300,35 @@ async def test_a_tail_backlog_drops_a_partial_timestamp_when_it_has_enough_lines
     # Too few lines after the partial timestamp: they are kept (with approximate ids).
     events = await drain(hub.logs("c1", tail=200, follow=False))
     assert [e.line for e in events] == [f"a{n}" for n in range(400, 600)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis", "postgres"])
+async def test_a_burst_of_long_lines_crosses_a_shared_bus_whole(
+    kind: str, runtime: ScriptedRuntime, request: pytest.FixtureRequest
+) -> None:
+    # PostgreSQL's NOTIFY refuses payloads of 8000 bytes or more: the pump splits its batches.
+    url = bus_url(kind, request)
+    leader = LogHub(Bus(url), runtime, queue_lines=10_000, demand_heartbeat_seconds=0.2)  # type: ignore[arg-type]
+    other = LogHub(Bus(url), None, queue_lines=10_000, demand_heartbeat_seconds=0.2)
+    await leader.start()
+    if url != "memory://":
+        await other.start()
+    replica = other if url != "memory://" else leader  # memory:// is one process's bus
+    try:
+        chunks = replica.logs("c1", tail=0, follow=True)
+        reader = asyncio.ensure_future(take(chunks, 3000, within=30))
+        await until(lambda: runtime.follow_opened == 1, within=10)
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        for n in range(3000):
+            text = f"{n} " + ("é" if n % 2 else "x") * 300
+            runtime.write(text, at=now + timedelta(microseconds=n // 10))
+        received = await reader
+        assert [e.line for e in received] == [
+            f"{n} " + ("é" if n % 2 else "x") * 300 for n in range(3000)
+        ]
+        assert len({e.id for e in received}) == 3000
+        await chunks.aclose()
+    finally:
+        await leader.stop()
+        if url != "memory://":
+            await other.stop()

@@ -1,10 +1,12 @@
-"""Two `dockyard serve` replicas sharing a database, Podman and a real Redis bus.
+"""Two `dockyard serve` replicas sharing a database, Podman and a real bus: Redis, then
+PostgreSQL (LISTEN/NOTIFY).
 
 Replica A starts first and leads (the flock in the shared data directory); B only serves the
 API. Clients connected to B must see A's work: log lines pumped by A's single upstream stream,
 and status changes written by A's reconciler, including for containers created through B (A
 reconciles them because B's write reaches it over the bus). This is also the regression test
-of the redis-py pin: with redis-py 8.0-8.1 broadcaster's redis backend delivers nothing.
+of the redis-py pin (with redis-py 8.0-8.1 broadcaster's redis backend delivers nothing) and of
+the PostgreSQL bus's limits (NOTIFY payloads under 8000 bytes, one command at a time).
 """
 
 from __future__ import annotations
@@ -33,11 +35,15 @@ from tests.support.server import Server, free_port
 pytestmark = pytest.mark.podman
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", "postgres"])
 def replicas(
-    tmp_path: Path, database_url: str, podman_service: PodmanService, redis_url: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    database_url: str,
+    podman_service: PodmanService,
 ) -> Iterator[tuple[Server, Server]]:
-    env = serve_env(tmp_path, database_url, podman_service, DOCKYARD_BROADCAST_URL=redis_url)
+    bus = request.getfixturevalue("redis_url" if request.param == "redis" else "postgres_bus_url")
+    env = serve_env(tmp_path, database_url, podman_service, DOCKYARD_BROADCAST_URL=bus)
     a = Server(env, free_port(), tmp_path / "a.log", headers=bearer(tmp_path))
     b = Server(env, free_port(), tmp_path / "b.log", headers=bearer(tmp_path))
     a.start()
