@@ -70,10 +70,13 @@ PUMP_LOOKBACK_NS = 2 * NS
 """A new pump starts this far back, so lines written while subscribers read their backlog are
 never missed (they deduplicate by id)."""
 
+READ_ATTEMPTS = 2
+READ_RETRY_SECONDS = 0.1
 BACKLOG_EXTRA_LINES = 200
 """A tail read asks this many lines more than wanted (see ``LogHub._last_lines``)."""
 PUMP_TAIL_LINES = 2000
-"""A new pump reads at most this many lines back (then drops those older than its look-back)."""
+"""A new pump reads at most this many lines back (then drops those older than its look-back).
+Never the whole log: engines scan it for ``since``, and a chatty container's log is huge."""
 PUBLISH_BATCH_LINES = 2000
 """At most this many lines travel in one bus message."""
 PENDING_LINES_LIMIT = 50_000
@@ -501,20 +504,28 @@ class LogHub:
         return events[-tail:]
 
     async def _read_lines(self, container_id: str, tail: int) -> list[LogEvent] | None:
-        """The last ``tail`` lines (fewer when the log is shorter); None when the read failed."""
+        """The last ``tail`` lines (fewer when the log is shorter); None when the read failed.
+
+        A failed read is tried once more: Podman 4 fails a read that meets a line conmon is
+        still writing ("... is not a valid container log line"), which a chatty container
+        makes likely.
+        """
         assert self.runtime is not None
-        events: list[LogEvent] = []
-        try:
-            batches = self.runtime.log_batches(container_id, follow=False, tail=tail)
-            async with _closing(numbered(batches)) as read:
-                async for batch in read:
-                    events.extend(batch)
-                    if len(events) >= tail:  # a chatty log would never reach its end
-                        break
-        except RuntimeAdapterError as e:
-            log.warning("reading the logs of %s failed: %s", container_id, e)
-            return None
-        return events[:tail]
+        for attempt in range(READ_ATTEMPTS):
+            events: list[LogEvent] = []
+            try:
+                batches = self.runtime.log_batches(container_id, follow=False, tail=tail)
+                async with _closing(numbered(batches)) as read:
+                    async for batch in read:
+                        events.extend(batch)
+                        if len(events) >= tail:  # a chatty log would never reach its end
+                            break
+                return events[:tail]
+            except RuntimeAdapterError as e:
+                log.warning("reading the logs of %s failed: %s", container_id, e)
+                if attempt + 1 < READ_ATTEMPTS:
+                    await asyncio.sleep(READ_RETRY_SECONDS)
+        return None
 
     async def _attach(self, container_id: str) -> _Subscriber:
         subscriber = _Subscriber(f"{self.origin}/{next(self._serial)}", self.queue_lines)
@@ -631,14 +642,13 @@ class LogHub:
                 delivering = False
                 try:
                     # Reopen (revision replaced, restart): from where the last stream ended.
-                    # First open: the whole log when it is short (exact ids from the start);
-                    # else a cheap tail read (see "Exact ids" in the module docstring).
-                    if since is not None:
-                        start: dict[str, Any] = {"tail": None, "since": to_datetime(since)}
-                    elif await self._log_is_long(container_id):
-                        start = {"tail": PUMP_TAIL_LINES}
-                    else:
-                        start = {"tail": None}
+                    # First open: a cheap tail read, the whole log when it is short (see
+                    # "Exact ids" in the module docstring).
+                    start: dict[str, Any] = (
+                        {"tail": None, "since": to_datetime(since)}
+                        if since is not None
+                        else {"tail": PUMP_TAIL_LINES}
+                    )
                     batches = self.runtime.log_batches(container_id, follow=True, **start)
                     async with _closing(numbered(batches)) as read:
                         async for events in read:
@@ -666,12 +676,6 @@ class LogHub:
                 await asyncio.sleep(self.reopen_delay_seconds)
         finally:
             publisher.cancel()
-
-    async def _log_is_long(self, container_id: str) -> bool:
-        """Whether the log has more lines than a pump reads back (engines scan long logs for
-        ``since``, so a pump then starts from a tail read instead)."""
-        events = await self._read_lines(container_id, PUMP_TAIL_LINES)
-        return events is not None and len(events) >= PUMP_TAIL_LINES
 
     async def _publish_lines(self, container_id: str, outbox: _Outbox) -> None:
         channel = logs_channel(container_id)

@@ -13,7 +13,7 @@ import pytest
 from app import streams
 from app.bus import LOGS_DEMAND, Bus
 from app.domain.logtime import to_ns
-from app.runtime.base import LogLine
+from app.runtime.base import LogLine, RuntimeRejected
 from app.services.streams import DROPPED_STREAM, LogChunk, LogEvent
 from app.streams import LogHub, Numberer, _messages, event_key
 from tests.test_bus import bus_url
@@ -33,6 +33,8 @@ class ScriptedRuntime:
         self.open = 0
         self.follow_opened = 0
         self.tails: list[int | None] = []
+        self.failures = 0
+        """Reads to fail, as Podman fails one that meets a line being written."""
         self._changed = asyncio.Event()
 
     def write(self, text: str, *, at: datetime | None = None, stream: str = "stdout") -> None:
@@ -53,6 +55,9 @@ class ScriptedRuntime:
         self.open += 1
         self.follow_opened += follow
         self.tails.append(tail)
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeRejected("'2026-11-27T12:33:' is not a valid container log line")
         try:
             since_ns = to_ns(since.replace(microsecond=0)) if since is not None else None
             chosen = [line for line in self.lines if since_ns is None or line.ns >= since_ns]
@@ -332,3 +337,15 @@ async def test_a_burst_of_long_lines_crosses_a_shared_bus_whole(
         await leader.stop()
         if url != "memory://":
             await other.stop()
+
+
+async def test_a_backlog_read_that_fails_once_is_tried_again(
+    hub: LogHub, runtime: ScriptedRuntime
+) -> None:
+    for n in range(3):
+        runtime.write(f"line {n}", at=T0 + timedelta(seconds=n))
+    runtime.failures = 1
+    events = await drain(hub.logs("c1", tail=2, follow=False))
+    assert [e.line for e in events] == ["line 1", "line 2"]
+    runtime.failures = 2  # fails twice: the stream still works, without a backlog
+    assert await drain(hub.logs("c1", tail=2, follow=False)) == []
