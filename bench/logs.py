@@ -1,11 +1,13 @@
 """Log fan-out benchmark: 1, 10 and 100 SSE subscribers of one chatty container, side by side with
-reading the engine's own log stream directly (docker SDK), in one run on Podman.
+a curl reading the engine's own log stream during the same seconds, in one run on Podman.
 
     PYTHONPATH=. .venv/bin/python bench/logs.py [--seconds 5]
 
 Starts its own `podman system service` and `dockyard serve` on 127.0.0.1, a busybox container that
 prints as fast as it can, and stops everything at the end. Prints lines/s per subscriber and in
 total, upstream engine streams opened by the server (must stay 1 per phase) and server RSS.
+The machine is shared by everything (the container, conmon, Podman, the server, the curls), so
+the absolute numbers say more about the machine than the ratios do.
 """
 
 from __future__ import annotations
