@@ -51,6 +51,18 @@ def parse_since(value: str | None, *, now: datetime | None = None) -> datetime |
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+_encode_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _json_string(text: str) -> str:
+    """JSON of ``text``, UTF-8 kept, and the two Unicode line separators escaped for clients
+    that split lines on them (SSE splits on CR and LF only; JSON escapes those)."""
+    encoded = _encode_json(text)
+    if "\u2028" in encoded or "\u2029" in encoded:
+        encoded = encoded.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return encoded
+
+
 def format_event(event: LogEvent) -> str:
     """One SSE event; computed once per line and process (``LogBatch.rendered``)."""
     if event.dropped:
@@ -61,9 +73,6 @@ def format_event(event: LogEvent) -> str:
         f'{{"timestamp":"{event.timestamp_text}","line":{_json_string(event.line)},'
         f'"stream":{_json_string(event.stream)},"revision":{revision}}}\n\n'
     )
-
-
-_json_string = json.JSONEncoder(ensure_ascii=False).encode
 
 
 async def _read(chunks: AsyncIterator[LogChunk], queue: asyncio.Queue[LogChunk | None]) -> None:

@@ -155,15 +155,3 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """Release clients and connections."""
-
-
-async def lines_of(batches: AsyncIterator[list[LogLine]]) -> AsyncIterator[LogLine]:
-    """The lines of ``log_batches`` one by one (closing the batches when done)."""
-    try:
-        async for batch in batches:
-            for line in batch:
-                yield line
-    finally:
-        aclose = getattr(batches, "aclose", None)
-        if aclose is not None:
-            await aclose()

@@ -25,9 +25,9 @@ from app.runtime.base import (
     RuntimeRejected,
     RuntimeUnavailable,
     WorkloadSpec,
-    lines_of,
 )
 from app.runtime.docker import DockerRuntime, container_create_kwargs, parse_engine_time
+from tests.support.logs import lines_of
 from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2
 
 

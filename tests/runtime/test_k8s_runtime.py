@@ -25,11 +25,11 @@ from app.runtime.base import (
     RuntimeRejected,
     RuntimeUnavailable,
     WorkloadSpec,
-    lines_of,
 )
 from app.runtime.k8s import KubernetesRuntime, parse_log_line, translate_error
 from app.runtime.k8s_manifests import KubernetesConfig, namespace_for
 from tests.support.kmock_k8s import EmulatorThread
+from tests.support.logs import lines_of
 
 NS = "dockyard-workloads"
 H100 = GpuSelector(code="h100", name="NVIDIA H100", label_values=("NVIDIA-H100-80GB-HBM3",))
