@@ -208,6 +208,7 @@ def create_app(
             body["logStreams"] = {
                 "upstreamOpened": hub.upstream.opened,
                 "upstreamOpen": hub.upstream.open,
+                "upstreamLines": hub.upstream.lines,
                 "pumps": hub.pumps,
                 "subscribers": hub.local_subscribers,
                 # Counted, not tracked: what a leak would show (tests compare them over time).

@@ -289,6 +289,8 @@ class UpstreamCounters:
     """Upstream engine log streams that delivered lines, since the process started."""
     open: int = 0
     """Upstream engine log streams delivering right now."""
+    lines: int = 0
+    """Lines the pumps published, since the process started."""
 
 
 class LogHub:
@@ -664,6 +666,7 @@ class LogHub:
                                 continue
                             last = events[-1].key
                             since = _whole_second(last[0])
+                            self.upstream.lines += len(events)
                             await outbox.put([_row(event) for event in events])
                 except RuntimeAdapterError as e:
                     log.warning("the log stream of %s failed: %s", container_id, e)

@@ -48,22 +48,38 @@ def direct_engine(socket_path: str, engine_id: str, seconds: float) -> subproces
     return subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
 
 
-def sse_phase(server: Server, container_id: str, subscribers: int, seconds: float) -> list[int]:
-    """Lines each of ``subscribers`` concurrent SSE clients received in ``seconds``.
+COUNT_EVENTS = (
+    "/^event: dropped/ { marker = 1; next } "
+    '/^data:/ { if (marker) { gsub(/[^0-9]/, ""); dropped += $0; marker = 0 } else lines++ } '
+    "END { print lines + 0, dropped + 0 }"
+)
+"""awk: the lines an SSE client got, and the lines the server dropped because it read slowly."""
 
-    The clients are curl processes counting `data:` lines, so that the load generator (not a
-    Python client parsing SSE) is never what limits the measurement.
+
+def sse_phase(
+    server: Server, container_id: str, subscribers: int, seconds: float
+) -> list[tuple[int, int]]:
+    """(lines received, lines dropped) of each of ``subscribers`` concurrent SSE clients in
+    ``seconds``.
+
+    The clients are curl processes piped to awk, so that the load generator (not a Python
+    client parsing SSE) is never what limits the measurement.
     """
     url = f"{server.url}/v1/containers/{container_id}/logs?tail=0"
     header = f"Authorization: {server.headers['Authorization']}"
     script = (
-        f"timeout {seconds} curl -sN -H {shlex.quote(header)} {shlex.quote(url)} | grep -c '^data:'"
+        f"timeout {seconds} curl -sN -H {shlex.quote(header)} {shlex.quote(url)}"
+        f" | awk {shlex.quote(COUNT_EVENTS)}"
     )
     clients = [
         subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
         for _ in range(subscribers)
     ]
-    return [int((client.communicate()[0] or "0").strip() or 0) for client in clients]
+    results = []
+    for client in clients:
+        lines, dropped = (client.communicate()[0] or "0 0").split()
+        results.append((int(lines), int(dropped)))
+    return results
 
 
 def remove_managed(base_url: str) -> None:
@@ -76,6 +92,12 @@ def remove_managed(base_url: str) -> None:
             container.remove(force=True)
     finally:
         client.close()
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds the server process has used (user + system)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def streams(server: Server) -> dict[str, int]:
@@ -127,6 +149,8 @@ def main() -> None:
             print(f"server RSS idle: {idle_rss:.1f} MiB")
             for subscribers in (1, 10, 100):
                 before = streams(server)["upstreamOpened"]
+                pumped_before = streams(server)["upstreamLines"]
+                cpu_before = server_cpu(pid)
                 sampler_rss: list[float] = []
                 seen: list[dict[str, int]] = []
                 stop = threading.Event()
@@ -144,12 +168,16 @@ def main() -> None:
                 thread.start()
                 # The engine's own stream, read beside the subscribers in the same seconds.
                 beside = direct_engine(socket_path, engine_id, args.seconds)
-                counts = sse_phase(server, container_id, subscribers, args.seconds)
+                results = sse_phase(server, container_id, subscribers, args.seconds)
+                counts = [lines for lines, _ in results]
+                dropped = sum(lost for _, lost in results) / args.seconds / subscribers
                 direct = int(beside.communicate()[0]) / args.seconds
+                cpu = server_cpu(pid) - cpu_before
                 stop.set()
                 thread.join()
                 time.sleep(1.5)  # let the server close the upstream
                 opened = streams(server)["upstreamOpened"] - before
+                pumped = (streams(server)["upstreamLines"] - pumped_before) / args.seconds
                 per = [c / args.seconds for c in counts]
                 if not sum(counts):
                     print("no line delivered; /readyz during the phase:", seen)
@@ -157,14 +185,18 @@ def main() -> None:
                 peak = max(sampler_rss or [rss_mib(pid)])
                 print(
                     f"{subscribers:>3} subscribers: direct {direct:,.0f} lines/s; "
+                    f"read by the server's one upstream {pumped:,.0f} lines/s; "
                     f"per subscriber min/mean {min(per):,.0f}/"
                     f"{total / subscribers:,.0f} lines/s, total {total:,.0f} lines/s, "
                     f"mean/direct {total / subscribers / direct:.2f}, "
                     f"total/direct {total / direct:.2f}, "
+                    f"dropped for reading slowly {dropped:,.0f} lines/s per subscriber, "
                     f"upstream opened {opened}, "
                     f"subscribers connected (peak) {max(x['subscribers'] for x in seen or [{}])}, "
                     f"RSS peak {peak:.1f} MiB "
-                    f"(+{(peak - idle_rss) / subscribers * 1024:.0f} KiB/subscriber)"
+                    f"(+{(peak - idle_rss) / subscribers * 1024:.0f} KiB/subscriber), "
+                    f"server CPU {cpu / args.seconds:.0%} of a core, "
+                    f"{cpu / max(sum(counts), 1) * 1e6:.1f} us per delivered line"
                 )
             server.api("DELETE", f"/v1/containers/{container_id}")
             time.sleep(3)
