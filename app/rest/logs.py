@@ -10,9 +10,10 @@ resume with ``Last-Event-ID``; ``: keep-alive`` comments keep idle streams open 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -75,18 +76,18 @@ def format_event(event: LogEvent) -> str:
     )
 
 
-async def _read(chunks: AsyncIterator[LogChunk], queue: asyncio.Queue[LogChunk | None]) -> None:
-    try:
+async def _read(
+    chunks: AsyncGenerator[LogChunk, None], queue: asyncio.Queue[LogChunk | None]
+) -> None:
+    async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             await queue.put(chunk)
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
     await queue.put(None)
 
 
-async def event_stream(chunks: AsyncIterator[LogChunk], *, heartbeat: float) -> AsyncIterator[str]:
+async def event_stream(
+    chunks: AsyncGenerator[LogChunk, None], *, heartbeat: float
+) -> AsyncIterator[str]:
     """SSE text of ``chunks``, with keep-alive comments whenever nothing came for ``heartbeat``.
 
     The chunks are read by a task of their own: when the client goes away, the server cancels

@@ -604,10 +604,9 @@ class DockerRuntime:
             # drops the earlier lines of that second.
             params["since"] = str(max(since_ns // NS, 0))
         parser = LogParser(target_revision, since_ns=since_ns)
-        action = f"logs {container_id}"
-        self._check_socket(action)
+        # No socket check here: ``_call`` above made it.
         async with self._engine_streams.open(
-            action, f"/containers/{engine_id}/logs", params
+            f"logs {container_id}", f"/containers/{engine_id}/logs", params
         ) as response:
             async for batch in read_log_batches(response, parser):
                 yield batch

@@ -70,21 +70,6 @@ class LogEvent:
         """RFC 3339 UTC with nanoseconds, e.g. ``2026-11-27T11:26:42.352486655Z``."""
         return format_ns(self.ns)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LogEvent):
-            return NotImplemented
-        return (self.ns, self.k, self.line, self.stream, self.revision, self.dropped) == (
-            other.ns,
-            other.k,
-            other.line,
-            other.stream,
-            other.revision,
-            other.dropped,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.ns, self.k, self.line))
-
     def __repr__(self) -> str:
         return f"LogEvent({self.id or 'dropped'}, {self.stream}, {self.line!r})"
 

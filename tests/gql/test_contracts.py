@@ -17,6 +17,7 @@ from strawberry.printer import print_schema
 
 from app.gql.schema import schema
 from app.server import openapi_json
+from tests.support.bodies import HELLO
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "graphql" / "schema.graphql"
@@ -83,17 +84,7 @@ def test_queries_and_mutations_execute(client: TestClient, auth: Header) -> None
         assert "errors" not in result, (name, result)
         return result["data"][name]
 
-    body = {
-        "name": "hello-world",
-        "image": "nginxdemos/hello:latest",
-        "cpu": 1,
-        "ram": "512Mi",
-        "gpu": 0,
-        "ephemeralStorage": "10Gi",
-        "port": "80",
-        "env": {"FOO": "bar"},
-    }
-    container_id = run("createContainer", input=body)["id"]
+    container_id = run("createContainer", input=HELLO)["id"]
     assert run("container", id=container_id)["env"] == {"FOO": "bar"}
     updated = run("updateContainer", id=container_id, input={"image": "nginxdemos/hello:2"})
     assert updated["revision"] == 2

@@ -15,18 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.gql.clients import CLIENTS, ApiClient, Outcome
+from tests.support.bodies import HELLO
 
 Header = Callable[..., dict[str, str]]
-BODY = {
-    "name": "hello-world",
-    "image": "nginxdemos/hello:latest",
-    "cpu": 1,
-    "ram": "512Mi",
-    "gpu": 0,
-    "ephemeralStorage": "10Gi",
-    "port": "80",
-    "env": {"FOO": "bar"},
-}
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
@@ -54,7 +45,7 @@ def normalise(value: Any, *, ids: dict[str, str], subject: str) -> Any:
 
 def scenario(api: ApiClient, intruder: ApiClient, anonymous: ApiClient) -> list[Outcome]:
     """Every operation and every error class, in an order that exercises the lifecycle."""
-    created = api.create(BODY)
+    created = api.create(HELLO)
     assert created.code is None, created
     container_id = created.data["id"]
     assert created.data["status"] == "deploying"
@@ -73,13 +64,13 @@ def scenario(api: ApiClient, intruder: ApiClient, anonymous: ApiClient) -> list[
         # BAD_USER_INPUT, naming each field as the service does
         api.create({"image": "nginx"}),
         api.create({"name": "Bad_Name", "image": "nginx:1", "cpu": 0, "env": {"1X": "y"}}),
-        api.create({**BODY, "name": "gpus", "desiredGPUs": ["no-such-gpu"]}),
+        api.create({**HELLO, "name": "gpus", "desiredGPUs": ["no-such-gpu"]}),
         api.update(container_id, {"ram": "lots"}),
         api.list(page=0, rows_per_page=101),
         api.revisions(container_id, rows_per_page=0),
         api.rollback(container_id, 99),
         # CONFLICT
-        api.create(BODY),
+        api.create(HELLO),
         # FORBIDDEN
         intruder.get(container_id),
         intruder.update(container_id, {"image": "nginx:2"}),
@@ -88,7 +79,7 @@ def scenario(api: ApiClient, intruder: ApiClient, anonymous: ApiClient) -> list[
         # UNAUTHENTICATED
         anonymous.get(container_id),
         anonymous.list(),
-        anonymous.create(BODY),
+        anonymous.create(HELLO),
         # NOT_FOUND
         api.get(str(uuid.uuid4())),
         api.get("not-a-uuid"),
@@ -121,7 +112,7 @@ def test_scenario(kind: str, client: TestClient, auth: Header) -> None:
     assert steps[3].data["port"] == "80"  # partial update keeps what was not sent
     assert [r["revisionNumber"] for r in steps[5].data["items"]] == [3, 2, 1]
     assert steps[6].data["total"] == 3 and len(steps[6].data["items"]) == 1
-    assert steps[7].data["image"] == BODY["image"] and steps[7].data["revision"] == 4
+    assert steps[7].data["image"] == HELLO["image"] and steps[7].data["revision"] == 4
     assert {f["field"] for f in steps[10].fields} == {"name", "image"}
     assert {f["field"] for f in steps[11].fields} == {"name", "cpu", "env.1X"}
     assert [f["field"] for f in steps[16].fields] == ["revisionNumber"]
@@ -147,9 +138,9 @@ def test_reads_are_identical_json(client: TestClient, auth: Header) -> None:
     """Same database state, both transports: byte-for-byte the same objects."""
     rest = make("rest", client, auth("alice"))
     graphql = make("graphql", client, auth("alice"))
-    container_id = rest.create(BODY).data["id"]
+    container_id = rest.create(HELLO).data["id"]
     graphql.update(container_id, {"gpu": 1, "desiredGPUs": ["a100"]})
-    rest.create({**BODY, "name": "second"})
+    rest.create({**HELLO, "name": "second"})
     for read in (
         lambda api: api.get(container_id),
         lambda api: api.list(),

@@ -43,20 +43,26 @@ def test_connection_init_without_a_valid_token_is_refused(client: TestClient) ->
             assert refused.value.code == 4403
 
 
+def subscribe_status(ws: Any, token: str, container_id: str) -> None:
+    """Open a graphql-transport-ws session with ``token`` and subscribe (id "1") to
+    ``containerStatus`` of ``container_id``."""
+    ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
+    assert ws.receive_json() == {"type": "connection_ack"}
+    ws.send_json(
+        {
+            "type": "subscribe",
+            "id": "1",
+            "payload": {"query": STATUS, "variables": {"id": container_id}},
+        }
+    )
+
+
 def test_container_status_emits_the_current_state(
     client: TestClient, token: Mint, state: AppState
 ) -> None:
     container_id = create(state)
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        assert ws.receive_json() == {"type": "connection_ack"}
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": STATUS, "variables": {"id": container_id}},
-            }
-        )
+        subscribe_status(ws, token(), container_id)
         first = ws.receive_json()
         assert first == {
             "type": "next",
@@ -81,15 +87,7 @@ def test_container_status_polls_for_changes_without_streams(
     monkeypatch.setattr(gql_schema, "STATUS_POLL_SECONDS", 0.01)
     container_id = create(state)
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        ws.receive_json()
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": STATUS, "variables": {"id": container_id}},
-            }
-        )
+        subscribe_status(ws, token(), container_id)
         assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
         svc.update_container(
             ctx=state.ctx,
@@ -107,16 +105,7 @@ def test_subscriptions_authorize_like_rest(
 ) -> None:
     container_id = create(state, owner="alice")
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
-        init = {"Authorization": f"Bearer {token('mallory')}"}
-        ws.send_json({"type": "connection_init", "payload": init})
-        ws.receive_json()
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": STATUS, "variables": {"id": container_id}},
-            }
-        )
+        subscribe_status(ws, token("mallory"), container_id)
         message = ws.receive_json()
         errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
         assert [error["extensions"]["code"] for error in errors] == ["FORBIDDEN"]
@@ -205,15 +194,7 @@ def test_status_changes_come_from_the_streams_provider(
     monkeypatch.setattr(state, "streams", streams)
     container_id = create(state)
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        ws.receive_json()
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": STATUS, "variables": {"id": container_id}},
-            }
-        )
+        subscribe_status(ws, token(), container_id)
         assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
         svc.update_container(
             ctx=state.ctx,

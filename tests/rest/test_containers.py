@@ -10,16 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-HELLO = {
-    "name": "hello-world",
-    "image": "nginxdemos/hello:latest",
-    "cpu": 1,
-    "ram": "512Mi",
-    "gpu": 0,
-    "ephemeralStorage": "10Gi",
-    "port": "80",
-    "env": {"FOO": "bar"},
-}
+from tests.support.bodies import HELLO
+
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),

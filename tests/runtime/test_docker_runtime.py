@@ -355,8 +355,12 @@ def read_logs(runtime: DockerRuntime, container_id: str, **options: Any) -> Asyn
     return lines_of(runtime.log_batches(container_id, **options))
 
 
-def open_engine_streams(runtime: DockerRuntime) -> int:
-    return runtime.open_streams
+async def cancel_and_check_released(runtime: DockerRuntime, task: asyncio.Task[None]) -> None:
+    """Cancel a task reading an engine stream: it ends, and the stream is closed."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    await until(lambda: runtime.open_streams == 0)
 
 
 @pytest.mark.podman
@@ -376,10 +380,7 @@ async def test_watch_yields_events_and_stops_when_cancelled(
     await asyncio.sleep(0.5)  # let the events stream open
     await runtime.apply(make_spec(container_id))
     await asyncio.wait_for(seen.wait(), 15)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 5)
-    await until(lambda: open_engine_streams(runtime) == 0)
+    await cancel_and_check_released(runtime, task)
 
 
 @pytest.mark.podman
@@ -397,7 +398,7 @@ async def test_watch_stops_when_the_consumer_breaks(
     await asyncio.sleep(0.5)
     await runtime.apply(make_spec(container_id))
     assert (await asyncio.wait_for(waiter, 15)).container_id == container_id
-    await until(lambda: open_engine_streams(runtime) == 0)
+    await until(lambda: runtime.open_streams == 0)
 
 
 async def until(
@@ -484,7 +485,7 @@ async def test_logs_follow_streams_new_lines_and_stops_when_the_consumer_breaks(
 
     await asyncio.wait_for(follow(), 20)
     assert numbers == list(range(numbers[0], numbers[0] + 5))
-    await until(lambda: open_engine_streams(runtime) == 0)
+    await until(lambda: runtime.open_streams == 0)
 
 
 @pytest.mark.podman
@@ -500,10 +501,7 @@ async def test_logs_follow_is_released_on_cancellation(
 
     task = asyncio.create_task(follow())
     await asyncio.wait_for(received.wait(), 15)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, 5)
-    await until(lambda: open_engine_streams(runtime) == 0)
+    await cancel_and_check_released(runtime, task)
 
 
 @pytest.mark.podman
