@@ -78,6 +78,7 @@ def _runtime_from(settings: Settings, state: AppState) -> Runtime | None:
         readiness_timeout=settings.readiness_timeout_seconds,
         stop_timeout=settings.stop_timeout_seconds,
         instance=installation_id(state.ctx.engine),
+        docker_labels=settings.docker_labels,
         kubernetes_config=kubernetes_config(
             settings, ingress_domain=state.ctx.ingress_domain, gpu_label=state.ctx.catalog.label
         ),

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         None,
         description="Docker Engine API URL (Docker or Podman socket); falls back to DOCKER_HOST.",
     )
+    docker_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON object of extra labels on every Docker/Podman container Dockyard "
+        'creates, e.g. {"team": "ml"}.',
+    )
     ingress_domain: str | None = Field(
         None, description="Domain of container URLs; default localhost:<serve port>."
     )

@@ -26,7 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.auth import LocalKeys
 from app.settings import Settings
-from tests.support.podman import HTTPD_V1, ensure_test_images, start_service
+from tests.support.podman import (
+    HTTPD_V1,
+    RUN_ID,
+    RUN_LABEL,
+    RUN_LABELS,
+    ensure_test_images,
+    label_this_run,
+    start_service,
+)
 
 POLL = 0.005
 
@@ -51,7 +59,7 @@ def raw_run(client: docker.DockerClient) -> float:
     """`run` the image with a published port, then connect until the port accepts."""
     start = time.monotonic()
     container = client.containers.run(
-        HTTPD_V1, detach=True, ports={"8080/tcp": ("127.0.0.1", None)}
+        HTTPD_V1, detach=True, ports={"8080/tcp": ("127.0.0.1", None)}, labels=RUN_LABELS
     )
     try:
         container.reload()
@@ -83,10 +91,12 @@ def dockyard_deploy(api: httpx.Client, n: int) -> float:
 
 
 def wait_engine_empty(client: docker.DockerClient) -> None:
+    """Wait until every container of this run is gone (other engine users are left alone)."""
     deadline = time.monotonic() + 60
     while True:
         try:
-            if not client.containers.list(all=True, ignore_removed=True):
+            mine = {"label": f"{RUN_LABEL}={RUN_ID}"}
+            if not client.containers.list(all=True, filters=mine, ignore_removed=True):
                 return
         except docker.errors.APIError:  # Podman: 500 for a container removed mid-listing
             pass
@@ -99,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
+    label_this_run()
     ensure_test_images()
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         work = Path(tmp)

@@ -27,7 +27,15 @@ import psutil
 
 from app.auth import LocalKeys
 from app.settings import Settings
-from tests.support.podman import PAGE_V1, build_image, ensure_test_images, image_exists
+from tests.support.podman import (
+    PAGE_V1,
+    RUN_ID,
+    RUN_LABEL,
+    build_image,
+    ensure_test_images,
+    image_exists,
+    label_this_run,
+)
 from tests.support.podman import start_service as start_podman
 from tests.support.server import Server, free_port
 
@@ -82,12 +90,12 @@ def sse_phase(
     return results
 
 
-def remove_managed(base_url: str) -> None:
-    """Force-remove every Dockyard container on the engine, whatever the server managed."""
+def remove_run_containers(base_url: str) -> None:
+    """Force-remove the engine containers this bench run created (its run label), nothing else."""
     client = docker.DockerClient(base_url=base_url, version="1.41")
     try:
         for container in client.containers.list(
-            all=True, filters={"label": "dockyard.dev/managed-by=dockyard"}, ignore_removed=True
+            all=True, filters={"label": f"{RUN_LABEL}={RUN_ID}"}, ignore_removed=True
         ):
             container.remove(force=True)
     finally:
@@ -108,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
+    label_this_run()
     ensure_test_images()
     if not image_exists(SPAMMER):
         build_image(SPAMMER, PAGE_V1, SPAMMER_CMD)
@@ -202,7 +211,7 @@ def main() -> None:
             time.sleep(3)
         finally:
             server.stop()
-            remove_managed(podman.base_url)  # a chatty container left behind fills the disk
+            remove_run_containers(podman.base_url)  # a chatty container left behind fills the disk
             podman.stop()
             if os.environ.get("BENCH_SERVER_LOG"):  # keep the server's log for a post-mortem
                 Path(os.environ["BENCH_SERVER_LOG"]).write_text(server.log_path.read_text())

@@ -25,9 +25,13 @@ from tests.support.kmock_k8s import EmulatorThread
 from tests.support.podman import (
     PodmanService,
     ensure_test_images,
+    label_this_run,
     podman_available,
+    remove_run_containers,
     start_service,
 )
+
+label_this_run()
 
 TokenFactory = Callable[..., str]
 Mint = TokenFactory
@@ -125,22 +129,9 @@ def podman_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanS
     try:
         yield service
     finally:
-        # Engine containers outlive the API service: leave none running after the session.
-        subprocess.run(
-            [
-                "podman",
-                "rm",
-                "--force",
-                "--time",
-                "0",
-                "--filter",
-                "label=dockyard.dev/managed-by=dockyard",
-                "--all",
-            ],
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        # Engine containers outlive the API service: leave none of this run's behind, and never
+        # touch another Dockyard's (a developer's `dockyard serve` may share the engine).
+        remove_run_containers()
         service.stop()
 
 

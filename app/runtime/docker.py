@@ -33,7 +33,7 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -74,8 +74,11 @@ def container_name(container_id: str, revision: int) -> str:
     return f"dockyard-{container_id}-r{revision}"
 
 
-def container_labels(spec: WorkloadSpec, instance: str | None = None) -> dict[str, str]:
+def container_labels(
+    spec: WorkloadSpec, instance: str | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     labels = {
+        **(extra or {}),
         LABEL_CONTAINER_ID: spec.container_id,
         LABEL_REVISION: str(spec.revision),
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -91,6 +94,7 @@ def container_create_kwargs(
     crashloop_restarts: int = 3,
     enforce_storage: bool = False,
     instance: str | None = None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of ``client.containers.create`` for one revision; pure.
 
@@ -100,7 +104,7 @@ def container_create_kwargs(
     kwargs: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(spec.container_id, spec.revision),
-        "labels": container_labels(spec, instance),
+        "labels": container_labels(spec, instance, extra_labels),
         "environment": dict(spec.env),
         "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": crashloop_restarts},
@@ -175,6 +179,7 @@ class DockerRuntime:
         api_version: str = "1.41",
         stop_timeout: int = 10,
         instance: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         """Create the client without contacting the engine.
 
@@ -183,6 +188,8 @@ class DockerRuntime:
         ``instance``: when set, containers carry ``dockyard.dev/instance`` and this runtime sees
         only its own, so two Dockyard installations on one engine never collect each other's
         containers as orphans.
+        ``labels``: extra labels put on every engine container (``DOCKYARD_DOCKER_LABELS``); the
+        test suite and the benchmarks mark theirs with a run label and remove only those.
         ``api_version`` is pinned (1.41: Podman 4's compat API, any Docker >= 20.10) because the
         SDK's ``auto`` would query the engine here, in a constructor that must not do I/O.
         """
@@ -193,6 +200,7 @@ class DockerRuntime:
         self._enforce_storage = enforce_storage
         self.stop_timeout = stop_timeout
         self.instance = instance
+        self.labels = dict(labels or {})
         self._client: Any = docker.DockerClient(
             base_url=base_url, version=api_version, timeout=int(api_timeout)
         )
@@ -373,6 +381,7 @@ class DockerRuntime:
             crashloop_restarts=self.crashloop_restarts,
             enforce_storage=wants_storage,
             instance=self.instance,
+            extra_labels=self.labels,
         )
         kwargs.pop("detach", None)
         try:

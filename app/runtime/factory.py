@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +57,7 @@ def make_runtime(
     readiness_timeout: float,
     stop_timeout: int = 10,
     instance: str | None = None,
+    docker_labels: Mapping[str, str] | None = None,
     kubernetes_config: KubernetesConfig | None = None,
 ) -> Runtime | None:
     """The runtime to use, or None (with a warning) when nothing can run containers."""
@@ -72,7 +74,11 @@ def make_runtime(
         from app.runtime.docker import DockerRuntime
 
         return DockerRuntime(
-            url, readiness_timeout=readiness_timeout, stop_timeout=stop_timeout, instance=instance
+            url,
+            readiness_timeout=readiness_timeout,
+            stop_timeout=stop_timeout,
+            instance=instance,
+            labels=docker_labels,
         )
     if kind == "docker":
         raise ValueError(

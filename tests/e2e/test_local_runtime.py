@@ -22,7 +22,15 @@ import pytest
 from app.auth import LocalKeys
 from app.db import installation_id, make_engine
 from app.settings import Settings
-from tests.support.podman import ECHO, HTTPD_V1, HTTPD_V2, PAGE_V1, PAGE_V2, PodmanService
+from tests.support.podman import (
+    ECHO,
+    HTTPD_V1,
+    HTTPD_V2,
+    PAGE_V1,
+    PAGE_V2,
+    RUN_LABELS,
+    PodmanService,
+)
 from tests.support.server import Server, free_port
 
 pytestmark = pytest.mark.podman
@@ -197,7 +205,7 @@ def test_orphans_are_collected_on_startup(
     client = docker.DockerClient(base_url=podman_service.base_url, version="1.41")
     orphan_id = "00000000-0000-4000-8000-00000000beef"
     foreign_id = "00000000-0000-4000-8000-00000000f00d"
-    labels = {"dockyard.dev/revision": "1", "dockyard.dev/managed-by": "dockyard"}
+    labels = {"dockyard.dev/revision": "1", "dockyard.dev/managed-by": "dockyard", **RUN_LABELS}
     for leftover in (orphan_id, foreign_id):  # from an interrupted earlier run
         with contextlib.suppress(docker.errors.NotFound):
             client.containers.get(f"dockyard-{leftover}-r1").remove(force=True)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from app.runtime.docker import DockerRuntime
+from tests.support.podman import RUN_LABELS
 
 
 @pytest.fixture
@@ -34,7 +35,13 @@ def container_id(podman_url: str) -> Iterator[str]:
 
 @pytest.fixture
 async def runtime(podman_url: str) -> AsyncIterator[DockerRuntime]:
-    rt = DockerRuntime(podman_url, readiness_timeout=20, crashloop_restarts=2, stop_timeout=1)
+    rt = DockerRuntime(
+        podman_url,
+        readiness_timeout=20,
+        crashloop_restarts=2,
+        stop_timeout=1,
+        labels=RUN_LABELS,
+    )
     try:
         yield rt
     finally:

@@ -28,7 +28,7 @@ from app.runtime.base import (
 )
 from app.runtime.docker import DockerRuntime, container_create_kwargs, parse_engine_time
 from tests.support.logs import lines_of
-from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2
+from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2, RUN_LABELS
 
 
 def make_spec(
@@ -328,7 +328,7 @@ async def test_exit_zero_is_failed_exited(runtime: DockerRuntime, container_id: 
 async def test_port_that_never_opens_fails_with_readiness_timeout(
     podman_url: str, container_id: str
 ) -> None:
-    rt = DockerRuntime(podman_url, readiness_timeout=3)
+    rt = DockerRuntime(podman_url, readiness_timeout=3, labels=RUN_LABELS)
     try:
         await rt.apply(make_spec(container_id, command=("/bin/busybox", "sleep", "3600")))
         [pending] = await rt.observe(container_id)
@@ -516,7 +516,7 @@ async def test_start_failure_is_reported_even_by_a_fresh_runtime(
     assert "/nonexistent" in state.message
 
     # After a restart of Dockyard the record is gone; the engine keeps no error for it.
-    fresh = DockerRuntime(podman_url, readiness_timeout=1)
+    fresh = DockerRuntime(podman_url, readiness_timeout=1, labels=RUN_LABELS)
     try:
         state, _ = await wait_for_state(fresh, container_id, 1, is_phase(Phase.FAILED), 10)
         assert state.reason == "StartError"

@@ -10,12 +10,15 @@ and body it received.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import subprocess
 import tarfile
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,33 @@ env | sort | grep '^HTTP_'
 echo "body:"
 cat
 """
+
+RUN_LABEL = "dockyard.dev/test-run"
+"""Every engine container a test or bench run creates carries this label with the run's own value
+(``DOCKYARD_DOCKER_LABELS``), and the run removes only those: a real Dockyard may run beside it."""
+RUN_ID = uuid.uuid4().hex[:12]
+RUN_LABELS = {RUN_LABEL: RUN_ID}
+
+
+def label_this_run() -> None:
+    """Make every Dockyard started from here on (in process or as a subprocess) label its engine
+    containers with this run's label."""
+    os.environ["DOCKYARD_DOCKER_LABELS"] = json.dumps(RUN_LABELS)
+
+
+def remove_run_containers() -> None:
+    """Force-remove the engine containers of this run, and nothing else."""
+    _podman(
+        "rm",
+        "--force",
+        "--time",
+        "0",
+        "--filter",
+        f"label={RUN_LABEL}={RUN_ID}",
+        "--all",
+        check=False,
+    )
+
 
 PAGE_V1 = "dockyard test page v1\n"
 PAGE_V2 = "dockyard test page v2\n"
