@@ -34,6 +34,47 @@ class GpuSelector:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """How many instances of one revision may run, and when (part of the revision's spec, so it
+    travels with a rollback). Defaults are Cloud Run's: scale to zero, 80 in-flight requests per
+    instance."""
+
+    min_instances: int = 0
+    max_instances: int = 100
+    concurrency: int = 80
+    """Target of in-flight requests per instance (Knative's ``autoscaling.knative.dev/target``)."""
+    scale_to_zero_after_seconds: int = 900
+    """Idle time without requests after which the revision drops to ``min_instances``."""
+
+
+@dataclass(frozen=True)
+class TrafficTarget:
+    """A share of a container's traffic (per container, not per revision: changing it makes no
+    new revision, as with Knative's Route apart from its Configuration)."""
+
+    percent: int
+    revision: int | None = None
+    """A fixed revision number, or None with ``latest`` for the newest ready revision."""
+    latest: bool = False
+    tag: str | None = None
+    """Gives the target its own URL ``<tag>---<slug>.<domain>``, even at 0 %."""
+
+
+LATEST_ONLY: tuple[TrafficTarget, ...] = (TrafficTarget(percent=100, latest=True),)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime does for serverless features, so the API can refuse what it cannot do."""
+
+    autoscales: bool = False
+    """The runtime scales revisions by itself (Knative); else Dockyard's autoscaler asks it."""
+    scale_to_zero: bool = False
+    traffic_split: bool = False
+    """Traffic to several revisions by percent, and tag URLs."""
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     """Everything a runtime needs to run one revision of one container."""
 
@@ -54,6 +95,10 @@ class WorkloadSpec:
     arguments: tuple[str, ...] | None = None
     env: dict[str, str] = field(default_factory=dict)
     desired_gpus: tuple[GpuSelector, ...] = ()
+    scaling: Scaling = field(default_factory=Scaling)
+    traffic: tuple[TrafficTarget, ...] = LATEST_ONLY
+    """The container's traffic at the time of this apply; used by runtimes that route by
+    themselves (Knative). The local runtime is routed by Dockyard's own data plane."""
 
 
 class Phase(enum.StrEnum):
@@ -75,6 +120,12 @@ class RevisionState:
     message: str = ""
     endpoint: str | None = None
     """``host:port`` where the revision serves, when the runtime exposes one locally."""
+    endpoints: tuple[str, ...] = ()
+    """``host:port`` of every ready instance, when the runtime exposes them locally."""
+    instances_ready: int = 0
+    instances_desired: int = 0
+    """Instances the runtime is asked to run (or, on Knative, decided to run); a READY revision
+    with 0 desired is scaled to zero: healthy, not failed."""
 
 
 @dataclass(frozen=True)
