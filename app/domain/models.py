@@ -51,6 +51,11 @@ class Container(SQLModel, table=True):
     generation: int = Field(default=1)
     observed_generation: int = Field(default=0)
     ready_revision: int | None = Field(default=None)
+    traffic: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    """Desired traffic, ``[{revision, latest, percent, tag}]`` (JSON names); None means 100 % to
+    the newest ready revision. Changing it makes no new revision."""
     date_created: datetime = Field(
         default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
     )
@@ -60,6 +65,16 @@ class Container(SQLModel, table=True):
     deleted_at: datetime | None = Field(
         default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True, index=True)
     )
+
+
+class ServingState:
+    """Where one revision stands in the data plane (``revisions.serving_state``)."""
+
+    STARTING = "starting"
+    SERVING = "serving"
+    SCALED_TO_ZERO = "scaled-to-zero"
+    FAILED = "failed"
+    RETIRED = "retired"
 
 
 class Revision(SQLModel, table=True):
@@ -76,6 +91,22 @@ class Revision(SQLModel, table=True):
     created_by: str = Field(max_length=255)
     date_created: datetime = Field(
         default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
+    )
+    # Observed and decided scale, written by the elected leader only; every API replica reads
+    # them to program its own proxy. The spec above never changes after the revision is made.
+    instances_desired: int = Field(default=1)
+    """What the autoscaler (or the runtime, on Knative) decided; a new revision starts one."""
+    instances_ready: int = Field(default=0)
+    endpoints: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, default=list)
+    )
+    """``host:port`` of every ready instance, for the local data plane."""
+    serving_state: str = Field(default="", max_length=16)
+    state_reason: str = Field(default="", max_length=128)
+    state_message: str = Field(default="", sa_column=Column(sa.Text, nullable=False, default=""))
+    """Why the revision failed, kept after it scales to zero (Knative loses it)."""
+    last_request_at: datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True)
     )
 
 
