@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
+        from app.observability.logs import log_config
         from app.server import create_app
 
         uvicorn.run(
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            log_config=log_config(args.log_level, settings.log_format),
             # The built-in ingress appends the real peer to X-Forwarded-For itself; letting
             # uvicorn rewrite the peer from that header first would record the client twice.
             proxy_headers=False,

@@ -19,6 +19,7 @@ from app.services.context import ServiceContext
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.observability.metrics import Metrics
     from app.services.streams import ContainerStreams
 
 
@@ -31,6 +32,7 @@ class AppState:
     # Live logs and status changes for GraphQL subscriptions; None until a runtime and the
     # reconciler provide them (status then falls back to polling, logs are UNAVAILABLE).
     streams: ContainerStreams | None = None
+    metrics: Metrics | None = None
 
 
 def app_state(connection: HTTPConnection) -> AppState:

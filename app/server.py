@@ -24,6 +24,8 @@ from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
 from app.gql.router import graphql_router
 from app.ingress import IngressProxy
+from app.observability import wiring as observability
+from app.observability.metrics import Metrics
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.reconcile.leader import Elector, database_elector
 from app.rest import problems
@@ -188,6 +190,11 @@ def create_app(
         IngressProxy,
         ctx=state.ctx,
         routes=lambda: reconciler.routes if reconciler is not None else None,
+    )
+
+    state.metrics = Metrics()
+    observability.install(
+        app, settings=settings, metrics=state.metrics, hub=hub, reconciler=reconciler
     )
 
     @app.get("/healthz", include_in_schema=False)

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     readiness_timeout_seconds: float = Field(
         120, gt=0, description="How long a revision's port may take to open before it fails."
     )
+    metrics: Literal["off", "open", "token"] = Field(
+        "open",
+        description="GET /metrics (Prometheus): off, open to anyone who reaches the port, or "
+        "token (needs METRICS_TOKEN as a bearer token).",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token for /metrics when METRICS=token."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Server logs: JSON lines, text, or auto (JSON when not on a TTY)."
+    )
 
     k8s_namespace_strategy: Literal["shared", "per-owner"] = Field(
         "shared", description="Kubernetes: one shared namespace, or one namespace per owner."
@@ -131,6 +142,14 @@ class Settings(BaseSettings):
     def _docker_host_fallback(self) -> Settings:
         if self.docker_host is None and os.environ.get("DOCKER_HOST"):
             self.docker_host = os.environ["DOCKER_HOST"]
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_token_when_guarded(self) -> Settings:
+        if self.metrics == "token" and not (
+            self.metrics_token and self.metrics_token.get_secret_value()
+        ):
+            raise ValueError("DOCKYARD_METRICS=token needs DOCKYARD_METRICS_TOKEN")
         return self
 
     @cached_property

@@ -204,9 +204,10 @@ class _Subscriber:
     is a few references per batch whatever the lines weigh.
     """
 
-    def __init__(self, key: str, limit: int) -> None:
+    def __init__(self, key: str, limit: int, counters: UpstreamCounters) -> None:
         self.key = key
         self._limit = limit
+        self._counters = counters
         self._chunks: deque[LogChunk] = deque()
         self._lines = 0
         self._dropped = 0
@@ -227,6 +228,7 @@ class _Subscriber:
                 lost = excess
             self._lines -= lost
             self._dropped += lost
+            self._counters.dropped += lost
         self._wakeup.set()
 
     def end(self) -> None:
@@ -291,6 +293,10 @@ class UpstreamCounters:
     """Upstream engine log streams delivering right now."""
     lines: int = 0
     """Lines the pumps published, since the process started."""
+    delivered: int = 0
+    """Lines handed to local subscribers' queues (one per subscriber), since the start."""
+    dropped: int = 0
+    """Lines dropped from slow local subscribers' queues, since the start."""
 
 
 class LogHub:
@@ -530,7 +536,9 @@ class LogHub:
         return None
 
     async def _attach(self, container_id: str) -> _Subscriber:
-        subscriber = _Subscriber(f"{self.origin}/{next(self._serial)}", self.queue_lines)
+        subscriber = _Subscriber(
+            f"{self.origin}/{next(self._serial)}", self.queue_lines, self.upstream
+        )
         channel = self._channels.get(container_id)
         if channel is None:
             channel = self._channels[container_id] = _Channel()
@@ -574,7 +582,9 @@ class LogHub:
                 if not events:
                     continue
                 batch = LogBatch(events)
-                for subscriber in list(channel.subscribers.values()):
+                subscribers = list(channel.subscribers.values())
+                self.upstream.delivered += len(events) * len(subscribers)
+                for subscriber in subscribers:
                     subscriber.put(LogChunk(batch))
 
     async def _heartbeat_loop(self) -> None:

@@ -16,6 +16,7 @@ from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDept
 
 from app.gql.context import Context
 from app.gql.errors import ErrorCodes, Unavailable, masking
+from app.gql.metrics import OperationMetrics
 from app.gql.types import (
     Container,
     ContainerPage,
@@ -168,5 +169,6 @@ schema = strawberry.Schema(
         functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         ErrorCodes,
         masking,
+        OperationMetrics,
     ],
 )

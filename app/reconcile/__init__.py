@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -62,6 +63,16 @@ class ReconcilerOptions:
     workers: int = 4
     election_interval: float = 5.0
     """Seconds between leader-election rounds (acquire or renew)."""
+
+
+@dataclass
+class ReconcilerStats:
+    """Counters an operator reads in the metrics (``app.observability``)."""
+
+    passes: int = 0
+    errors: int = 0
+    last_resync: float | None = None
+    """``time.monotonic()`` of the last full resync, None before the first."""
 
 
 def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
@@ -134,6 +145,7 @@ class Reconciler:
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}
         self._pending_polls: dict[str, int] = {}
+        self.stats = ReconcilerStats()
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -195,6 +207,11 @@ class Reconciler:
             self._elected.clear()
 
     @property
+    def queue_depth(self) -> int:
+        """Containers waiting for a pass now (queued or on a timer)."""
+        return len(self._queued) + len(self._timers)
+
+    @property
     def leading(self) -> bool:
         """Whether this process's reconciler acts (always, without an elector)."""
         return self._leading
@@ -228,10 +245,12 @@ class Reconciler:
                 continue  # the leader reconciles; it resyncs everything when it takes over
             try:
                 await self.reconcile(container_id)
+                self.stats.passes += 1
                 self._failures.pop(container_id, None)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.stats.errors += 1
                 failures = self._failures.get(container_id, 0) + 1
                 self._failures[container_id] = failures
                 delay = min(60.0, 0.5 * 2**failures) * random.uniform(0.8, 1.2)
@@ -268,6 +287,7 @@ class Reconciler:
 
     async def resync(self) -> None:
         """Queue every container the database or the runtime knows of."""
+        self.stats.last_resync = time.monotonic()
         known = await asyncio.to_thread(self._all_container_ids)
         try:
             present = set(await self.runtime.list_managed())

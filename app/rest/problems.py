@@ -20,6 +20,7 @@ from app.domain.errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from app.observability.logs import current_request_id
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ def problem(
     }
     if instance:
         body["instance"] = instance
+    if (request_id := current_request_id()) is not None:
+        body["requestId"] = request_id
     if errors is not None:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
