@@ -7,7 +7,9 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer
 
+from app.domain.logtime import format_ns, to_ns
 from app.domain.models import Container, Revision
+from app.domain.phases import timeline
 from app.domain.spec import ContainerSpec
 from app.domain.status import status_reason_text
 
@@ -51,6 +53,15 @@ class ContainerView(_Camel):
     readyRevision: int | None
 
 
+class PhaseView(_Camel):
+    phase: str
+    at: str
+    """RFC 3339 UTC with nanoseconds."""
+    durationMs: float | None
+    """Until the next phase began; null for the last one."""
+    reason: str | None = None
+
+
 class RevisionView(_Camel):
     containerID: str
     revisionNumber: int
@@ -58,6 +69,7 @@ class RevisionView(_Camel):
     dateCreated: Timestamp
     createdBy: str
     spec: dict[str, Any]
+    phases: list[PhaseView] = []
 
 
 class GpuModelView(_Camel):
@@ -105,6 +117,19 @@ def container_view(container: Container, *, ingress_domain: str) -> ContainerVie
     )
 
 
+def phase_views(revision: Revision) -> list[PhaseView]:
+    entries = timeline(revision.phases, accepted_ns=to_ns(as_utc(revision.date_created)))
+    return [
+        PhaseView(
+            phase=e.phase,
+            at=format_ns(e.at_ns),
+            durationMs=None if e.duration_ms is None else round(e.duration_ms, 3),
+            reason=e.reason or None,
+        )
+        for e in entries
+    ]
+
+
 def revision_view(revision: Revision) -> RevisionView:
     return RevisionView(
         containerID=revision.container_id,
@@ -113,4 +138,5 @@ def revision_view(revision: Revision) -> RevisionView:
         dateCreated=as_utc(revision.date_created),
         createdBy=revision.created_by,
         spec=revision.spec,
+        phases=phase_views(revision),
     )

@@ -31,6 +31,18 @@ class ContainerStatus(Enum):
     failed = "failed"
 
 
+@strawberry.type(description="When a revision entered a deploy phase, and how long it stayed.")
+class RevisionPhase:
+    phase: str = strawberry.field(
+        description="accepted, scheduled, imageReady, started, ready, serving, or failed."
+    )
+    at: str = strawberry.field(description="RFC 3339 UTC with nanoseconds.")
+    duration_ms: float | None = strawberry.field(
+        description="Until the next phase began; null for the last one."
+    )
+    reason: str | None = strawberry.field(description="For failed: the phase it failed in and why.")
+
+
 @strawberry.type(description="One revision: an immutable snapshot of a container's spec.")
 class Revision:
     container_id: strawberry.ID = strawberry.field(name="containerID")
@@ -40,6 +52,9 @@ class Revision:
     created_by: str
     spec: dict[str, Any] = strawberry.field(
         graphql_type=JSON, description="The complete spec, with REST field names."
+    )
+    phases: list[RevisionPhase] = strawberry.field(
+        description="The deploy timeline: each phase entered, in order."
     )
 
     @classmethod
@@ -52,6 +67,10 @@ class Revision:
             date_created=data["dateCreated"],
             created_by=view.createdBy,
             spec=view.spec,
+            phases=[
+                RevisionPhase(phase=p.phase, at=p.at, duration_ms=p.durationMs, reason=p.reason)
+                for p in view.phases
+            ],
         )
 
 

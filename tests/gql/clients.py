@@ -15,7 +15,10 @@ CONTAINER_FIELDS = """
     id name createdBy image cpu ram gpu ephemeralStorage command arguments env port
     dateCreated dateUpdated status statusReason urls desiredGPUs revision readyRevision
 """
-REVISION_FIELDS = "containerID revisionNumber image dateCreated createdBy spec"
+REVISION_FIELDS = (
+    "containerID revisionNumber image dateCreated createdBy spec "
+    "phases { phase at durationMs reason }"
+)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from tests.gql.clients import CLIENTS, ApiClient, Outcome
 from tests.support.bodies import HELLO
 
 Header = Callable[..., dict[str, str]]
-RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
 def make(kind: str, client: TestClient, headers: dict[str, str]) -> ApiClient:
