@@ -18,6 +18,7 @@ from app.domain.models import Container, Revision
 from app.domain.principal import Principal
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.runtime.base import (
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -39,6 +40,7 @@ class MemoryRuntime:
     """Revisions live in a dict; tests decide their phase."""
 
     name = "memory"
+    capabilities = Capabilities(scale_to_zero=True, traffic_split=True)
 
     def __init__(self) -> None:
         self.revisions: dict[str, dict[int, RevisionState]] = {}
