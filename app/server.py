@@ -76,6 +76,7 @@ def _runtime_from(settings: Settings, state: AppState) -> Runtime | None:
         settings.runtime,
         docker_host=settings.docker_host,
         readiness_timeout=settings.readiness_timeout_seconds,
+        gpu_readiness_timeout=settings.gpu_readiness_timeout_seconds,
         stop_timeout=settings.stop_timeout_seconds,
         instance=installation_id(state.ctx.engine),
         docker_labels=settings.docker_labels,

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     readiness_timeout_seconds: float = Field(
         120, gt=0, description="How long a revision's port may take to open before it fails."
     )
+    gpu_readiness_timeout_seconds: float = Field(
+        1800,
+        gt=0,
+        description="Start-up budget of a GPU revision (model loading): its port may take this "
+        "long to open before it fails.",
+    )
 
     k8s_namespace_strategy: Literal["shared", "per-owner"] = Field(
         "shared", description="Kubernetes: one shared namespace, or one namespace per owner."

@@ -396,7 +396,7 @@ class Reconciler:
             if remaining > 0:
                 self._requeue_after(container_id, remaining)
                 return
-            await self.runtime.retire(container_id, keep_revision=generation)
+            await self.runtime.retire(container_id, keep={generation})
             self._ready_since.pop((container_id, generation), None)
 
     def _write_status(self, container_id: str, generation: int, observed: ObservedStatus) -> bool:

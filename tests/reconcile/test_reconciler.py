@@ -43,6 +43,7 @@ class MemoryRuntime:
     def __init__(self) -> None:
         self.revisions: dict[str, dict[int, RevisionState]] = {}
         self.applied: list[WorkloadSpec] = []
+        self.scaled: list[tuple[int, int]] = []
         self.available = True
         self.failure: Exception | None = None
         self.events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
@@ -68,10 +69,21 @@ class MemoryRuntime:
             spec.revision, RevisionState(spec.container_id, spec.revision, Phase.PENDING)
         )
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        self._check()
+        self.scaled.append((spec.revision, instances))
+        revisions = self.revisions.setdefault(spec.container_id, {})
+        if instances == 0:
+            revisions.pop(spec.revision, None)
+        else:
+            revisions.setdefault(
+                spec.revision, RevisionState(spec.container_id, spec.revision, Phase.PENDING)
+            )
+
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
         self._check()
         revisions = self.revisions.get(container_id, {})
-        for revision in [r for r in revisions if r != keep_revision]:
+        for revision in [r for r in revisions if r not in keep]:
             del revisions[revision]
 
     async def remove(self, container_id: str) -> None:
