@@ -13,7 +13,7 @@ import pytest
 from app import streams
 from app.bus import LOGS_DEMAND, Bus
 from app.domain.logtime import to_ns
-from app.runtime.base import LogLine, RuntimeRejected
+from app.runtime.base import Capabilities, LogLine, RuntimeRejected
 from app.services.streams import DROPPED_STREAM, LogChunk, LogEvent
 from app.streams import LogHub, Numberer, _messages, event_key
 from tests.test_bus import bus_url
@@ -26,6 +26,7 @@ class ScriptedRuntime:
     read hands over whatever was appended since the previous one, as an engine does."""
 
     name = "scripted"
+    capabilities = Capabilities()
 
     def __init__(self) -> None:
         self.lines: list[LogLine] = []

@@ -198,6 +198,20 @@ def parse_traffic(data: object, *, revisions: Collection[int], slug: str) -> lis
     return entries
 
 
+def traffic_from_body(body: object) -> object:
+    """The ``traffic`` list of a ``{"traffic": [...]}`` request body, for ``parse_traffic``."""
+    if not isinstance(body, Mapping):
+        raise ValidationFailed(
+            [FieldError("body", 'must be a JSON object, e.g. {"traffic": [...]}')]
+        )
+    unknown = sorted(str(key) for key in body if key != "traffic")
+    if unknown:
+        raise ValidationFailed(
+            [FieldError(key[:64], "unknown field; allowed fields: traffic") for key in unknown]
+        )
+    return body.get("traffic")
+
+
 def traffic_of(container_traffic: list[dict[str, Any]] | None) -> list[TrafficEntry]:
     """The desired traffic stored on a container (None: 100 % to the latest ready revision)."""
     if container_traffic is None:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import Ctx, CurrentPrincipal
 from app.domain.errors import FieldError, MalformedInput
 from app.domain.spec import ContainerInput
+from app.domain.traffic import traffic_from_body
 from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
 from app.services import containers as svc
 
@@ -145,6 +146,54 @@ async def rollback_container(
         lambda: svc.rollback_container(
             ctx=ctx, principal=principal, container_id=id, revision_number=number
         )
+    )
+
+
+@router.put(
+    "/containers/{id}/traffic",
+    response_model=ContainerView,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["traffic"],
+                        "properties": {
+                            "traffic": {
+                                "type": "array",
+                                "maxItems": 20,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "revision": {"type": "integer"},
+                                        "latest": {"type": "boolean"},
+                                        "percent": {
+                                            "type": "integer",
+                                            "minimum": 0,
+                                            "maximum": 100,
+                                        },
+                                        "tag": {"type": "string"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def set_traffic(
+    id: str, payload: Json, principal: CurrentPrincipal, ctx: Ctx
+) -> ContainerView:
+    """Where the container's requests go, by percent and tag; makes no new revision."""
+    traffic = traffic_from_body(payload)
+    return await run_in_threadpool(
+        lambda: svc.set_traffic(ctx=ctx, principal=principal, container_id=id, data=traffic)
     )
 
 

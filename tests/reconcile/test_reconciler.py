@@ -19,6 +19,7 @@ from app.domain.models import Container, Revision
 from app.domain.principal import Principal
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.runtime.base import (
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -40,6 +41,7 @@ class MemoryRuntime:
     """Revisions live in a dict; tests decide their phase."""
 
     name = "memory"
+    capabilities = Capabilities(scale_to_zero=True, traffic_split=True)
 
     def __init__(self) -> None:
         self.revisions: dict[str, dict[int, RevisionState]] = {}
