@@ -20,6 +20,8 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.observability.metrics import Metrics
+    from app.autoscale import Autoscaler
+    from app.dataplane.activator import Activator
     from app.services.streams import ContainerStreams
 
 
@@ -33,6 +35,10 @@ class AppState:
     # reconciler provide them (status then falls back to polling, logs are UNAVAILABLE).
     streams: ContainerStreams | None = None
     metrics: Metrics | None = None
+    # Serverless on the local runtime: the activator holds requests for revisions at zero (every
+    # replica), the autoscaler decides instance counts (acts on the leader only).
+    activator: Activator | None = None
+    autoscaler: Autoscaler | None = None
 
 
 def app_state(connection: HTTPConnection) -> AppState:

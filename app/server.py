@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import make_verifier
+from app.autoscale import Autoscaler, AutoscalerOptions
 from app.bus import Bus
+from app.dataplane.activator import Activator, ActivatorOptions, socket_dir_for
 from app.db import installation_id, make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
@@ -36,7 +38,9 @@ from app.runtime.factory import make_runtime
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_lease import LeaseElector
 from app.runtime.k8s_manifests import KubernetesConfig, Toleration
+from app.services import scaling
 from app.services.context import ServiceContext
+from app.services.scaling import RevisionServing
 from app.settings import Settings
 from app.streams import LogHub
 
@@ -83,6 +87,7 @@ def _runtime_from(settings: Settings, state: AppState) -> Runtime | None:
         settings.runtime,
         docker_host=settings.docker_host,
         readiness_timeout=settings.readiness_timeout_seconds,
+        gpu_readiness_timeout=settings.gpu_readiness_timeout_seconds,
         stop_timeout=settings.stop_timeout_seconds,
         instance=installation_id(state.ctx.engine),
         docker_labels=settings.docker_labels,
@@ -125,6 +130,49 @@ def _log_hub(
     return hub
 
 
+def _serverless(
+    settings: Settings, state: AppState, runtime: Runtime | None, reconciler: Reconciler | None
+) -> tuple[Activator | None, Autoscaler | None]:
+    """The activator and the autoscaler, where Dockyard scales revisions itself (the local
+    runtime; Knative autoscales by itself, plain Deployments cannot wait at zero)."""
+    if runtime is None or reconciler is None:
+        return None, None
+    capabilities = runtime.capabilities
+    if capabilities.autoscales or not capabilities.scale_to_zero:
+        return None, None
+    ctx = state.ctx
+
+    async def wake(container_id: str, revision: int, instances: int) -> bool:
+        return await run_in_threadpool(
+            scaling.wake_revision, ctx, container_id, revision, instances=instances
+        )
+
+    async def serving(container_id: str, revision: int) -> RevisionServing:
+        return await run_in_threadpool(scaling.revision_serving, ctx, container_id, revision)
+
+    activator = Activator(
+        socket_dir_for(settings.data_dir),
+        wake=wake,
+        serving=serving,
+        options=ActivatorOptions(
+            max_held=settings.activator_max_held,
+            max_wait_seconds=settings.activator_max_wait_seconds,
+        ),
+    )
+    autoscaler = Autoscaler(
+        ctx,
+        is_leader=lambda: reconciler.leading,
+        held=activator.held,
+        options=AutoscalerOptions(
+            tick_seconds=settings.autoscale_tick_seconds,
+            stable_window_seconds=settings.autoscale_stable_window_seconds,
+            panic_window_seconds=settings.autoscale_panic_window_seconds,
+        ),
+    )
+    state.activator, state.autoscaler = activator, autoscaler
+    return activator, autoscaler
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -152,6 +200,7 @@ def create_app(
         state.ctx.listeners.append(lambda container_id, _kind: reconciler.request(container_id))
     state.reconciler = reconciler
     hub = _log_hub(settings, state, runtime, reconciler)
+    activator, autoscaler = _serverless(settings, state, runtime, reconciler)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -159,9 +208,17 @@ def create_app(
             await hub.start()
         if reconciler is not None:
             await reconciler.start()
+        if activator is not None:
+            await activator.start()
+        if autoscaler is not None:
+            await autoscaler.start()
         try:
             yield
         finally:
+            if autoscaler is not None:
+                await autoscaler.stop()
+            if activator is not None:
+                await activator.stop()
             if reconciler is not None:
                 await reconciler.stop()
             if hub is not None:

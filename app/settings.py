@@ -102,6 +102,31 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Server logs: JSON lines, text, or auto (JSON when not on a TTY)."
     )
+    gpu_readiness_timeout_seconds: float = Field(
+        1800,
+        gt=0,
+        description="Start-up budget of a GPU revision (model loading): its port may take this "
+        "long to open before it fails.",
+    )
+
+    autoscale_tick_seconds: float = Field(
+        0.5, gt=0, description="How often the autoscaler samples in-flight requests and decides."
+    )
+    autoscale_stable_window_seconds: float = Field(
+        60, gt=0, description="Autoscaler: the window whose average concurrency sets the scale."
+    )
+    autoscale_panic_window_seconds: float = Field(
+        6, gt=0, description="Autoscaler: the short window that scales up fast on a burst."
+    )
+    activator_max_wait_seconds: float = Field(
+        120,
+        gt=0,
+        description="How long a request to a revision at zero waits for an instance before a "
+        "503 with Retry-After.",
+    )
+    activator_max_held: int = Field(
+        1000, ge=1, description="Requests held per revision at zero; more get a 503 at once."
+    )
 
     k8s_namespace_strategy: Literal["shared", "per-owner"] = Field(
         "shared", description="Kubernetes: one shared namespace, or one namespace per owner."

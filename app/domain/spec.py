@@ -294,9 +294,7 @@ def _scaling_errors(
             )
         )
     elif high > limits.max_instances:
-        errors.append(
-            FieldError("scaling.maxInstances", f"must be at most {limits.max_instances}")
-        )
+        errors.append(FieldError("scaling.maxInstances", f"must be at most {limits.max_instances}"))
     if not 1 <= scaling["concurrency"] <= MAX_CONCURRENCY:
         errors.append(
             FieldError("scaling.concurrency", f"must be from 1 to {MAX_CONCURRENCY}, e.g. 80")

@@ -1,11 +1,25 @@
 """The level-triggered reconciler: moves the runtime toward the desired state in the database.
 
 It never blocks API requests: services only call ``request(container_id)``, which queues work
-on the reconciler's own event loop. Each pass reads the container, observes the runtime, applies
-the newest revision if the runtime lacks it, derives the status from what the runtime reported and
-writes it only when it changed (and only if the spec did not move meanwhile). Startup and a
-periodic resync cover everything, including runtime objects whose record is gone (orphans) and
-deletions that a crash interrupted.
+on the reconciler's own event loop. Each pass reads the container and its revisions, observes the
+runtime, and then:
+
+- keeps every revision the container's traffic routes to (``routable_revisions``), plus the newest
+  one (while it starts, or at zero when traffic is pinned elsewhere); the others are retired once
+  they have been out of the traffic for the drain period;
+- runs each kept revision from its own stored spec with the instance count decided for it
+  (``revisions.instances_desired``: 1 for a new revision, then the autoscaler's or the
+  activator's wish). When instances are removed, the data plane is told first (the surplus
+  endpoints leave ``revisions.endpoints``) and the instances go after the drain period;
+- writes per revision what the runtime reported (``instances_ready``, ``endpoints``,
+  ``serving_state``, ``state_reason/message``) and notifies, so every replica reprograms its
+  proxy. A revision at 0 instances is ``scaled-to-zero``, a healthy state; the reason of a failure
+  is kept when a revision scales to zero (knative/serving#14157 loses it);
+- derives the container's status and writes it only when it changed (and only if the spec did not
+  move meanwhile).
+
+Startup and a periodic resync cover everything, including runtime objects whose record is gone
+(orphans) and deletions that a crash interrupted.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, delete, select
 
 from app.domain.gpus import GpuCatalog
-from app.domain.models import Container, Revision
+from app.domain.models import Container, Revision, ServingState
 from app.domain.quantity import parse_quantity
 from app.domain.spec import ContainerSpec
 from app.domain.status import (
@@ -33,7 +47,7 @@ from app.domain.status import (
     apply_observed_status,
     derive_status,
 )
-from app.domain.traffic import traffic_of
+from app.domain.traffic import resolve_traffic, routable_revisions, traffic_of
 from app.reconcile.leader import Elector
 from app.runtime.base import (
     GpuSelector,
@@ -120,11 +134,64 @@ def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
     )
 
 
+def revision_workload_spec(
+    container: Container, revision: Revision, catalog: GpuCatalog
+) -> WorkloadSpec:
+    """What the runtime needs to run one (possibly older) revision: its own stored spec."""
+    view = container.model_copy(
+        update={"spec": revision.spec, "generation": revision.revision_number}
+    )
+    return workload_spec(view, catalog)
+
+
 def _observations(states: list[RevisionState]) -> list[RevisionObservation]:
     return [
         RevisionObservation(state.revision, state.phase.value, state.reason, state.message)
         for state in states
     ]
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    """What the reconciler writes on one ``revisions`` row."""
+
+    instances_ready: int
+    endpoints: tuple[str, ...]
+    serving_state: str
+    state_reason: str
+    state_message: str
+
+
+def revision_record(
+    row: Revision, state: RevisionState | None, *, kept: bool, shrink_to: int | None = None
+) -> RevisionRecord:
+    """The row's new observed values (pure). ``shrink_to``: instances are about to be removed;
+    only the first ``shrink_to`` endpoints stay in the data plane meanwhile."""
+    reason, message = row.state_reason, row.state_message
+    if state is None:
+        if not kept:
+            serving = ServingState.RETIRED
+        elif row.instances_desired <= 0:
+            serving = ServingState.SCALED_TO_ZERO
+        else:
+            serving = ServingState.STARTING
+        return RevisionRecord(0, (), serving, reason, message)
+    endpoints = state.endpoints or ((state.endpoint,) if state.endpoint else ())
+    if state.phase is Phase.READY:
+        if shrink_to is not None:
+            endpoints = endpoints[: max(shrink_to, 0)]
+        serving = ServingState.SERVING if endpoints else ServingState.SCALED_TO_ZERO
+        return RevisionRecord(len(endpoints), endpoints, serving, "", "")
+    if state.phase is Phase.FAILED:
+        return RevisionRecord(0, (), ServingState.FAILED, state.reason, state.message)
+    # starting: a failure's reason stays until the revision is ready again
+    return RevisionRecord(0, (), ServingState.STARTING, reason, message)
+
+
+def at_zero(row: Revision) -> bool:
+    """Whether a revision without instances in the runtime waits at zero for a request (it may
+    have failed before), rather than being new or retired."""
+    return row.instances_desired <= 0 and row.serving_state not in ("", ServingState.RETIRED)
 
 
 class Reconciler:
@@ -157,7 +224,8 @@ class Reconciler:
         self._queued: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._ready_since: dict[tuple[str, int], float] = {}
+        self._drain_since: dict[str, float] = {}
+        self._shrink_since: dict[tuple[str, int], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}
         self._pending_polls: dict[str, int] = {}
@@ -346,8 +414,9 @@ class Reconciler:
         self._locks.pop(container_id, None)
         self._pending_polls.pop(container_id, None)
         self._failures.pop(container_id, None)
-        for key in [key for key in self._ready_since if key[0] == container_id]:
-            del self._ready_since[key]
+        self._drain_since.pop(container_id, None)
+        for key in [key for key in self._shrink_since if key[0] == container_id]:
+            del self._shrink_since[key]
 
     def _purge(self, container_id: str) -> None:
         with Session(self.engine) as session:
@@ -359,19 +428,26 @@ class Reconciler:
             )
             session.commit()
 
+    def _load_revisions(self, container_id: str) -> dict[int, Revision]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            rows = session.exec(
+                select(Revision).where(col(Revision.container_id) == container_id)
+            ).all()
+            return {row.revision_number: row for row in rows}
+
     async def _converge(self, container: Container) -> None:
         generation = container.generation
+        rows = await asyncio.to_thread(self._load_revisions, container.id)
+        kept = {generation}
+        shrinking: dict[int, int] = {}
         try:
-            # A spec the runtime has not seen yet is applied (idempotent) without looking first.
-            if container.observed_generation < generation:
-                await self.runtime.apply(workload_spec(container, self.catalog))
-            states = await self.runtime.observe(container.id)
-            if not any(state.revision == generation for state in states):
-                await self.runtime.apply(workload_spec(container, self.catalog))
-                states = await self.runtime.observe(container.id)
-            observed = derive_status(generation=generation, observations=_observations(states))
+            states = {s.revision: s for s in await self.runtime.observe(container.id)}
+            kept = self._kept(container, rows, states)
+            if await self._scale(container, rows, states, kept, shrinking):
+                states = {s.revision: s for s in await self.runtime.observe(container.id)}
+            observed = self._status(container, rows, states)
         except RuntimeRejected as e:
-            states = []
+            states = {}
             observed = ObservedStatus(
                 "failed", "RuntimeRejected", f"revision {generation}: {e}", container.ready_revision
             )
@@ -379,17 +455,114 @@ class Reconciler:
             # Unavailable or conflicting for now: say so, keep serving the revision that was
             # ready (its route stays), and look again soon.
             log.warning("runtime error for %s: %s", container.id, e)
-            states = []
             unknown = derive_status(generation=generation, observations=[], runtime_reason=str(e))
             observed = ObservedStatus(
                 unknown.status, unknown.reason, unknown.message, container.ready_revision
             )
+            self._route(container.id, observed, [])
+            if await asyncio.to_thread(self._write_status, container.id, generation, observed):
+                await self._notify(container.id)
             self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
-        self._route(container.id, observed, states)
+            return
+        self._route(container.id, observed, list(states.values()))
+        records = {
+            number: revision_record(
+                row, states.get(number), kept=number in kept, shrink_to=shrinking.get(number)
+            )
+            for number, row in rows.items()
+        }
+        rows_changed = await asyncio.to_thread(self._write_revisions, container.id, rows, records)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
-        if changed and self.on_status is not None:
-            await self.on_status(container.id, "status")
-        await self._retire_or_wait(container.id, generation, observed, states)
+        if changed or rows_changed:
+            await self._notify(container.id)
+        await self._retire_or_wait(container.id, observed, states, kept, rows, shrinking)
+
+    async def _notify(self, container_id: str) -> None:
+        if self.on_status is not None:
+            await self.on_status(container_id, "status")
+
+    def _kept(
+        self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
+    ) -> set[int]:
+        """The revisions that must stay: those the traffic routes to, and the newest."""
+        latest = self._latest_ready(container.generation, rows, states)
+        resolved = resolve_traffic(traffic_of(container.traffic), latest_ready=latest)
+        return routable_revisions(resolved) | {container.generation}
+
+    @staticmethod
+    def _latest_ready(
+        generation: int, rows: dict[int, Revision], states: dict[int, RevisionState]
+    ) -> int | None:
+        """The newest revision that serves or waits at zero (a request wakes it)."""
+        candidates = [
+            number
+            for number in rows
+            if number <= generation
+            and (
+                (number in states and states[number].phase is Phase.READY)
+                or (number not in states and at_zero(rows[number]))
+            )
+        ]
+        return max(candidates) if candidates else None
+
+    async def _scale(
+        self,
+        container: Container,
+        rows: dict[int, Revision],
+        states: dict[int, RevisionState],
+        kept: set[int],
+        shrinking: dict[int, int],
+    ) -> bool:
+        """Ask the runtime for each kept revision's instance count; True when it was asked.
+        Removing serving instances waits for the drain period (``shrinking`` says to how many)."""
+        loop = asyncio.get_running_loop()
+        asked = False
+        for number in sorted(kept):
+            row = rows.get(number)
+            if row is None:
+                continue
+            desired = max(row.instances_desired, 0)
+            state = states.get(number)
+            present = state.instances_desired if state is not None else 0
+            key = (container.id, number)
+            if present == desired:
+                self._shrink_since.pop(key, None)
+                continue
+            if present < desired:
+                self._shrink_since.pop(key, None)
+                if state is not None and state.phase is Phase.FAILED:
+                    continue  # not retried until it scales to zero (or a new revision)
+            elif state is not None and state.phase is Phase.READY and state.instances_ready:
+                since = self._shrink_since.setdefault(key, loop.time())
+                if loop.time() - since < self.options.drain_seconds:
+                    shrinking[number] = desired
+                    continue
+                self._shrink_since.pop(key, None)
+            await self.runtime.scale(revision_workload_spec(container, row, self.catalog), desired)
+            asked = True
+        return asked
+
+    def _status(
+        self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
+    ) -> ObservedStatus:
+        generation = container.generation
+        observations = _observations(list(states.values()))
+        for number, row in rows.items():
+            if number in states or not at_zero(row):
+                continue
+            if row.state_reason:  # failed, then scaled to zero: still says why
+                observations.append(
+                    RevisionObservation(
+                        number, Phase.FAILED.value, row.state_reason, row.state_message
+                    )
+                )
+            else:
+                observations.append(RevisionObservation(number, Phase.READY.value))
+        observed = derive_status(generation=generation, observations=observations)
+        latest = self._latest_ready(generation, rows, states)
+        if latest is not None and (observed.ready_revision or 0) < latest:
+            observed = ObservedStatus(observed.status, observed.reason, observed.message, latest)
+        return observed
 
     def _route(
         self, container_id: str, observed: ObservedStatus, states: list[RevisionState]
@@ -404,12 +577,27 @@ class Reconciler:
     async def _retire_or_wait(
         self,
         container_id: str,
-        generation: int,
         observed: ObservedStatus,
-        states: list[RevisionState],
+        states: dict[int, RevisionState],
+        kept: set[int],
+        rows: dict[int, Revision],
+        shrinking: dict[int, int],
     ) -> None:
         loop = asyncio.get_running_loop()
-        if observed.status == "deploying":
+        starting = (
+            observed.status == "deploying"
+            or any(
+                (
+                    state.phase is Phase.PENDING
+                    or state.instances_desired != rows[n].instances_desired
+                )
+                and state.phase is not Phase.FAILED
+                for n, state in states.items()
+                if n in kept and n in rows
+            )
+            or any(rows[n].instances_desired > 0 and n not in states for n in kept if n in rows)
+        )
+        if starting:
             polls = self._pending_polls.get(container_id, 0)
             self._pending_polls[container_id] = polls + 1
             # Most revisions start within a few seconds: look often at first, then back off.
@@ -421,19 +609,66 @@ class Reconciler:
                 else min(self.options.pending_poll, 0.05 * 2 ** (polls - 55))
             )
             self._requeue_after(container_id, delay)
+        else:
+            self._pending_polls.pop(container_id, None)
+        if shrinking:
+            self._requeue_after(container_id, self.options.drain_seconds)
+        if observed.status == "failed" and not any(
+            s.phase is Phase.READY for n, s in states.items() if n in kept
+        ):
             return
-        self._pending_polls.pop(container_id, None)
-        if observed.status == "deployed":
-            others = [s.revision for s in states if s.revision != generation]
-            if not others:
-                return
-            since = self._ready_since.setdefault((container_id, generation), loop.time())
-            remaining = self.options.drain_seconds - (loop.time() - since)
-            if remaining > 0:
-                self._requeue_after(container_id, remaining)
-                return
-            await self.runtime.retire(container_id, keep_revision=generation)
-            self._ready_since.pop((container_id, generation), None)
+        others = [n for n in states if n not in kept]
+        if not others:
+            self._drain_since.pop(container_id, None)
+            return
+        since = self._drain_since.setdefault(container_id, loop.time())
+        remaining = self.options.drain_seconds - (loop.time() - since)
+        if remaining > 0:
+            self._requeue_after(container_id, remaining)
+            return
+        await self.runtime.retire(container_id, keep=kept)
+        self._drain_since.pop(container_id, None)
+        self._requeue_after(container_id, 0.0)  # write the retired revisions' rows
+
+    def _write_revisions(
+        self,
+        container_id: str,
+        rows: dict[int, Revision],
+        records: dict[int, RevisionRecord],
+    ) -> bool:
+        """Store each revision's observed values that changed; True when any did. Only the
+        observed columns are written: ``instances_desired`` and ``last_request_at`` belong to the
+        autoscaler and the activator."""
+        changed = False
+        with Session(self.engine) as session:
+            for number, record in records.items():
+                row = rows[number]
+                current = RevisionRecord(
+                    row.instances_ready,
+                    tuple(row.endpoints or ()),
+                    row.serving_state,
+                    row.state_reason,
+                    row.state_message,
+                )
+                if current == record:
+                    continue
+                session.execute(
+                    sa.update(Revision)
+                    .where(
+                        col(Revision.container_id) == container_id,
+                        col(Revision.revision_number) == number,
+                    )
+                    .values(
+                        instances_ready=record.instances_ready,
+                        endpoints=list(record.endpoints),
+                        serving_state=record.serving_state,
+                        state_reason=record.state_reason[:128],
+                        state_message=record.state_message,
+                    )
+                )
+                changed = True
+            session.commit()
+        return changed
 
     def _write_status(self, container_id: str, generation: int, observed: ObservedStatus) -> bool:
         """Store the status if it changed and the spec did not move on meanwhile."""

@@ -21,6 +21,10 @@ LABEL_REVISION = "dockyard.dev/revision"
 LABEL_MANAGED_BY = "dockyard.dev/managed-by"
 LABEL_INSTANCE = "dockyard.dev/instance"
 """Which Dockyard installation (database) owns the object, for engines shared by several."""
+LABEL_REPLICA = "dockyard.dev/replica"
+"""Which instance of its revision an engine container is (0 for the first one)."""
+LABEL_GPU = "dockyard.dev/gpu"
+"""GPUs of the revision (only on GPU workloads): they get the long start-up budget."""
 MANAGED_BY = "dockyard"
 
 
@@ -175,10 +179,16 @@ class Runtime(Protocol):
     """What the API may accept for this runtime (scale to zero, traffic split and tags)."""
 
     async def apply(self, spec: WorkloadSpec) -> None:
-        """Make sure this revision is (being) run; idempotent. Older revisions keep running."""
+        """Make sure this revision is (being) run, with at least one instance; idempotent. Other
+        revisions keep running."""
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
-        """Remove every revision of the container except ``keep_revision``; idempotent."""
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        """Run ``instances`` instances of this revision: create the missing ones, remove the
+        surplus (highest instance first; one still starting only when ``urgent``); idempotent.
+        0 leaves no instance of the revision in the runtime."""
+
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
+        """Remove every revision of the container not in ``keep``; idempotent."""
 
     async def remove(self, container_id: str) -> None:
         """Remove every runtime object of the container; idempotent."""

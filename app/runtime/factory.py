@@ -55,6 +55,7 @@ def make_runtime(
     *,
     docker_host: str | None,
     readiness_timeout: float,
+    gpu_readiness_timeout: float = 1800.0,
     stop_timeout: int = 10,
     instance: str | None = None,
     docker_labels: Mapping[str, str] | None = None,
@@ -76,6 +77,7 @@ def make_runtime(
         return DockerRuntime(
             url,
             readiness_timeout=readiness_timeout,
+            gpu_readiness_timeout=gpu_readiness_timeout,
             stop_timeout=stop_timeout,
             instance=instance,
             labels=docker_labels,

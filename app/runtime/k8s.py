@@ -227,6 +227,14 @@ class KubernetesRuntime:
     # --- Runtime protocol ---
 
     async def apply(self, spec: WorkloadSpec) -> None:
+        await self._apply(spec, 1)
+
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        """The Deployment's replicas; a plain Deployment cannot wait at zero for a request, so
+        it keeps at least one (scale to zero needs Knative)."""
+        await self._apply(spec, instances)
+
+    async def _apply(self, spec: WorkloadSpec, replicas: int) -> None:
         namespace = namespace_for(spec.owner, self._config)
         if not self._shared and namespace not in self._namespaces_ready:
             await self._call(
@@ -240,7 +248,7 @@ class KubernetesRuntime:
             self._namespaces_ready.add(namespace)
         name = object_name(spec.container_id)
         for function, body in (
-            (self._apps.patch_namespaced_deployment, make_deployment(spec, self._config)),
+            (self._apps.patch_namespaced_deployment, make_deployment(spec, self._config, replicas)),
             (self._core.patch_namespaced_service, make_service(spec, self._config)),
             (self._networking.patch_namespaced_ingress, make_ingress(spec, self._config)),
         ):
@@ -254,7 +262,7 @@ class KubernetesRuntime:
                 _content_type=_APPLY,
             )
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
         """Nothing to do: the Deployment's rolling update removes the old revision's pods."""
 
     async def remove(self, container_id: str) -> None:

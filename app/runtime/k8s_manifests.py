@@ -227,8 +227,9 @@ def _container(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
     return container
 
 
-def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
-    """One Deployment per container; a new revision rolls out with zero unavailable pods."""
+def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig, replicas: int = 1) -> Manifest:
+    """One Deployment per container; a new revision rolls out with zero unavailable pods.
+    ``replicas``: the revision's instances (Deployments cannot go to zero on demand)."""
     pod_security: Manifest = {"seccompProfile": {"type": "RuntimeDefault"}}
     if cfg.run_as_non_root:
         pod_security["runAsNonRoot"] = True
@@ -256,7 +257,7 @@ def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
         "kind": "Deployment",
         "metadata": {**_metadata(spec, cfg), "annotations": {LABEL_REVISION: str(spec.revision)}},
         "spec": {
-            "replicas": 1,
+            "replicas": max(replicas, 1),
             "revisionHistoryLimit": cfg.revision_history_limit,
             "progressDeadlineSeconds": cfg.progress_deadline_seconds,
             "selector": {"matchLabels": selector_labels(spec.container_id)},

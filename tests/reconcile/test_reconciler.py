@@ -7,6 +7,7 @@ scenarios run against real Podman containers in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,7 @@ class MemoryRuntime:
     def __init__(self) -> None:
         self.revisions: dict[str, dict[int, RevisionState]] = {}
         self.applied: list[WorkloadSpec] = []
+        self.scaled: list[tuple[int, int]] = []
         self.available = True
         self.failure: Exception | None = None
         self.events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
@@ -63,7 +65,15 @@ class MemoryRuntime:
     ) -> None:
         endpoint = f"127.0.0.1:{40000 + revision}" if phase is Phase.READY else None
         self.revisions[container_id][revision] = RevisionState(
-            container_id, revision, phase, reason, message, endpoint
+            container_id,
+            revision,
+            phase,
+            reason,
+            message,
+            endpoint,
+            endpoints=(endpoint,) if endpoint else (),
+            instances_ready=1 if endpoint else 0,
+            instances_desired=1,
         )
 
     async def apply(self, spec: WorkloadSpec) -> None:
@@ -73,10 +83,26 @@ class MemoryRuntime:
             spec.revision, RevisionState(spec.container_id, spec.revision, Phase.PENDING)
         )
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        self._check()
+        self.applied.append(spec)
+        self.scaled.append((spec.revision, instances))
+        revisions = self.revisions.setdefault(spec.container_id, {})
+        if instances == 0:
+            revisions.pop(spec.revision, None)
+        elif spec.revision not in revisions:
+            revisions[spec.revision] = RevisionState(
+                spec.container_id, spec.revision, Phase.PENDING, instances_desired=instances
+            )
+        else:
+            revisions[spec.revision] = dataclasses.replace(
+                revisions[spec.revision], instances_desired=instances
+            )
+
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
         self._check()
         revisions = self.revisions.get(container_id, {})
-        for revision in [r for r in revisions if r != keep_revision]:
+        for revision in [r for r in revisions if r not in keep]:
             del revisions[revision]
 
     async def remove(self, container_id: str) -> None:

@@ -367,7 +367,7 @@ async def test_remove_cascades_and_list_managed(
     assert policy == "Foreground"
     assert await runtime.list_managed() == {"c2": {1}}
     assert await runtime.observe("c1") == []
-    await runtime.retire("c2", keep_revision=1)  # a no-op by design
+    await runtime.retire("c2", keep={1})  # a no-op by design
     assert k8s.get("deployments", NS, "dy-c2") is not None
 
 
