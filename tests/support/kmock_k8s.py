@@ -60,7 +60,13 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("apps", "v1", "replicasets"): ("ReplicaSet", True),
     ("networking.k8s.io", "v1", "ingresses"): ("Ingress", True),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True),
+    ("autoscaling", "v2", "horizontalpodautoscalers"): ("HorizontalPodAutoscaler", True),
+    ("serving.knative.dev", "v1", "services"): ("Service", True),
+    ("serving.knative.dev", "v1", "configurations"): ("Configuration", True),
+    ("serving.knative.dev", "v1", "revisions"): ("Revision", True),
+    ("serving.knative.dev", "v1", "routes"): ("Route", True),
 }
+KNATIVE = "serving.knative.dev"
 NAMESPACES = kmock.resource(group="", version="v1", plural="namespaces")
 PODS = kmock.resource(group="", version="v1", plural="pods")
 # Resources whose status is written only through the ``status`` subresource.
@@ -71,6 +77,11 @@ _WITH_STATUS_SUBRESOURCE = {
     "replicasets",
     "ingresses",
     "namespaces",
+    "horizontalpodautoscalers",
+    # Knative Serving's resources (CRDs with the status subresource)
+    "configurations",
+    "revisions",
+    "routes",
 }
 # The official client decodes these deletions as the object itself, the others as a Status.
 _DELETE_RETURNS_OBJECT = {"pods", "services", "namespaces"}
