@@ -32,8 +32,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite in DATA_DIR. postgresql+psycopg://…"
     )
-    runtime: Literal["auto", "docker", "kubernetes", "none"] = Field(
-        "auto", description="Where containers run: auto picks Kubernetes, then Docker/Podman."
+    runtime: Literal["auto", "docker", "kubernetes", "knative", "none"] = Field(
+        "auto",
+        description="Where containers run: auto picks Kubernetes (Knative Serving when the "
+        "cluster serves it, else Deployments), then Docker/Podman.",
     )
     docker_host: str | None = Field(
         None,

@@ -379,6 +379,9 @@ class KubernetesRuntime:
             waiting = container.state.waiting if container.state else None
             if waiting is not None and waiting.reason in FAILING_WAITING_REASONS:
                 message = waiting.message or f"container {container.name}: {waiting.reason}"
+                last = container.last_state.terminated if container.last_state else None
+                if waiting.reason == "CrashLoopBackOff" and last is not None:
+                    message = f"{message} (exit code {last.exit_code})"
                 if waiting.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
                     image = container.image or ""
                     if image and image not in message:
