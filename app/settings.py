@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         ],
         description="Kubernetes: JSON list of tolerations given to GPU workloads.",
     )
+    k8s_knative_namespace: str = Field(
+        "knative-serving",
+        description="Knative runtime: namespace of Knative Serving (its config-features).",
+    )
+    k8s_knative_gpu_progress_deadline_seconds: int = Field(
+        1800,
+        gt=0,
+        description="Knative runtime: how long a GPU revision may wait for a node.",
+    )
     k8s_lease_namespace: str = Field(
         "dockyard", description="Kubernetes: namespace of the reconciler's leader Lease."
     )
