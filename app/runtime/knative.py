@@ -366,6 +366,8 @@ class KnativeRuntime(KubernetesRuntime):
             container_id,
             number,
             Phase.PENDING,
+            ready.get("reason") or "",
+            ready.get("message") or "",
             instances_ready=ready_instances,
             instances_desired=desired,
         )
