@@ -79,6 +79,8 @@ def kubernetes_config(
         ingress_annotations=dict(settings.k8s_ingress_annotations),
         gpu_product_label=gpu_label,
         gpu_tolerations=tuple(Toleration(**t) for t in settings.k8s_gpu_tolerations),  # type: ignore[arg-type]
+        knative_namespace=settings.k8s_knative_namespace,
+        knative_gpu_progress_deadline_seconds=settings.k8s_knative_gpu_progress_deadline_seconds,
     )
 
 

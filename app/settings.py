@@ -32,8 +32,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite in DATA_DIR. postgresql+psycopg://…"
     )
-    runtime: Literal["auto", "docker", "kubernetes", "none"] = Field(
-        "auto", description="Where containers run: auto picks Kubernetes, then Docker/Podman."
+    runtime: Literal["auto", "docker", "kubernetes", "knative", "none"] = Field(
+        "auto",
+        description="Where containers run: auto picks Kubernetes (Knative Serving when the "
+        "cluster serves it, else Deployments), then Docker/Podman.",
     )
     docker_host: str | None = Field(
         None,
@@ -148,6 +150,15 @@ class Settings(BaseSettings):
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ],
         description="Kubernetes: JSON list of tolerations given to GPU workloads.",
+    )
+    k8s_knative_namespace: str = Field(
+        "knative-serving",
+        description="Knative runtime: namespace of Knative Serving (its config-features).",
+    )
+    k8s_knative_gpu_progress_deadline_seconds: int = Field(
+        1800,
+        gt=0,
+        description="Knative runtime: how long a GPU revision may wait for a node.",
     )
     k8s_lease_namespace: str = Field(
         "dockyard", description="Kubernetes: namespace of the reconciler's leader Lease."

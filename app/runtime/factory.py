@@ -1,4 +1,9 @@
-"""Pick the runtime the settings ask for (``auto``: Kubernetes, then Docker/Podman, then none)."""
+"""Pick the runtime the settings ask for.
+
+``auto``: on Kubernetes (a kubeconfig, or in a cluster) Knative Serving when the cluster serves
+``serving.knative.dev/v1`` (API discovery at start-up), else plain Deployments; then
+Docker/Podman; then none. Set ``knative`` or ``kubernetes`` to skip the discovery.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from app.runtime.base import Runtime
+from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_manifests import KubernetesConfig
 
 log = logging.getLogger(__name__)
@@ -50,8 +56,34 @@ def _docker_url(configured: str | None) -> str | None:
     return None
 
 
+def kubernetes_runtime(
+    deployments: KubernetesRuntime,
+    config: KubernetesConfig | None,
+    *,
+    knative: bool | None = None,
+) -> Runtime:
+    """The Knative runtime on the same client when ``knative`` (None: when the cluster serves
+    ``serving.knative.dev/v1``), else the Deployment runtime."""
+    from app.runtime.knative import KnativeRuntime, serves_knative
+
+    if knative is None:
+        try:
+            knative = serves_knative(deployments.api_client)
+        except Exception as error:  # discovery failed: say so and run the plain path
+            log.warning(
+                "could not ask the cluster whether it serves Knative Serving (%s); using "
+                "Deployments. Set DOCKYARD_RUNTIME=knative to use Knative regardless.",
+                error,
+            )
+            knative = False
+        log.info("Kubernetes runtime: %s", "Knative Serving" if knative else "Deployments")
+    if knative:
+        return KnativeRuntime(deployments.api_client, config)
+    return deployments
+
+
 def make_runtime(
-    kind: Literal["auto", "docker", "kubernetes", "none"],
+    kind: Literal["auto", "docker", "kubernetes", "knative", "none"],
     *,
     docker_host: str | None,
     readiness_timeout: float,
@@ -64,12 +96,16 @@ def make_runtime(
     """The runtime to use, or None (with a warning) when nothing can run containers."""
     if kind == "none":
         return None
-    if kind == "kubernetes" or (kind == "auto" and _kubernetes_configured()):
+    if kind in ("kubernetes", "knative") or (kind == "auto" and _kubernetes_configured()):
         from app.runtime.k8s import KubernetesRuntime
 
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return KubernetesRuntime.in_cluster(kubernetes_config)
-        return KubernetesRuntime.from_kubeconfig(kubernetes_config)
+            deployments = KubernetesRuntime.in_cluster(kubernetes_config)
+        else:
+            deployments = KubernetesRuntime.from_kubeconfig(kubernetes_config)
+        if kind == "kubernetes":
+            return deployments
+        return kubernetes_runtime(deployments, kubernetes_config, knative=kind == "knative")
     url = _docker_url(docker_host)
     if url is not None and (kind == "docker" or _socket_answers(url)):
         from app.runtime.docker import DockerRuntime
