@@ -19,9 +19,9 @@ from app.services.context import ServiceContext
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.observability.metrics import Metrics
     from app.autoscale import Autoscaler
     from app.dataplane.activator import Activator
+    from app.observability.metrics import Metrics
     from app.services.streams import ContainerStreams
 
 

@@ -515,6 +515,9 @@ class Reconciler:
     ) -> bool:
         """Ask the runtime for each kept revision's instance count; True when it was asked.
         Removing serving instances waits for the drain period (``shrinking`` says to how many)."""
+        capabilities = self.runtime.capabilities
+        if capabilities.autoscales or not capabilities.scale_to_zero:
+            return False  # Knative scales by itself; Deployments follow the spec's scaling
         loop = asyncio.get_running_loop()
         asked = False
         for number in sorted(kept):

@@ -211,13 +211,13 @@ async def test_update_with_a_90_10_split_and_tag_urls(
         "http://stable-dy-c1.dockyard-workloads.kn.test",
     )
     # Revision 1 still serves 90 %: retiring keeps it; an unrouted older one goes.
-    await runtime.retire("c1", keep_revision=2)
+    await runtime.retire("c1", keep={2})
     assert k8s.get("revisions", NS, "dy-c1-r1", group=KN) is not None
     await runtime.apply(dataclasses.replace(SPEC, revision=3))
     third = await asyncio.to_thread(knative.sync, "dy-c1")
     await asyncio.to_thread(knative.revision_status, third, "True", actual=1, desired=1)
     await asyncio.to_thread(knative.publish, "dy-c1")
-    await runtime.retire("c1", keep_revision=3)
+    await runtime.retire("c1", keep={3})
     assert k8s.get("revisions", NS, "dy-c1-r1", group=KN) is None
     assert k8s.get("revisions", NS, "dy-c1-r2", group=KN) is None
     assert k8s.get("revisions", NS, "dy-c1-r3", group=KN) is not None
