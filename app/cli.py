@@ -41,9 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command == "serve":
+        import logging
+
         import uvicorn
 
         from app.server import create_app
+
+        # Dockyard's own messages (which engine and socket it chose, reconciler warnings) beside
+        # uvicorn's; uvicorn configures only its own loggers.
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
+        )
 
         uvicorn.run(
             create_app(settings, port=args.port),

@@ -346,7 +346,10 @@ class Reconciler:
             states = []
             unknown = derive_status(generation=generation, observations=[], runtime_reason=str(e))
             observed = ObservedStatus(
-                unknown.status, unknown.reason, unknown.message, container.ready_revision
+                unknown.status,
+                getattr(e, "reason", unknown.reason),  # e.g. NoRuntime: no engine at all
+                unknown.message,
+                container.ready_revision,
             )
             self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
         self._route(container.id, observed, states)
