@@ -36,6 +36,7 @@ class ApiClient(Protocol):
         self, container_id: str, *, page: int = 1, rows_per_page: int = 10
     ) -> Outcome: ...
     def rollback(self, container_id: str, revision_number: int) -> Outcome: ...
+    def redeploy(self, container_id: str) -> Outcome: ...
     def delete(self, container_id: str) -> Outcome: ...
     def gpu_models(self) -> Outcome: ...
 
@@ -84,6 +85,11 @@ class RestClient:
                 json={"revisionNumber": revision_number},
                 headers=self.headers,
             )
+        )
+
+    def redeploy(self, container_id: str) -> Outcome:
+        return self._outcome(
+            self.http.post(f"/v1/containers/{container_id}/redeploy", headers=self.headers)
         )
 
     def delete(self, container_id: str) -> Outcome:
@@ -160,6 +166,12 @@ class GraphQLClient:
             "mutation($id: ID!, $n: Int!) { "
             f"rollbackContainer(id: $id, revisionNumber: $n) {{ {CONTAINER_FIELDS} }} }}",
             {"id": container_id, "n": revision_number},
+        )
+
+    def redeploy(self, container_id: str) -> Outcome:
+        return self._outcome(
+            f"mutation($id: ID!) {{ redeployContainer(id: $id) {{ {CONTAINER_FIELDS} }} }}",
+            {"id": container_id},
         )
 
     def delete(self, container_id: str) -> Outcome:
