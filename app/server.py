@@ -93,6 +93,8 @@ def _runtime_from(settings: Settings, state: AppState) -> Runtime | None:
         stop_timeout=settings.stop_timeout_seconds,
         instance=installation_id(state.ctx.engine),
         docker_labels=settings.docker_labels,
+        data_dir=settings.data_dir,
+        start_podman=settings.start_podman,
         kubernetes_config=kubernetes_config(
             settings, ingress_domain=state.ctx.ingress_domain, gpu_label=state.ctx.catalog.label
         ),

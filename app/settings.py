@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         None,
         description="Docker Engine API URL (Docker or Podman socket); falls back to DOCKER_HOST.",
     )
+    start_podman: bool = Field(
+        True,
+        description="When no engine socket answers and DOCKER_HOST is unset, start and "
+        "supervise `podman system service` on DATA_DIR/podman/podman.sock.",
+    )
     docker_labels: dict[str, str] = Field(
         default_factory=dict,
         description="JSON object of extra labels on every Docker/Podman container Dockyard "

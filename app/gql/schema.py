@@ -131,6 +131,13 @@ class Mutation:
         )
         return Container.from_view(view)
 
+    @strawberry.mutation(
+        description="Run the current spec again as a new revision (e.g. after a failed pull)."
+    )
+    async def redeploy_container(self, info: Info, id: strawberry.ID) -> Container:
+        view = await info.context.call(svc.redeploy_container, container_id=id)
+        return Container.from_view(view)
+
 
 async def _status_changes(info: Info, container_id: str) -> AsyncIterator[object]:
     """Change signals from the streams provider, or a clock when the process has none."""

@@ -457,7 +457,10 @@ class Reconciler:
             log.warning("runtime error for %s: %s", container.id, e)
             unknown = derive_status(generation=generation, observations=[], runtime_reason=str(e))
             observed = ObservedStatus(
-                unknown.status, unknown.reason, unknown.message, container.ready_revision
+                unknown.status,
+                getattr(e, "reason", unknown.reason),  # e.g. NoRuntime: no engine at all
+                unknown.message,
+                container.ready_revision,
             )
             self._route(container.id, observed, [])
             if await asyncio.to_thread(self._write_status, container.id, generation, observed):

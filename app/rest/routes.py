@@ -197,6 +197,15 @@ async def set_traffic(
     )
 
 
+@router.post("/containers/{id}/redeploy", response_model=ContainerView, responses=_ERRORS)
+async def redeploy_container(id: str, principal: CurrentPrincipal, ctx: Ctx) -> ContainerView:
+    """Run the current spec again as a new revision (a fresh engine container and image pull),
+    e.g. after a failed pull; nothing retries a failed pull by itself. No body is needed."""
+    return await run_in_threadpool(
+        lambda: svc.redeploy_container(ctx=ctx, principal=principal, container_id=id)
+    )
+
+
 @router.get("/gpu-models", response_model=Page[GpuModelView], responses=_ERRORS)
 async def list_gpu_models(principal: CurrentPrincipal, ctx: Ctx) -> Page[GpuModelView]:
     return svc.list_gpu_models(ctx=ctx)

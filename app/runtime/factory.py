@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -32,28 +31,6 @@ def _kubernetes_configured() -> bool:
         return True
     kubeconfig = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
     return any(Path(part).is_file() for part in kubeconfig.split(os.pathsep) if part)
-
-
-def _socket_answers(url: str) -> bool:
-    if not url.startswith("unix://"):
-        return True  # tcp:// engines are taken as configured; errors surface as status reasons
-    path = url.removeprefix("unix://")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            probe.connect(path)
-    except OSError:
-        return False
-    return True
-
-
-def _docker_url(configured: str | None) -> str | None:
-    if configured:
-        return configured
-    for path in LOCAL_SOCKETS:
-        if _socket_answers(f"unix://{path}"):
-            return f"unix://{path}"
-    return None
 
 
 def kubernetes_runtime(
@@ -92,8 +69,16 @@ def make_runtime(
     instance: str | None = None,
     docker_labels: Mapping[str, str] | None = None,
     kubernetes_config: KubernetesConfig | None = None,
+    data_dir: Path | None = None,
+    start_podman: bool = True,
 ) -> Runtime | None:
-    """The runtime to use, or None (with a warning) when nothing can run containers."""
+    """The runtime to use, or None for ``none`` (an API without a runtime).
+
+    ``auto`` and ``docker`` give a :class:`app.runtime.local.LocalEngine`: it uses the configured
+    socket, else the first usual one that answers, else a ``podman system service`` it starts
+    under ``data_dir`` (``start_podman``); and it looks again whenever none answers, so an engine
+    that starts later is picked up without a restart.
+    """
     if kind == "none":
         return None
     if kind in ("kubernetes", "knative") or (kind == "auto" and _kubernetes_configured()):
@@ -105,25 +90,27 @@ def make_runtime(
             deployments = KubernetesRuntime.from_kubeconfig(kubernetes_config)
         if kind == "kubernetes":
             return deployments
-        return kubernetes_runtime(deployments, kubernetes_config, knative=kind == "knative")
-    url = _docker_url(docker_host)
-    if url is not None and (kind == "docker" or _socket_answers(url)):
-        from app.runtime.docker import DockerRuntime
+        return kubernetes_runtime(
+            deployments, kubernetes_config, knative=True if kind == "knative" else None
+        )
+    from app.runtime.local import local_engine
 
-        return DockerRuntime(
-            url,
-            readiness_timeout=readiness_timeout,
-            gpu_readiness_timeout=gpu_readiness_timeout,
-            stop_timeout=stop_timeout,
-            instance=instance,
-            labels=docker_labels,
-        )
-    if kind == "docker":
-        raise ValueError(
-            "DOCKYARD_RUNTIME=docker but no engine socket was found; set DOCKYARD_DOCKER_HOST"
-        )
-    log.warning(
-        "no container runtime found (no kubeconfig, no Docker/Podman socket): the API works, "
-        "but containers stay 'deploying' until a runtime is configured"
+    engine = local_engine(
+        docker_host=docker_host,
+        data_dir=data_dir or Path(".dockyard"),
+        candidates=LOCAL_SOCKETS,
+        readiness_timeout=readiness_timeout,
+        gpu_readiness_timeout=gpu_readiness_timeout,
+        stop_timeout=stop_timeout,
+        instance=instance,
+        labels=docker_labels,
+        start_podman=start_podman,
     )
-    return None
+    if docker_host:
+        where = f"the engine at {docker_host}"
+    else:
+        where = "the first engine socket that answers among " + ", ".join(LOCAL_SOCKETS)
+        if engine.supervisor is not None:
+            where += f", else a podman system service on {engine.supervisor.url}"
+    log.info("local runtime: %s (chosen at first use, again whenever it stops answering)", where)
+    return engine

@@ -318,6 +318,20 @@ def set_traffic(
     return container_view(container, ingress_domain=ctx.ingress_domain)
 
 
+def redeploy_container(
+    *, ctx: ServiceContext, principal: Principal, container_id: str
+) -> ContainerView:
+    """Run the current spec again as a new revision: a fresh engine container (and a fresh image
+    pull), e.g. after the image was pushed or the registry came back. Nothing retries a failed
+    pull by itself; this is the explicit way."""
+    return _change_spec(
+        ctx=ctx,
+        principal=principal,
+        container_id=container_id,
+        new_spec=lambda _session, current: current,
+    )
+
+
 def delete_container(*, ctx: ServiceContext, principal: Principal, container_id: str) -> None:
     """Tombstone the container at once; the reconciler removes its runtime objects."""
     with session_scope(ctx.engine) as session:

@@ -43,6 +43,7 @@ class ApiClient(Protocol):
     ) -> Outcome: ...
     def rollback(self, container_id: str, revision_number: int) -> Outcome: ...
     def set_traffic(self, container_id: str, traffic: Any) -> Outcome: ...
+    def redeploy(self, container_id: str) -> Outcome: ...
     def delete(self, container_id: str) -> Outcome: ...
     def gpu_models(self) -> Outcome: ...
 
@@ -100,6 +101,11 @@ class RestClient:
                 json={"traffic": traffic},
                 headers=self.headers,
             )
+        )
+
+    def redeploy(self, container_id: str) -> Outcome:
+        return self._outcome(
+            self.http.post(f"/v1/containers/{container_id}/redeploy", headers=self.headers)
         )
 
     def delete(self, container_id: str) -> Outcome:
@@ -183,6 +189,12 @@ class GraphQLClient:
             "mutation($id: ID!, $traffic: [TrafficTargetInput!]!) { "
             f"setTraffic(id: $id, traffic: $traffic) {{ {CONTAINER_FIELDS} }} }}",
             {"id": container_id, "traffic": traffic},
+        )
+
+    def redeploy(self, container_id: str) -> Outcome:
+        return self._outcome(
+            f"mutation($id: ID!) {{ redeployContainer(id: $id) {{ {CONTAINER_FIELDS} }} }}",
+            {"id": container_id},
         )
 
     def delete(self, container_id: str) -> Outcome:

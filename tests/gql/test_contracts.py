@@ -94,6 +94,7 @@ def test_queries_and_mutations_execute(client: TestClient, auth: Header) -> None
     split = [{"revision": 1, "percent": 90}, {"latest": True, "percent": 10, "tag": "canary"}]
     routed = run("setTraffic", id=container_id, traffic=split)
     assert [target["percent"] for target in routed["traffic"]] == [90, 10]
+    assert run("redeployContainer", id=container_id)["revision"] == 4
     assert run("gpuModels")["total"] > 0
     assert run("viewer") == {"subject": "alice", "roles": []}
     assert run("deleteContainer", id=container_id) == container_id

@@ -151,3 +151,26 @@ def test_reads_are_identical_json(client: TestClient, auth: Header) -> None:
         lambda api: api.gpu_models(),
     ):
         assert read(graphql) == read(rest)
+
+
+def test_redeploy_agrees(client: TestClient, auth: Header) -> None:
+    transcripts = {}
+    for kind in CLIENTS:
+        subject = f"redeploy-{kind}"
+        api = make(kind, client, auth(subject))
+        container_id = api.create(HELLO).data["id"]
+        steps = [
+            api.redeploy(container_id),
+            make(kind, client, auth(f"{subject}-intruder")).redeploy(container_id),
+            make(kind, client, {}).redeploy(container_id),
+            api.redeploy(str(uuid.uuid4())),
+        ]
+        assert [s.code for s in steps] == [None, "FORBIDDEN", "UNAUTHENTICATED", "NOT_FOUND"]
+        assert steps[0].data["revision"] == 2
+        transcripts[kind] = [
+            normalise(
+                {"data": s.data, "code": s.code}, ids={container_id: "<id>"}, subject=subject
+            )
+            for s in steps
+        ]
+    assert transcripts["graphql"] == transcripts["rest"]
