@@ -67,14 +67,19 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+def www_authenticate(detail: str) -> str:
+    """The challenge of a 401: the description reduced to printable ASCII without quotes, so
+    no header can be split (CR/LF), fail to encode (non-Latin-1) or break its quoting."""
+    text = detail.removeprefix("invalid_token: ")
+    description = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)[:200]
+    return f'Bearer error="invalid_token", error_description="{description}"'
+
+
 def domain_problem(error: DomainError, instance: str | None = None) -> JSONResponse:
     status = STATUS.get(type(error), 500)
     headers = None
     if isinstance(error, Unauthenticated):
-        description = error.detail.removeprefix("invalid_token: ").replace('"', "'")
-        headers = {
-            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
-        }
+        headers = {"WWW-Authenticate": www_authenticate(error.detail)}
     errors = error.errors if isinstance(error, ValidationFailed) else None
     return problem(
         status, error.code, error.detail, errors=errors, headers=headers, instance=instance
