@@ -24,6 +24,7 @@ from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
 from app.gql.router import graphql_router
 from app.ingress import IngressProxy
+from app.limits import RequestBodyLimit
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.reconcile.leader import Elector, database_elector
 from app.rest import problems
@@ -184,6 +185,8 @@ def create_app(
         prefix="/graphql",
         include_in_schema=False,
     )
+    # Inside the ingress: bounds API requests only, never traffic proxied to containers.
+    app.add_middleware(RequestBodyLimit, limit=settings.max_request_body_bytes)
     app.add_middleware(
         IngressProxy,
         ctx=state.ctx,

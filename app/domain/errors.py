@@ -55,3 +55,13 @@ class MalformedInput(ValidationFailed):
     """The request body is not parseable at all (not JSON)."""
 
     code = "MALFORMED_JSON"
+
+
+class PayloadTooLarge(DomainError):
+    """The request body is over the server's limit (``DOCKYARD_MAX_REQUEST_BODY_BYTES``)."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body: the request body is larger than the limit of {limit} bytes")
+        self.limit = limit

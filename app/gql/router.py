@@ -12,6 +12,7 @@ legacy graphql-ws answers ``connection_error``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +24,18 @@ from app.domain.errors import Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
 from app.gql.schema import schema
+from app.limits import JsonTooDeep, loads_json
 
 
 class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
+    def decode_json(self, data: str | bytes) -> object:
+        """Request bodies and WebSocket messages, with nesting depth bounded: too deep is
+        reported as unparsable JSON (HTTP 400; WebSocket close 4400) instead of a 500."""
+        try:
+            return loads_json(data)
+        except JsonTooDeep as e:
+            raise json.JSONDecodeError(str(e), "", 0) from None
+
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params: Any = context.connection_params
         if isinstance(params, dict):

@@ -17,6 +17,7 @@ from app.domain.errors import (
     Forbidden,
     MalformedInput,
     NotFound,
+    PayloadTooLarge,
     Unauthenticated,
     ValidationFailed,
 )
@@ -31,6 +32,7 @@ STATUS: dict[type[DomainError], int] = {
     Conflict: 409,
     ValidationFailed: 422,
     MalformedInput: 400,
+    PayloadTooLarge: 413,
 }
 TITLES = {
     400: "Bad Request",
@@ -39,8 +41,10 @@ TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    413: "Content Too Large",
     422: "Unprocessable Content",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 

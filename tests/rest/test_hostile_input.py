@@ -50,3 +50,45 @@ def test_garbage_tokens_get_a_fixed_401(client: TestClient, token: str) -> None:
     assert response.status_code == 401
     assert response.json()["detail"] == "invalid_token: the bearer token is malformed"
     assert "garbage" not in response.headers["www-authenticate"]
+
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize("path", ["/v1/containers", "/v1/containers/x/rollback"])
+def test_bodies_are_not_read_before_authentication(client: TestClient, path: str) -> None:
+    for body in (DEEP, "{not json", '{"name": "a", "image": "busybox:1.36"}'):
+        response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 401, body[:20]
+
+
+def test_deeply_nested_json_is_a_400_on_rest(client: TestClient, auth: Auth) -> None:
+    response = client.post("/v1/containers", content=DEEP, headers=auth())
+    assert response.status_code == 400
+    assert response.json()["code"] == "MALFORMED_JSON"
+    assert response.json()["errors"] == [
+        {"field": "body", "message": "nests arrays/objects deeper than 64 levels"}
+    ]
+    nested_env = {
+        "name": "a",
+        "image": "busybox:1.36",
+        "env": {"A": json.loads("[" * 60 + "]" * 60)},
+    }
+    response = client.post("/v1/containers", json=nested_env, headers=auth())
+    assert response.status_code == 422  # deep but within the bound: ordinary validation
+
+
+def test_deeply_nested_json_is_a_400_on_graphql(client: TestClient, auth: Auth) -> None:
+    body = '{"query": "{ viewer { subject } }", "variables": ' + DEEP + "}"
+    for content in (body, DEEP):
+        response = client.post(
+            "/graphql", content=content, headers={**auth(), "Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+
+
+def test_json_depth_ignores_brackets_inside_strings() -> None:
+    from app.limits import json_depth, loads_json
+
+    assert json_depth(b'{"a": "[[[[[[", "b": [{"c": "\\"]]]]"}]}') == 3
+    assert loads_json('{"k": "' + "[" * 500 + '"}') == {"k": "[" * 500}
