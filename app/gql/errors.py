@@ -15,7 +15,7 @@ from typing import Any
 from graphql import GraphQLError, VariableDefinitionNode
 from strawberry.extensions import MaskErrors, SchemaExtension
 
-from app.domain.errors import DomainError, ValidationFailed
+from app.domain.errors import MAX_DETAIL_TEXT, DomainError, ValidationFailed, clip
 
 UNEXPECTED_MESSAGE = "internal error; it has been logged"
 
@@ -68,6 +68,8 @@ class ErrorCodes(SchemaExtension):
         for error in getattr(result, "errors", None) or ():
             if not isinstance(error, GraphQLError):
                 continue
+            # graphql-core quotes the offending value ("got invalid value <1 MB>"): clip it.
+            error.message = clip(error.message, MAX_DETAIL_TEXT)
             if isinstance(error.original_error, DomainError):
                 extensions = error_extensions(error.original_error)
             elif (variable := _variable_error_extensions(error)) is not None:

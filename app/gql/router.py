@@ -16,14 +16,19 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from fastapi import Request, Response
+from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLRequestData
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
 from app.domain.errors import Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
-from app.gql.schema import schema
+from app.gql.schema import MAX_TOKENS, schema
 from app.limits import JsonTooDeep, loads_json
 
 
@@ -47,6 +52,43 @@ class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
         except Unauthenticated as e:
             raise ConnectionRejectionError({"message": e.detail, **error_extensions(e)}) from e
         return UnsetType()  # acknowledge without a payload
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """Plain HTTP cannot carry a subscription: a 400 that says where it goes (executed as
+        a query it ended in a masked "internal error")."""
+        if _is_subscription(request_data):
+            raise HTTPException(
+                400,
+                "subscription: subscriptions are served over WebSocket at /graphql "
+                "(graphql-transport-ws or graphql-ws), not over a plain HTTP request",
+            )
+        return await super().execute_single(
+            request, request_adapter, sub_response, context, root_value, request_data
+        )
+
+
+def _is_subscription(request_data: GraphQLRequestData) -> bool:
+    if not request_data.query:
+        return False
+    try:
+        document = parse(request_data.query, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return False  # the schema reports the syntax error
+    wanted = request_data.operation_name
+    return any(
+        isinstance(node, OperationDefinitionNode)
+        and node.operation == OperationType.SUBSCRIPTION
+        and (wanted is None or (node.name is not None and node.name.value == wanted))
+        for node in document.definitions
+    )
 
 
 def graphql_router(*, allowed_origins: Sequence[str] = ()) -> GraphQLRouter[Context, None]:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -36,19 +37,26 @@ _KEEP_ALIVE = ": keep-alive\n\n"
 _closing: set[asyncio.Task[None]] = set()
 
 
+_SINCE_HELP = "must be RFC 3339 (2024-05-01T12:00:00Z) or whole seconds ago, e.g. 60"
+_SECONDS = re.compile(r"[0-9]{1,30}")  # ASCII digits only: "²" and "٣" are no numbers here
+
+
 def parse_since(value: str | None, *, now: datetime | None = None) -> datetime | None:
-    """RFC 3339 (``2024-05-01T12:00:00Z``) or a whole number of seconds ago."""
+    """RFC 3339 (``2024-05-01T12:00:00Z``) or a whole number of seconds ago; more seconds than
+    since 1970 (``since=99999999999999``) mean "from the start"."""
     if value is None or value == "":
         return None
     now = now or datetime.now(UTC)
-    if value.isdigit():
-        return now - timedelta(seconds=int(value))
+    if _SECONDS.fullmatch(value):
+        epoch = datetime.fromtimestamp(0, UTC)
+        try:
+            return max(epoch, now - timedelta(seconds=int(value)))
+        except OverflowError:
+            return epoch
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValidationFailed(
-            [FieldError("since", "must be RFC 3339 (2024-05-01T12:00:00Z) or seconds ago, e.g. 60")]
-        ) from None
+        raise ValidationFailed([FieldError("since", _SINCE_HELP)]) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -20,6 +20,7 @@ from app.domain.errors import (
     PayloadTooLarge,
     Unauthenticated,
     ValidationFailed,
+    clip,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -65,7 +66,7 @@ def problem(
         "detail": detail,
     }
     if instance:
-        body["instance"] = instance
+        body["instance"] = clip(instance, 200)
     if errors is not None:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
