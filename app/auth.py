@@ -96,6 +96,7 @@ class _JwtVerifier:
         return Principal(
             subject=subject,
             roles=roles_from_claims(decoded.claims, self._settings.auth_roles_claim),
+            valid_until=float(decoded.claims["exp"]) + self._settings.auth_leeway_seconds,
         )
 
 

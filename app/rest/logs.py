@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 MAX_TAIL = 10_000
 _END = "event: end\ndata: {}\n\n"
 _KEEP_ALIVE = ": keep-alive\n\n"
+# Sent when the token that opened the stream expires; the stream then ends. The client
+# reconnects with a fresh token and Last-Event-ID, and continues after its last line.
+REAUTHENTICATE = (
+    'event: reauthenticate\ndata: {"reason":"token expired: reconnect with a fresh token '
+    'and Last-Event-ID"}\n\n'
+)
 _closing: set[asyncio.Task[None]] = set()
 
 
@@ -94,7 +101,7 @@ async def _read(
 
 
 async def event_stream(
-    chunks: AsyncGenerator[LogChunk, None], *, heartbeat: float
+    chunks: AsyncGenerator[LogChunk, None], *, heartbeat: float, until: float | None = None
 ) -> AsyncIterator[str]:
     """SSE text of ``chunks``, with keep-alive comments whenever nothing came for ``heartbeat``.
 
@@ -103,6 +110,8 @@ async def event_stream(
     task (cleanup that awaits cannot run inside an already-cancelled request scope). The queue
     between them is short on purpose: lines wait in the hub's bounded subscriber queue, where a
     slow client loses the oldest ones, not here.
+
+    At ``until`` (unix time: the token's expiry) the stream ends with ``event: reauthenticate``.
     """
     queue: asyncio.Queue[LogChunk | None] = asyncio.Queue(maxsize=2)
     reader = asyncio.create_task(_read(chunks, queue), name="sse-reader")
@@ -111,9 +120,16 @@ async def event_stream(
     getter: asyncio.Future[LogChunk | None] | None = None
     try:
         while True:
+            wait = heartbeat
+            if until is not None:
+                remaining = until - time.time()
+                if remaining <= 0:
+                    yield REAUTHENTICATE
+                    return
+                wait = min(wait, remaining)
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait(
-                {getter, reader}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+                {getter, reader}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
             if getter not in done:
                 getter.cancel()
@@ -122,7 +138,8 @@ async def event_stream(
                         log.warning("log stream failed: %s", reader.exception())
                     yield _END
                     return
-                yield _KEEP_ALIVE
+                if wait == heartbeat:
+                    yield _KEEP_ALIVE
                 continue
             # Send whatever else is already waiting in the same chunk: one write per burst.
             burst = [getter.result()]
@@ -188,7 +205,11 @@ async def container_logs(
         id, tail=tail, follow=follow, since=since_time, after=last_event_id or None
     )
     return StreamingResponse(
-        event_stream(chunks, heartbeat=state.settings.sse_heartbeat_seconds),
+        event_stream(
+            chunks,
+            heartbeat=state.settings.sse_heartbeat_seconds,
+            until=principal.valid_until,
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
