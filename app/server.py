@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app import logsafe
 from app.auth import make_verifier
 from app.bus import Bus
 from app.db import installation_id, make_engine, migrate
@@ -128,6 +129,7 @@ def create_app(
 ) -> FastAPI:
     """The API (REST, GraphQL), the reconciler and, in front, the built-in ingress."""
     settings = settings or Settings()
+    logsafe.install()
     state = build_state(settings, port=port)
     if runtime == "from-settings":
         runtime = _runtime_from(settings, state)
