@@ -40,7 +40,8 @@ class _HeaderDeadline:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _check_headers(self) -> None:
-        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+        current: object = self.transport.get_protocol()
+        if self.transport.is_closing() or current is not self:
             return  # closed, or handed over to a WebSocket protocol
         cycle = self.cycle
         waiting = cycle is None or cycle.response_complete
