@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import uvicorn
 
+        from app.httpserver import http_protocol
         from app.observability.logs import log_config
         from app.server import create_app
 
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             # The built-in ingress appends the real peer to X-Forwarded-For itself; letting
             # uvicorn rewrite the peer from that header first would record the client twice.
             proxy_headers=False,
+            # Connections whose request headers never finish are closed (uvicorn alone keeps
+            # them open for ever).
+            http=http_protocol(settings.header_timeout_seconds),
         )
         return 0
     if args.command == "token":

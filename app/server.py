@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app import logsafe
 from app.auth import make_verifier
 from app.autoscale import Autoscaler, AutoscalerOptions
 from app.bus import Bus
@@ -26,6 +27,7 @@ from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
 from app.gql.router import graphql_router
 from app.ingress import IngressProxy
+from app.limits import RequestBodyLimit
 from app.observability import wiring as observability
 from app.observability.metrics import Metrics
 from app.reconcile import Reconciler, ReconcilerOptions
@@ -186,6 +188,7 @@ def create_app(
 ) -> FastAPI:
     """The API (REST, GraphQL), the reconciler and, in front, the built-in ingress."""
     settings = settings or Settings()
+    logsafe.install()
     state = build_state(settings, port=port)
     if runtime == "from-settings":
         runtime = _runtime_from(settings, state)
@@ -254,6 +257,8 @@ def create_app(
         prefix="/graphql",
         include_in_schema=False,
     )
+    # Inside the ingress: bounds API requests only, never traffic proxied to containers.
+    app.add_middleware(RequestBodyLimit, limit=settings.max_request_body_bytes)
     app.add_middleware(
         IngressProxy,
         ctx=state.ctx,

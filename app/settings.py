@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     activator_max_held: int = Field(
         1000, ge=1, description="Requests held per revision at zero; more get a 503 at once."
     )
+    max_request_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest API request body (REST, /graphql); larger ones get 413 unread. "
+        "Traffic proxied to containers is not limited by it.",
+    )
+    header_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        description="`dockyard serve`: connections whose request headers are not complete within "
+        "this many seconds are closed.",
+    )
 
     k8s_namespace_strategy: Literal["shared", "per-owner"] = Field(
         "shared", description="Kubernetes: one shared namespace, or one namespace per owner."

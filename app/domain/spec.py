@@ -85,8 +85,14 @@ _EXPECTED: dict[str, str] = {
 }
 
 
+_ASCII_PORT = re.compile(r"[0-9]{1,5}")
+# Kubernetes quantities and Docker limits are signed 64-bit numbers of bytes.
+MAX_QUANTITY_BYTES = 2**63 - 1
+
+
 def _port(value: object) -> object:
-    if isinstance(value, str) and value.strip().isdigit():
+    # ASCII digits only: str.isdigit() also admits "²" and Arabic-Indic digits.
+    if isinstance(value, str) and _ASCII_PORT.fullmatch(value.strip()):
         return int(value.strip())
     return value
 
@@ -246,8 +252,10 @@ def parse_input(data: object) -> ContainerInput:
 
 
 def _image_error(image: str) -> str | None:
-    if not image or image != image.strip() or any(c.isspace() for c in image):
-        return "must be a non-empty image reference without spaces, e.g. nginx:1.27"
+    if not image or any(not (c.isascii() and c.isprintable()) or c.isspace() for c in image):
+        return (
+            "must be a non-empty image reference of printable ASCII without spaces, e.g. nginx:1.27"
+        )
     if "@" in image:
         _, digest = image.split("@", 1)
         if re.fullmatch(r"[a-z0-9]+:[a-f0-9]{32,}", digest) is None:
@@ -269,7 +277,23 @@ def _quantity_error(value: str) -> str | None:
         return f"{value!r} is not a Kubernetes quantity; use e.g. 512Mi, 2Gi or 1G"
     if size <= 0:
         return "must be greater than 0, e.g. 512Mi"
+    if size > MAX_QUANTITY_BYTES:
+        return "must be at most 8Ei (a signed 64-bit number of bytes)"
     return None
+
+
+def _nul_errors(fields: Mapping[str, Any]) -> list[FieldError]:
+    """NUL cannot be passed to a process (argv and environment are C strings): refuse it
+    rather than store text the runtime would cut or reject later."""
+    errors: list[FieldError] = []
+    for field in ("command", "arguments"):
+        for index, item in enumerate(fields.get(field) or ()):
+            if "\x00" in item:
+                errors.append(FieldError(f"{field}[{index}]", "must not contain NUL characters"))
+    for key, value in (fields.get("env") or {}).items():
+        if "\x00" in value:
+            errors.append(FieldError(f"env.{key[:64]}", "must not contain NUL characters"))
+    return errors
 
 
 def _scaling_errors(
@@ -394,6 +418,7 @@ def build_spec(
                     "variable names must be letters, digits and '_', not starting with a digit",
                 )
             )
+    errors.extend(_nul_errors(fields))
     desired, gpu_errors = catalog.resolve_all(fields["desiredGPUs"] or [], field="desiredGPUs")
     errors.extend(gpu_errors)
     if desired and isinstance(gpu, int) and gpu < 1:

@@ -12,10 +12,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.types import ExecutionContext
 
 from app.gql.context import Context
-from app.gql.errors import ErrorCodes, Unavailable, masking
+from app.gql.errors import ErrorCodes, Unavailable, log_errors, masking
 from app.gql.metrics import OperationMetrics
 from app.gql.types import (
     Container,
@@ -181,7 +183,14 @@ class Subscription:
                 yield Container.from_view(current)
 
 
-schema = strawberry.Schema(
+class DockyardSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        log_errors(errors)
+
+
+schema = DockyardSchema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,

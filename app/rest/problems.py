@@ -17,8 +17,10 @@ from app.domain.errors import (
     Forbidden,
     MalformedInput,
     NotFound,
+    PayloadTooLarge,
     Unauthenticated,
     ValidationFailed,
+    clip,
 )
 from app.observability.logs import current_request_id
 
@@ -32,6 +34,7 @@ STATUS: dict[type[DomainError], int] = {
     Conflict: 409,
     ValidationFailed: 422,
     MalformedInput: 400,
+    PayloadTooLarge: 413,
 }
 TITLES = {
     400: "Bad Request",
@@ -40,8 +43,10 @@ TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    413: "Content Too Large",
     422: "Unprocessable Content",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -62,7 +67,7 @@ def problem(
         "detail": detail,
     }
     if instance:
-        body["instance"] = instance
+        body["instance"] = clip(instance, 200)
     if (request_id := current_request_id()) is not None:
         body["requestId"] = request_id
     if errors is not None:
@@ -70,14 +75,19 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+def www_authenticate(detail: str) -> str:
+    """The challenge of a 401: the description reduced to printable ASCII without quotes, so
+    no header can be split (CR/LF), fail to encode (non-Latin-1) or break its quoting."""
+    text = detail.removeprefix("invalid_token: ")
+    description = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)[:200]
+    return f'Bearer error="invalid_token", error_description="{description}"'
+
+
 def domain_problem(error: DomainError, instance: str | None = None) -> JSONResponse:
     status = STATUS.get(type(error), 500)
     headers = None
     if isinstance(error, Unauthenticated):
-        description = error.detail.removeprefix("invalid_token: ").replace('"', "'")
-        headers = {
-            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
-        }
+        headers = {"WWW-Authenticate": www_authenticate(error.detail)}
     errors = error.errors if isinstance(error, ValidationFailed) else None
     return problem(
         status, error.code, error.detail, errors=errors, headers=headers, instance=instance

@@ -13,6 +13,7 @@ from app.domain.errors import FieldError, MalformedInput
 from app.domain.spec import ContainerInput
 from app.domain.traffic import traffic_from_body
 from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
+from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
 from app.services import containers as svc
 
 router = APIRouter(prefix="/v1")
@@ -36,11 +37,18 @@ _SPEC_BODY = {
 }
 
 
-async def json_body(request: Request) -> Any:
-    """The request body parsed as JSON whatever its Content-Type; the domain checks its shape."""
+async def json_body(request: Request, _caller: CurrentPrincipal) -> Any:
+    """The request body parsed as JSON whatever its Content-Type; the domain checks its shape.
+
+    Depends on the caller: nothing of an unauthenticated request's body is read or parsed.
+    """
     raw = await request.body()
     try:
-        return json.loads(raw)
+        return loads_json(raw)
+    except JsonTooDeep:
+        raise MalformedInput(
+            [FieldError("body", f"nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")]
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MalformedInput([FieldError("body", "is not valid JSON")]) from None
 

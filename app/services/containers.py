@@ -20,7 +20,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, func, select
 
 from app.db import session_scope
-from app.domain.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from app.domain.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+    clip,
+)
 from app.domain.models import Container, ContainerStatus, Revision, utcnow
 from app.domain.principal import Principal
 from app.domain.spec import (
@@ -45,6 +52,10 @@ from app.services.context import ServiceContext
 
 DEFAULT_ROWS_PER_PAGE = 10
 MAX_ROWS_PER_PAGE = 100
+# Numbers from clients are bounded to what every database column and GraphQL's Int hold
+# (beyond 64 bits SQLite raised OverflowError: a 500).
+MAX_PAGE = 2**31 - 1
+MAX_REVISION_NUMBER = 2**31 - 1
 MAX_WRITE_ATTEMPTS = 60
 SLUG_LENGTH = 26
 
@@ -60,13 +71,13 @@ def _parse_id(container_id: str) -> str:
     try:
         return str(uuid.UUID(container_id))
     except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"container {container_id!r} not found") from None
+        raise NotFound(f"container {clip(str(container_id), 80)!r} not found") from None
 
 
 def _check_paging(page: int, rows_per_page: int) -> None:
     errors = []
-    if page < 1:
-        errors.append(FieldError("page", "must be 1 or more"))
+    if not 1 <= page <= MAX_PAGE:
+        errors.append(FieldError("page", f"must be from 1 to {MAX_PAGE}"))
     if not 1 <= rows_per_page <= MAX_ROWS_PER_PAGE:
         errors.append(FieldError("rowsPerPage", f"must be from 1 to {MAX_ROWS_PER_PAGE}"))
     if errors:
@@ -255,8 +266,18 @@ def rollback_container(
     *, ctx: ServiceContext, principal: Principal, container_id: str, revision_number: object
 ) -> ContainerView:
     """Write a new revision that copies the spec of an earlier one, and deploy it."""
-    if isinstance(revision_number, bool) or not isinstance(revision_number, int):
-        raise ValidationFailed([FieldError("revisionNumber", "must be a whole number, e.g. 1")])
+    if (
+        isinstance(revision_number, bool)
+        or not isinstance(revision_number, int)
+        or not 1 <= revision_number <= MAX_REVISION_NUMBER
+    ):
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "revisionNumber", f"must be a whole number from 1 to {MAX_REVISION_NUMBER}"
+                )
+            ]
+        )
 
     def old_spec(session: Session, _current: ContainerSpec) -> ContainerSpec:
         revision = session.exec(
