@@ -229,6 +229,11 @@ class KnativeRuntime(KubernetesRuntime):
         if failure is not None and failure[0] == REASON_FEATURES_DISABLED:
             del self._failures[(spec.container_id, spec.revision)]
 
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        """Knative's autoscaler decides the instance count; this applies the Service (the
+        revision template, its scaling annotations and the traffic)."""
+        await self.apply(spec)
+
     async def retire(self, container_id: str, *, keep: set[int]) -> None:
         """Delete the container's Revisions outside ``keep`` that no traffic target names
         (Knative keeps old revisions; a revision still serving a split stays)."""
