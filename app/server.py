@@ -194,6 +194,7 @@ def create_app(
         runtime = _runtime_from(settings, state)
     # Without a runtime nothing runs; the API then accepts every serverless feature.
     state.ctx.capabilities = runtime.capabilities if runtime is not None else ALL_CAPABILITIES
+    state.metrics = Metrics()
     reconciler = None
     if runtime is not None:
         reconciler = Reconciler(
@@ -203,6 +204,7 @@ def create_app(
             options=reconciler_options
             or ReconcilerOptions(resync_interval=settings.reconcile_interval_seconds),
             elector=_elector(settings, state, runtime),
+            on_deploy_finished=state.metrics.deploy_finished,
         )
         state.ctx.listeners.append(lambda container_id, _kind: reconciler.request(container_id))
     state.reconciler = reconciler
@@ -265,7 +267,6 @@ def create_app(
         routes=lambda: reconciler.routes if reconciler is not None else None,
     )
 
-    state.metrics = Metrics()
     observability.install(
         app, settings=settings, metrics=state.metrics, hub=hub, reconciler=reconciler
     )

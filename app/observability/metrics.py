@@ -30,6 +30,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.domain.phases import FAILED, SERVING, PhaseEntry
+
+DEPLOY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -83,8 +86,42 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.deploy_phase = Histogram(
+            "dockyard_deploy_phase_seconds",
+            "Time revisions spent in each deploy phase (until the next began), by runtime.",
+            ["phase", "runtime"],
+            buckets=DEPLOY_BUCKETS,
+            registry=r,
+        )
+        self.deploy_total = Histogram(
+            "dockyard_deploy_seconds",
+            "Accepted -> serving time of revisions, by runtime.",
+            ["runtime"],
+            buckets=DEPLOY_BUCKETS,
+            registry=r,
+        )
+        self.deploy_failures = Counter(
+            "dockyard_deploy_failures",
+            "Revisions that failed, by the phase they failed in, reason and runtime.",
+            ["phase", "reason", "runtime"],
+            registry=r,
+        )
         self._sources: list[Callable[[], Iterable[Metric]]] = []
         r.register(_Sources(self._sources))
+
+    def deploy_finished(self, runtime: str, timeline: list[PhaseEntry]) -> None:
+        """A revision first served or first failed: its phases into the deploy histograms."""
+        for entry in timeline:
+            if entry.duration_ms is not None:
+                self.deploy_phase.labels(entry.phase, runtime).observe(entry.duration_ms / 1000)
+        last = timeline[-1] if timeline else None
+        if last is None:
+            return
+        if last.phase == SERVING:
+            self.deploy_total.labels(runtime).observe((last.at_ns - timeline[0].at_ns) / 1e9)
+        elif last.phase == FAILED:
+            phase, _, reason = last.reason.partition(": ")
+            self.deploy_failures.labels(phase, reason.split(":")[0][:64], runtime).inc()
 
     def add_source(self, source: Callable[[], Iterable[Metric]]) -> None:
         """A function that yields gauge families read from live objects at scrape time."""

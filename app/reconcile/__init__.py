@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -38,7 +39,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, delete, select
 
+from app.domain import phases
 from app.domain.gpus import GpuCatalog
+from app.domain.logtime import to_ns
 from app.domain.models import Container, Revision, ServingState
 from app.domain.quantity import parse_quantity
 from app.domain.spec import ContainerSpec
@@ -49,6 +52,7 @@ from app.domain.status import (
     derive_status,
 )
 from app.domain.traffic import resolve_traffic, routable_revisions, traffic_of
+from app.domain.views import as_utc
 from app.reconcile.leader import Elector
 from app.runtime.base import (
     GpuSelector,
@@ -65,6 +69,8 @@ from app.runtime.base import (
 
 log = logging.getLogger(__name__)
 
+DeployListener = Callable[[str, list[phases.PhaseEntry]], None]
+"""Called with the runtime's name and a revision's timeline when it first serves or fails."""
 StatusListener = Callable[[str, Literal["status", "deleted"]], Awaitable[None]]
 """Called with the container id after its observed status changed, or after it was purged."""
 
@@ -161,13 +167,56 @@ class RevisionRecord:
     serving_state: str
     state_reason: str
     state_message: str
+    phases: tuple[tuple[str, int, str], ...] = ()
+    """The deploy timeline as stored (``app.domain.phases``): (phase, at ns, reason)."""
+
+
+def _phase_tuples(stored: list[dict[str, Any]] | None) -> tuple[tuple[str, int, str], ...]:
+    return tuple(
+        (str(p["phase"]), int(p["at"]), str(p.get("reason", "")))
+        for p in stored or ()
+        if isinstance(p, dict) and "phase" in p and "at" in p
+    )
+
+
+def revision_phases(
+    row: Revision, state: RevisionState | None, *, now_ns: int, serving: bool
+) -> tuple[tuple[str, int, str], ...]:
+    """The revision's timeline with what this pass saw (pure): the runtime's moments, ready when
+    first seen ready, serving when traffic first reached it, failed with the phase it failed in."""
+    moments = dict(state.moments) if state is not None else {}
+    failed_reason = None
+    if state is not None and state.phase is Phase.READY:
+        moments.setdefault(phases.READY, now_ns)
+        if serving:
+            moments[phases.SERVING] = now_ns
+    elif state is not None and state.phase is Phase.FAILED:
+        reached = phases.last_phase(row.phases) or phases.ACCEPTED
+        failed_reason = f"{reached}: {state.reason}"
+    updated = phases.record(row.phases, moments, failed_reason=failed_reason)
+    return _phase_tuples(updated if updated is not None else row.phases)
 
 
 def revision_record(
-    row: Revision, state: RevisionState | None, *, kept: bool, shrink_to: int | None = None
+    row: Revision,
+    state: RevisionState | None,
+    *,
+    kept: bool,
+    shrink_to: int | None = None,
+    now_ns: int = 0,
+    serving: bool = False,
 ) -> RevisionRecord:
     """The row's new observed values (pure). ``shrink_to``: instances are about to be removed;
-    only the first ``shrink_to`` endpoints stay in the data plane meanwhile."""
+    only the first ``shrink_to`` endpoints stay in the data plane meanwhile. ``serving``: the
+    traffic routes to this revision now."""
+    timeline = revision_phases(row, state, now_ns=now_ns or time.time_ns(), serving=serving)
+    record = _revision_record(row, state, kept=kept, shrink_to=shrink_to)
+    return dataclasses.replace(record, phases=timeline)
+
+
+def _revision_record(
+    row: Revision, state: RevisionState | None, *, kept: bool, shrink_to: int | None
+) -> RevisionRecord:
     reason, message = row.state_reason, row.state_message
     if state is None:
         if not kept:
@@ -207,6 +256,7 @@ class Reconciler:
         options: ReconcilerOptions | None = None,
         on_status: StatusListener | None = None,
         elector: Elector | None = None,
+        on_deploy_finished: DeployListener | None = None,
     ) -> None:
         self.engine = engine
         self.runtime = runtime
@@ -214,6 +264,7 @@ class Reconciler:
         self.options = options or ReconcilerOptions()
         self.on_status = on_status
         self.elector = elector
+        self.on_deploy_finished = on_deploy_finished
         self._leading = elector is None
         self._elected = asyncio.Event()
         if self._leading:
@@ -472,9 +523,18 @@ class Reconciler:
             self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
             return
         self._route(container.id, observed, list(states.values()))
+        routed = routable_revisions(
+            resolve_traffic(traffic_of(container.traffic), latest_ready=observed.ready_revision)
+        )
+        now_ns = time.time_ns()
         records = {
             number: revision_record(
-                row, states.get(number), kept=number in kept, shrink_to=shrinking.get(number)
+                row,
+                states.get(number),
+                kept=number in kept,
+                shrink_to=shrinking.get(number),
+                now_ns=now_ns,
+                serving=number in routed,
             )
             for number, row in rows.items()
         }
@@ -670,9 +730,12 @@ class Reconciler:
                     row.serving_state,
                     row.state_reason,
                     row.state_message,
+                    _phase_tuples(row.phases),
                 )
                 if current == record:
                     continue
+                if self.on_deploy_finished is not None:
+                    self._report_finished(row, current.phases, record.phases)
                 session.execute(
                     sa.update(Revision)
                     .where(
@@ -685,11 +748,31 @@ class Reconciler:
                         serving_state=record.serving_state,
                         state_reason=record.state_reason[:128],
                         state_message=record.state_message,
+                        phases=[
+                            {"phase": phase, "at": at, **({"reason": why} if why else {})}
+                            for phase, at, why in record.phases
+                        ],
                     )
                 )
                 changed = True
             session.commit()
         return changed
+
+    def _report_finished(
+        self,
+        row: Revision,
+        before: tuple[tuple[str, int, str], ...],
+        after: tuple[tuple[str, int, str], ...],
+    ) -> None:
+        """Tell the deploy metrics once, when a revision first serves or first fails."""
+        assert self.on_deploy_finished is not None
+        seen = {phase for phase, _, _ in before}
+        ends = {phase for phase, _, _ in after} & {phases.SERVING, phases.FAILED}
+        if not ends - seen:
+            return
+        stored = [{"phase": phase, "at": at, "reason": why} for phase, at, why in after]
+        timeline = phases.timeline(stored, accepted_ns=to_ns(as_utc(row.date_created)))
+        self.on_deploy_finished(self.runtime.name, timeline)
 
     def _write_status(self, container_id: str, generation: int, observed: ObservedStatus) -> bool:
         """Store the status if it changed and the spec did not move on meanwhile."""

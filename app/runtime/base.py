@@ -24,6 +24,10 @@ LABEL_INSTANCE = "dockyard.dev/instance"
 LABEL_REPLICA = "dockyard.dev/replica"
 """Which instance of its revision an engine container is (0 for the first one)."""
 LABEL_GPU = "dockyard.dev/gpu"
+LABEL_SCHEDULED_AT = "dockyard.dev/scheduled-at"
+LABEL_IMAGE_READY_AT = "dockyard.dev/image-ready-at"
+"""Nanoseconds since the epoch when the engine container was asked for and its image was found
+or pulled: the engine keeps no such moments itself, the deploy timeline needs them."""
 """GPUs of the revision (only on GPU workloads): they get the long start-up budget."""
 MANAGED_BY = "dockyard"
 
@@ -128,6 +132,9 @@ class RevisionState:
     """``host:port`` of every ready instance, when the runtime exposes them locally."""
     instances_ready: int = 0
     instances_desired: int = 0
+    moments: tuple[tuple[str, int], ...] = ()
+    """Deploy phases the runtime saw (``app.domain.phases`` names: scheduled, imageReady,
+    started…) with when, in nanoseconds since the epoch."""
     """Instances the runtime is asked to run (or, on Knative, decided to run); a READY revision
     with 0 desired is scaled to zero: healthy, not failed."""
 

@@ -38,6 +38,7 @@ import dataclasses
 import errno
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -52,10 +53,12 @@ from app.domain.logtime import NS, parse_ns, to_datetime, to_ns
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
     LABEL_GPU,
+    LABEL_IMAGE_READY_AT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_REPLICA,
     LABEL_REVISION,
+    LABEL_SCHEDULED_AT,
     MANAGED_BY,
     Capabilities,
     LogLine,
@@ -384,10 +387,12 @@ class DockerRuntime:
     def _create_instance(self, spec: WorkloadSpec, replica: int) -> bool:
         """Create and start one instance; False when the revision cannot run (image, GPUs)."""
         name = container_name(spec.container_id, spec.revision, replica)
+        scheduled = time.time_ns()
         if not self._ensure_image(spec):
             return False
+        moments = {LABEL_SCHEDULED_AT: str(scheduled), LABEL_IMAGE_READY_AT: str(time.time_ns())}
         try:
-            container = self._create(spec, replica)
+            container = self._create(spec, replica, moments)
         except docker.errors.APIError as e:
             if e.status_code == 409:
                 return True  # created concurrently by another apply
@@ -453,14 +458,16 @@ class DockerRuntime:
         )
         return False
 
-    def _create(self, spec: WorkloadSpec, replica: int = 0) -> Any:
+    def _create(
+        self, spec: WorkloadSpec, replica: int = 0, moments: Mapping[str, str] | None = None
+    ) -> Any:
         wants_storage = spec.ephemeral_storage_bytes > 0 and self._enforce_storage is not False
         kwargs = container_create_kwargs(
             spec,
             crashloop_restarts=self.crashloop_restarts,
             enforce_storage=wants_storage,
             instance=self.instance,
-            extra_labels=self.labels,
+            extra_labels={**self.labels, **(moments or {})},
             replica=replica,
         )
         kwargs.pop("detach", None)
@@ -561,8 +568,12 @@ class DockerRuntime:
         now = datetime.now(UTC)
         since_start = (now - started_at).total_seconds() if started_at else 0.0
 
+        moments = engine_moments(self._labels(c), started_at)
+
         def result(phase: Phase, reason: str = "", message: str = "") -> RevisionState:
-            return RevisionState(container_id, revision, phase, reason, message, endpoint)
+            return RevisionState(
+                container_id, revision, phase, reason, message, endpoint, moments=moments
+            )
 
         if status == "running":
             if restarts > self.crashloop_restarts:
@@ -729,6 +740,21 @@ class DockerRuntime:
         await asyncio.to_thread(self._client.close)
 
 
+def engine_moments(
+    labels: Mapping[str, str], started_at: datetime | None
+) -> tuple[tuple[str, int], ...]:
+    """The deploy moments one engine container tells (pure): scheduled and image ready from the
+    labels Dockyard stamped at creation, started from the engine's ``State.StartedAt``."""
+    found: list[tuple[str, int]] = []
+    for phase, label in (("scheduled", LABEL_SCHEDULED_AT), ("imageReady", LABEL_IMAGE_READY_AT)):
+        value = labels.get(label, "")
+        if value.isdigit():
+            found.append((phase, int(value)))
+    if started_at is not None and started_at.year > 1970:
+        found.append(("started", to_ns(started_at)))
+    return tuple(found)
+
+
 def _revision_state(
     container_id: str, revision: int, instances: list[tuple[int, RevisionState]]
 ) -> RevisionState:
@@ -746,6 +772,7 @@ def _revision_state(
             endpoints=endpoints,
             instances_ready=len(ready),
             instances_desired=len(ordered),
+            moments=ordered[0].moments,
         )
     failed = [state for state in ordered if state.phase is Phase.FAILED]
     first = (
