@@ -469,7 +469,11 @@ def spec_for_update(
     ``scaling`` sub-fields merge into the current scaling (``"scaling": null`` resets it)."""
     given = parse_input(data).model_dump(by_alias=True, exclude_unset=True)
     fields = {**current.to_json(), **given}
-    base = {} if "scaling" in given and given["scaling"] is None else current.scaling.to_json()
+    # A spec stored before scaling existed (or reset with null) starts from the defaults, so
+    # the operator's current DOCKYARD_MAX_INSTANCES caps its maximum.
+    reset = "scaling" in given and given["scaling"] is None
+    stored = "scaling" in current.model_fields_set
+    base = current.scaling.to_json() if stored and not reset else {}
     fields["scaling"] = _fill_scaling(
         base, given.get("scaling"), limits=limits, scale_to_zero=scale_to_zero
     )
@@ -480,10 +484,5 @@ def fit_to_runtime(spec: ContainerSpec, *, scale_to_zero: bool) -> ContainerSpec
     """A stored spec (e.g. a rollback's) made runnable here: without scale to zero, min 0 is 1."""
     if scale_to_zero or spec.scaling.min_instances > 0:
         return spec
-    scaling = spec.scaling.model_copy(
-        update={
-            "min_instances": 1,
-            "max_instances": max(1, spec.scaling.max_instances),
-        }
-    )
+    scaling = spec.scaling.model_copy(update={"min_instances": 1})
     return spec.model_copy(update={"scaling": scaling})

@@ -3,6 +3,7 @@ change does (and does not) write, and views of the observed scale the leader wri
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -10,6 +11,9 @@ from sqlmodel import Session, select
 
 from app.deps import AppState
 from app.domain.models import Container, ContainerStatus, Revision, ServingState
+from app.domain.spec import SCALING_FIELDS
+from app.domain.traffic import ENTRY_FIELDS
+from app.server import openapi_json
 from tests.support.bodies import HELLO
 
 
@@ -136,3 +140,15 @@ def test_scaling_defaults_and_the_operator_limit(client: TestClient, auth: Any) 
     assert response.json()["errors"] == [
         {"field": "scaling.maxInstances", "message": "must be at most 100"}
     ]
+
+
+def test_openapi_request_bodies_document_scaling_and_traffic_without_dangling_refs() -> None:
+    document = openapi_json()
+    assert "#/$defs/" not in document
+    paths = json.loads(document)["paths"]
+    create_body = paths["/v1/containers"]["post"]["requestBody"]["content"]["application/json"]
+    scaling = create_body["schema"]["properties"]["scaling"]["anyOf"][0]
+    assert set(scaling["properties"]) == set(SCALING_FIELDS)
+    traffic_body = paths["/v1/containers/{id}/traffic"]["put"]["requestBody"]
+    items = traffic_body["content"]["application/json"]["schema"]["properties"]["traffic"]
+    assert set(items["items"]["properties"]) == set(ENTRY_FIELDS)
