@@ -229,9 +229,19 @@ class KnativeRuntime(KubernetesRuntime):
         if failure is not None and failure[0] == REASON_FEATURES_DISABLED:
             del self._failures[(spec.container_id, spec.revision)]
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
-        """Delete the container's Revisions other than ``keep_revision`` that no traffic target
-        names (Knative keeps old revisions; a revision still serving a split stays)."""
+    async def retire(
+        self,
+        container_id: str,
+        *,
+        keep_revision: int | None = None,
+        keep: set[int] | None = None,
+    ) -> None:
+        """Delete the container's Revisions that are neither kept (``keep_revision``, or the set
+        ``keep``: both spellings of the protocol are accepted) nor named by a traffic target
+        (Knative keeps old revisions; one still serving part of a split stays)."""
+        kept = set(keep or ())
+        if keep_revision is not None:
+            kept.add(keep_revision)
         service = await self._service(container_id)
         if service is None:
             return
@@ -243,7 +253,7 @@ class KnativeRuntime(KubernetesRuntime):
         template = ((service.get("spec") or {}).get("template") or {}).get("metadata") or {}
         for number, revision in (await self._revisions(container_id)).items():
             name = revision["metadata"]["name"]
-            if number == keep_revision or name in routed or name == template.get("name"):
+            if number in kept or name in routed or name == template.get("name"):
                 continue
             await self._call_or_none(
                 self._custom.delete_namespaced_custom_object,

@@ -217,8 +217,10 @@ async def test_update_with_a_90_10_split_and_tag_urls(
     third = await asyncio.to_thread(knative.sync, "dy-c1")
     await asyncio.to_thread(knative.revision_status, third, "True", actual=1, desired=1)
     await asyncio.to_thread(knative.publish, "dy-c1")
-    await runtime.retire("c1", keep_revision=3)
+    await runtime.retire("c1", keep={2, 3})  # the scaler's spelling: a set to keep
     assert k8s.get("revisions", NS, "dy-c1-r1", group=KN) is None
+    assert k8s.get("revisions", NS, "dy-c1-r2", group=KN) is not None
+    await runtime.retire("c1", keep_revision=3)
     assert k8s.get("revisions", NS, "dy-c1-r2", group=KN) is None
     assert k8s.get("revisions", NS, "dy-c1-r3", group=KN) is not None
 
