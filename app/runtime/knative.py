@@ -29,6 +29,7 @@ URLs: ``serving(container_id)`` returns ``status.url`` and every traffic target 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -314,6 +315,23 @@ class KnativeRuntime(KubernetesRuntime):
         current = _revision_of(template.get("labels"))
         if current is not None and current not in states:
             states[current] = self._unborn_state(container_id, current, service)
+        routes = _conditions(service).get("RoutesReady") or {}
+        observed = (service.get("status") or {}).get("observedGeneration")
+        current_state = states.get(current) if current is not None else None
+        if (
+            current_state is not None
+            and current_state.phase is Phase.READY
+            and routes.get("status") == "False"
+            and observed == (service.get("metadata") or {}).get("generation")
+        ):
+            # The revision runs, but Knative cannot route the traffic asked for (a target names
+            # a revision that does not exist…): requests fail, so the revision is not deployed.
+            states[current_state.revision] = dataclasses.replace(
+                current_state,
+                phase=Phase.FAILED,
+                reason=routes.get("reason") or "RoutesNotReady",
+                message=f"traffic: {routes.get('message') or 'Knative cannot route it'}",
+            )
         return sorted(states.values(), key=lambda s: -s.revision)
 
     def _knative_revision_state(

@@ -452,3 +452,28 @@ async def test_auto_picks_knative_only_where_the_cluster_serves_it(
         plain.stop()
     forced = await asyncio.to_thread(kubernetes_runtime, deployments, None, knative=True)
     assert isinstance(forced, KnativeRuntime)
+
+
+async def test_traffic_knative_cannot_route_fails_the_running_revision(
+    runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
+) -> None:
+    split = (TrafficTarget(percent=50, revision=7), TrafficTarget(percent=50, latest=True))
+    await runtime.apply(dataclasses.replace(SPEC, traffic=split))
+    name = await asyncio.to_thread(knative.sync, "dy-c1")
+    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    await asyncio.to_thread(
+        knative.publish,
+        "dy-c1",
+        routes=("False", "RevisionMissing", 'Revision "dy-c1-r7" referenced in traffic not found.'),
+    )
+    [state] = await runtime.observe("c1")
+    assert (state.phase, state.reason, state.instances_ready) == (
+        Phase.FAILED,
+        "RevisionMissing",
+        1,
+    )
+    assert state.message == 'traffic: Revision "dy-c1-r7" referenced in traffic not found.'
+    await runtime.apply(SPEC)  # back to 100 % latest: a new generation, routed
+    await asyncio.to_thread(knative.publish, "dy-c1")
+    [state] = await runtime.observe("c1")
+    assert state.phase is Phase.READY
