@@ -12,6 +12,7 @@ from typing import Any
 import kmock
 import kubernetes.client
 import pytest
+import yaml
 
 from app.runtime.base import (
     Capabilities,
@@ -28,6 +29,7 @@ from app.runtime.factory import kubernetes_runtime
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_manifests import KubernetesConfig
 from app.runtime.knative import KnativeRuntime, ServedTarget, serves_knative
+from tests.runtime.test_knative_manifests import validate
 from tests.support.kmock_k8s import EmulatorThread
 from tests.support.knative import KnativeController
 from tests.support.logs import lines_of
@@ -131,6 +133,8 @@ async def test_apply_is_a_server_side_apply_of_one_service(
     assert all(
         r.headers["Content-Type"].startswith("application/apply-patch+yaml") for r in applies
     )
+    for request in applies:  # what went over the wire is valid for Knative's schema
+        validate(request.data if isinstance(request.data, dict) else yaml.safe_load(request.text))
 
 
 async def test_pending_ready_and_scaled_to_zero(
