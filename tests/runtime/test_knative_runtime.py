@@ -481,3 +481,16 @@ async def test_traffic_knative_cannot_route_fails_the_running_revision(
     await asyncio.to_thread(knative.publish, "dy-c1")
     [state] = await runtime.observe("c1")
     assert state.phase is Phase.READY
+
+
+async def test_unreadable_feature_flags_leave_the_decision_to_knative(
+    runtime: KnativeRuntime, k8s: EmulatorThread
+) -> None:
+    # Dockyard's ServiceAccount lacks k8s/knative/rbac.yaml: reading config-features is a 403.
+    (
+        k8s.emulator[kmock.resource(group="", version="v1", plural="configmaps")]
+        << kmock.KubernetesError(status=403, reason="Forbidden", message="forbidden", details={})
+    )
+    await runtime.apply(GPU_SPEC)
+    assert any(r.resource.plural == "configmaps" for r in k8s.emulator)
+    assert k8s.get("services", NS, "dy-c1", group=KN) is not None
