@@ -617,9 +617,7 @@ class KubernetesRuntime:
         async def alive() -> bool:
             return await self._log_revision_alive(container_id, namespace, revision)
 
-        async for batch in self._follow_logs(
-            namespace, selector, names, options, revision, alive
-        ):
+        async for batch in self._follow_logs(namespace, selector, names, options, revision, alive):
             yield batch
 
     async def _log_target(self, container_id: str, revision: int | None) -> tuple[str, int] | None:

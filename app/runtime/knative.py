@@ -29,6 +29,8 @@ URLs: ``serving(container_id)`` returns ``status.url`` and every traffic target 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from app.runtime.base import (
     Capabilities,
     Phase,
     RevisionState,
+    RuntimeRejected,
     WorkloadSpec,
 )
 from app.runtime.k8s import _APPLY, FIELD_MANAGER, KubernetesRuntime, _revision_of
@@ -62,6 +65,7 @@ from app.runtime.knative_manifests import (
     service_name,
 )
 
+logger = logging.getLogger(__name__)
 FEATURES_CONFIGMAP = "config-features"
 FEATURES_CACHE_SECONDS = 30.0
 REASON_FEATURES_DISABLED = "KnativeFeaturesDisabled"
@@ -164,22 +168,29 @@ class KnativeRuntime(KubernetesRuntime):
                 revisions[number] = item
         return revisions
 
-    async def feature_flags(self) -> dict[str, str]:
-        """Knative's ``config-features`` (cached briefly); empty when it cannot be read."""
+    async def feature_flags(self) -> dict[str, str] | None:
+        """Knative's ``config-features`` (cached briefly): empty when the ConfigMap is absent
+        (every flag at its default), None when Dockyard may not read it (RBAC)."""
         now = time.monotonic()
         if self._features is not None and now - self._features[0] < FEATURES_CACHE_SECONDS:
             return self._features[1]
-        configmap = await self._call_or_none(
-            self._core.read_namespaced_config_map,
-            FEATURES_CONFIGMAP,
-            self._config.knative_namespace,
-        )
+        try:
+            configmap = await self._call_or_none(
+                self._core.read_namespaced_config_map,
+                FEATURES_CONFIGMAP,
+                self._config.knative_namespace,
+            )
+        except RuntimeRejected as error:  # 403: apply anyway; Knative's webhook has the say
+            logger.warning("cannot read Knative's %s: %s", FEATURES_CONFIGMAP, error)
+            return None
         flags = dict((configmap.data or {}) if configmap is not None else {})
         self._features = (now, flags)
         return flags
 
     async def _missing_gpu_features(self) -> list[str]:
         flags = await self.feature_flags()
+        if flags is None:
+            return []
         return [
             flag
             for flag in GPU_FEATURES
@@ -309,6 +320,23 @@ class KnativeRuntime(KubernetesRuntime):
         current = _revision_of(template.get("labels"))
         if current is not None and current not in states:
             states[current] = self._unborn_state(container_id, current, service)
+        routes = _conditions(service).get("RoutesReady") or {}
+        observed = (service.get("status") or {}).get("observedGeneration")
+        current_state = states.get(current) if current is not None else None
+        if (
+            current_state is not None
+            and current_state.phase is Phase.READY
+            and routes.get("status") == "False"
+            and observed == (service.get("metadata") or {}).get("generation")
+        ):
+            # The revision runs, but Knative cannot route the traffic asked for (a target names
+            # a revision that does not exist…): requests fail, so the revision is not deployed.
+            states[current_state.revision] = dataclasses.replace(
+                current_state,
+                phase=Phase.FAILED,
+                reason=routes.get("reason") or "RoutesNotReady",
+                message=f"traffic: {routes.get('message') or 'Knative cannot route it'}",
+            )
         return sorted(states.values(), key=lambda s: -s.revision)
 
     def _knative_revision_state(

@@ -147,7 +147,11 @@ class KnativeController:
         )
 
     def publish(
-        self, service: str, *, configurations: tuple[str, str, str] = ("True", "", "")
+        self,
+        service: str,
+        *,
+        configurations: tuple[str, str, str] = ("True", "", ""),
+        routes: tuple[str, str, str] | None = None,
     ) -> dict[str, Any]:
         """Write the Service's status from its spec and its revisions' readiness."""
         svc = self._get("services", service)
@@ -181,8 +185,12 @@ class KnativeController:
                 entry["url"] = f"http://{target['tag']}-{service}.{self.namespace}.{self.domain}"
             traffic.append(entry)
         status, reason, message = configurations
-        routes_ready = "True" if traffic else "Unknown"
-        overall = "False" if status == "False" else routes_ready
+        routes_ready, route_reason, route_message = routes or (
+            "True" if traffic else "Unknown",
+            "",
+            "",
+        )
+        overall = "False" if "False" in (status, routes_ready) else routes_ready
         body = {
             "status": {
                 "observedGeneration": svc["metadata"]["generation"],
@@ -192,7 +200,7 @@ class KnativeController:
                 "latestReadyRevisionName": ready[-1] if ready else None,
                 "conditions": [
                     _condition("ConfigurationsReady", status, reason, message),
-                    _condition("RoutesReady", routes_ready),
+                    _condition("RoutesReady", routes_ready, route_reason, route_message),
                     _condition("Ready", overall, reason, message),
                 ],
             }
