@@ -450,23 +450,34 @@ class Reconciler:
         self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
     ) -> set[int]:
         """The revisions that must stay: those the traffic routes to, and the newest."""
-        latest = self._latest_ready(container.generation, rows, states)
+        latest = self._latest_ready(container, rows, states)
         resolved = resolve_traffic(traffic_of(container.traffic), latest_ready=latest)
         return routable_revisions(resolved) | {container.generation}
 
     @staticmethod
+    def _serves(
+        container: Container, number: int, rows: dict[int, Revision], state: RevisionState | None
+    ) -> bool:
+        """Whether the revision serves: ready, waiting at zero (a request wakes it) or waking
+        (starting again after it was ready: it stays the one requests go to)."""
+        if state is None:
+            return at_zero(rows[number])
+        if state.phase is Phase.READY:
+            return True
+        return state.phase is Phase.PENDING and (
+            number == container.ready_revision
+            or rows[number].serving_state in (ServingState.SERVING, ServingState.SCALED_TO_ZERO)
+        )
+
     def _latest_ready(
-        generation: int, rows: dict[int, Revision], states: dict[int, RevisionState]
+        self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
     ) -> int | None:
-        """The newest revision that serves or waits at zero (a request wakes it)."""
+        """The newest revision that serves (what ``latest`` traffic means)."""
         candidates = [
             number
             for number in rows
-            if number <= generation
-            and (
-                (number in states and states[number].phase is Phase.READY)
-                or (number not in states and at_zero(rows[number]))
-            )
+            if number <= container.generation
+            and self._serves(container, number, rows, states.get(number))
         ]
         return max(candidates) if candidates else None
 
@@ -511,7 +522,12 @@ class Reconciler:
         self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
     ) -> ObservedStatus:
         generation = container.generation
-        observations = _observations(list(states.values()))
+        observations = [
+            RevisionObservation(number, Phase.READY.value)
+            if number in rows and self._serves(container, number, rows, state)
+            else RevisionObservation(number, state.phase.value, state.reason, state.message)
+            for number, state in states.items()
+        ]
         for number, row in rows.items():
             if number in states or not at_zero(row):
                 continue
@@ -524,7 +540,7 @@ class Reconciler:
             else:
                 observations.append(RevisionObservation(number, Phase.READY.value))
         observed = derive_status(generation=generation, observations=observations)
-        latest = self._latest_ready(generation, rows, states)
+        latest = self._latest_ready(container, rows, states)
         if latest is not None and (observed.ready_revision or 0) < latest:
             observed = ObservedStatus(observed.status, observed.reason, observed.message, latest)
         return observed
