@@ -444,7 +444,11 @@ def spec_for_update(
     ``scaling`` sub-fields merge into the current scaling (``"scaling": null`` resets it)."""
     given = parse_input(data).model_dump(by_alias=True, exclude_unset=True)
     fields = {**current.to_json(), **given}
-    base = {} if "scaling" in given and given["scaling"] is None else current.scaling.to_json()
+    # A spec stored before scaling existed (or reset with null) starts from the defaults, so
+    # the operator's current DOCKYARD_MAX_INSTANCES caps its maximum.
+    reset = "scaling" in given and given["scaling"] is None
+    stored = "scaling" in current.model_fields_set
+    base = current.scaling.to_json() if stored and not reset else {}
     fields["scaling"] = _fill_scaling(
         base, given.get("scaling"), limits=limits, scale_to_zero=scale_to_zero
     )

@@ -26,11 +26,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "Invalid input; `errors` names each field"),
     ]
 }
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its local ``#/$defs/...`` references replaced by their targets (such
+    references would point at the root of the OpenAPI document, where there are none)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inlined(value, defs) for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(item, defs) for item in schema]
+    return schema
+
+
+_SPEC_SCHEMA = ContainerInput.model_json_schema(by_alias=True)
 _SPEC_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": ContainerInput.model_json_schema(by_alias=True)}
+            "application/json": {"schema": _inlined(_SPEC_SCHEMA, _SPEC_SCHEMA.get("$defs", {}))}
         },
     }
 }

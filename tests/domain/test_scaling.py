@@ -145,3 +145,12 @@ def test_without_scale_to_zero_an_unset_minimum_is_one_and_zero_is_refused() -> 
     assert updated.scaling.min_instances == 1
     assert fit_to_runtime(stored, scale_to_zero=False).scaling.min_instances == 1
     assert fit_to_runtime(stored, scale_to_zero=True) is stored
+
+
+def test_a_spec_stored_before_scaling_existed_updates_under_a_lower_limit() -> None:
+    stored = create(BASE, limits=Limits()).to_json()
+    del stored["scaling"]
+    old = ContainerSpec.model_validate(stored)
+    updated = spec_for_update(old, {"image": "nginx:1.28"}, limits=LIMITS, catalog=CATALOG)
+    assert updated.scaling.max_instances == 50
+    assert "scaling" in updated.model_fields_set

@@ -19,6 +19,7 @@ from app.domain.models import Container, Revision
 from app.domain.principal import Principal
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.runtime.base import (
+    LATEST_ONLY,
     Capabilities,
     LogLine,
     Phase,
@@ -27,6 +28,8 @@ from app.runtime.base import (
     RuntimeConflict,
     RuntimeEvent,
     RuntimeUnavailable,
+    Scaling,
+    TrafficTarget,
     WorkloadSpec,
 )
 from app.server import build_state
@@ -382,10 +385,8 @@ async def test_scaled_to_zero_is_healthy_and_the_revision_stays_routable(
     )
     set_desired(ctx, container_id, 1, 0)
     await reconciler.reconcile(container_id)  # drain 0 s: removed at once
-    assert (
-        (runtime.scaled[-1] == (1, 0)
-        and container_id not in runtime.revisions)
-        or (runtime.revisions[container_id] == {})
+    assert (runtime.scaled[-1] == (1, 0) and container_id not in runtime.revisions) or (
+        runtime.revisions[container_id] == {}
     )
     await reconciler.reconcile(container_id)
     row = revision_of(ctx, container_id, 1)
@@ -485,3 +486,29 @@ async def test_traffic_keeps_a_pinned_revision_and_retires_the_others(
         "retired",
         "serving",
     ]
+
+
+async def test_applied_spec_carries_scaling_and_the_desired_traffic(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx, scaling={"minInstances": 1, "concurrency": 10})
+    await reconciler.reconcile(container_id)
+    (first,) = runtime.applied
+    assert first.scaling == Scaling(
+        min_instances=1, max_instances=100, concurrency=10, scale_to_zero_after_seconds=900
+    )
+    assert first.traffic == LATEST_ONLY
+    svc.update_container(ctx=ctx, principal=ALICE, container_id=container_id, data={"env": {}})
+    svc.set_traffic(
+        ctx=ctx,
+        principal=ALICE,
+        container_id=container_id,
+        data=[{"revision": 1, "percent": 90}, {"latest": True, "percent": 10, "tag": "canary"}],
+    )
+    await reconciler.reconcile(container_id)
+    second = runtime.applied[-1]
+    assert second.revision == 2
+    assert second.traffic == (
+        TrafficTarget(percent=90, revision=1),
+        TrafficTarget(percent=10, latest=True, tag="canary"),
+    )
