@@ -23,7 +23,7 @@ from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, delete, select
 
 from app.domain.gpus import GpuCatalog
-from app.domain.models import Container, Revision
+from app.domain.models import Container, Revision, ServingState
 from app.domain.quantity import parse_quantity
 from app.domain.spec import ContainerSpec
 from app.domain.status import (
@@ -123,8 +123,8 @@ class Reconciler:
         self._elected = asyncio.Event()
         if self._leading:
             self._elected.set()
-        self.routes: dict[str, str] = {}
-        """container id -> endpoint (host:port) of its ready revision, for the local ingress."""
+        self.on_endpoints: Callable[[str], None] | None = None
+        """Called with the container id after the ready endpoints of its revisions changed."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -300,7 +300,6 @@ class Reconciler:
             return session.get(Container, container_id)
 
     async def _remove(self, container_id: str, *, purge: bool) -> None:
-        self.routes.pop(container_id, None)
         await self.runtime.remove(container_id)
         if purge:
             await asyncio.to_thread(self._purge, container_id)
@@ -334,8 +333,10 @@ class Reconciler:
                 await self.runtime.apply(workload_spec(container, self.catalog))
                 states = await self.runtime.observe(container.id)
             observed = derive_status(generation=generation, observations=_observations(states))
+            observed_runtime = True
         except RuntimeRejected as e:
             states = []
+            observed_runtime = False
             observed = ObservedStatus(
                 "failed", "RuntimeRejected", f"revision {generation}: {e}", container.ready_revision
             )
@@ -344,26 +345,22 @@ class Reconciler:
             # ready (its route stays), and look again soon.
             log.warning("runtime error for %s: %s", container.id, e)
             states = []
+            observed_runtime = False
             unknown = derive_status(generation=generation, observations=[], runtime_reason=str(e))
             observed = ObservedStatus(
                 unknown.status, unknown.reason, unknown.message, container.ready_revision
             )
             self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
-        self._route(container.id, observed, states)
+        if observed_runtime:
+            # Before the status: the data plane must know the endpoints of a newly ready revision
+            # by the time traffic moves to it. Without an observation, routes stay as they were.
+            moved = await asyncio.to_thread(write_endpoints, self.engine, container.id, states)
+            if moved and self.on_endpoints is not None:
+                self.on_endpoints(container.id)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
         if changed and self.on_status is not None:
             await self.on_status(container.id, "status")
         await self._retire_or_wait(container.id, generation, observed, states)
-
-    def _route(
-        self, container_id: str, observed: ObservedStatus, states: list[RevisionState]
-    ) -> None:
-        endpoints = {s.revision: s.endpoint for s in states if s.phase is Phase.READY}
-        endpoint = endpoints.get(observed.ready_revision or -1)
-        if endpoint:
-            self.routes[container_id] = endpoint
-        elif states or observed.ready_revision is None:
-            self.routes.pop(container_id, None)
 
     async def _retire_or_wait(
         self,
@@ -429,3 +426,46 @@ class Reconciler:
             )
             session.commit()
             return changed and cast("CursorResult[Any]", result).rowcount == 1
+
+
+def _serving(state: RevisionState | None) -> tuple[int, list[str], str]:
+    """(instances_ready, endpoints, serving_state) of one revision as the runtime reported it."""
+    if state is None:
+        return 0, [], ServingState.RETIRED
+    if state.phase is Phase.READY:
+        endpoints = list(state.endpoints or ((state.endpoint,) if state.endpoint else ()))
+        return max(state.instances_ready, len(endpoints)), endpoints, ServingState.SERVING
+    if state.phase is Phase.FAILED:
+        return 0, [], ServingState.FAILED
+    return 0, [], ServingState.STARTING
+
+
+def write_endpoints(engine: Engine, container_id: str, states: list[RevisionState]) -> bool:
+    """Store each revision's ready instances and endpoints for the data plane of every replica;
+    True when something changed. (Kept apart for the autoscaler, which will own these rows.)"""
+    by_revision = {state.revision: state for state in states}
+    changed = False
+    with Session(engine) as session:
+        revisions = session.exec(
+            select(Revision).where(Revision.container_id == container_id)
+        ).all()
+        for revision in revisions:
+            ready, endpoints, serving = _serving(by_revision.get(revision.revision_number))
+            if revision.revision_number not in by_revision and not (
+                revision.instances_ready or revision.endpoints
+            ):
+                continue  # never ran here, or already retired: leave its state alone
+            if (revision.instances_ready, revision.endpoints, revision.serving_state) == (
+                ready,
+                endpoints,
+                serving,
+            ):
+                continue
+            revision.instances_ready = ready
+            revision.endpoints = endpoints
+            revision.serving_state = serving
+            session.add(revision)
+            changed = True
+        if changed:
+            session.commit()
+    return changed
