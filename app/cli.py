@@ -43,16 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
-        from app.server import create_app
+        from app.server import create_app, serve_address
 
+        # Caddy (the data plane) owns the public port and routes container hosts to revisions;
+        # every other host reaches the API, which listens on a private unix socket behind it.
+        serve = serve_address(settings, args.host, args.port)
         uvicorn.run(
-            create_app(settings, port=args.port),
-            host=args.host,
-            port=args.port,
+            create_app(settings, port=args.port, serve=serve),
+            uds=str(serve.api_socket),
             log_level=args.log_level,
-            # The built-in ingress appends the real peer to X-Forwarded-For itself; letting
-            # uvicorn rewrite the peer from that header first would record the client twice.
-            proxy_headers=False,
+            # Only Caddy can reach the socket (a 0700 directory): take the client from its
+            # X-Forwarded-For.
+            proxy_headers=True,
+            forwarded_allow_ips="*",
         )
         return 0
     if args.command == "token":

@@ -188,8 +188,8 @@ class CaddySupervisor:
                             continue
                         self._terminate_own()
                     log.warning("caddy is gone; starting it again")
-                    await self._spawn_locked()
                     self.restarts += 1
+                    await self._spawn_locked()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -247,6 +247,16 @@ async def _wait_gone(pid: int, *, seconds: float) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
+        if _zombie(pid):  # exited, waiting for a parent that is not us to reap it
+            return
         await asyncio.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]

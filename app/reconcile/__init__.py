@@ -206,8 +206,8 @@ class Reconciler:
         self._elected = asyncio.Event()
         if self._leading:
             self._elected.set()
-        self.routes: dict[str, str] = {}
-        """container id -> endpoint (host:port) of its ready revision, for the local ingress."""
+        self.on_endpoints: Callable[[str], None] | None = None
+        """Called with the container id after the ready endpoints of its revisions changed."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -384,7 +384,6 @@ class Reconciler:
             return session.get(Container, container_id)
 
     async def _remove(self, container_id: str, *, purge: bool) -> None:
-        self.routes.pop(container_id, None)
         await self.runtime.remove(container_id)
         if purge:
             await asyncio.to_thread(self._purge, container_id)
@@ -439,19 +438,21 @@ class Reconciler:
             observed = ObservedStatus(
                 unknown.status, unknown.reason, unknown.message, container.ready_revision
             )
-            self._route(container.id, observed, [])
             if await asyncio.to_thread(self._write_status, container.id, generation, observed):
                 await self._notify(container.id)
             self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
             return
-        self._route(container.id, observed, list(states.values()))
         records = {
             number: revision_record(
                 row, states.get(number), kept=number in kept, shrink_to=shrinking.get(number)
             )
             for number, row in rows.items()
         }
+        # Before the status: the data plane must know the endpoints of a newly ready revision by
+        # the time traffic moves to it.
         rows_changed = await asyncio.to_thread(self._write_revisions, container.id, rows, records)
+        if rows_changed and self.on_endpoints is not None:
+            self.on_endpoints(container.id)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
         if changed or rows_changed:
             await self._notify(container.id)
@@ -559,16 +560,6 @@ class Reconciler:
         if latest is not None and (observed.ready_revision or 0) < latest:
             observed = ObservedStatus(observed.status, observed.reason, observed.message, latest)
         return observed
-
-    def _route(
-        self, container_id: str, observed: ObservedStatus, states: list[RevisionState]
-    ) -> None:
-        endpoints = {s.revision: s.endpoint for s in states if s.phase is Phase.READY}
-        endpoint = endpoints.get(observed.ready_revision or -1)
-        if endpoint:
-            self.routes[container_id] = endpoint
-        elif states or observed.ready_revision is None:
-            self.routes.pop(container_id, None)
 
     async def _retire_or_wait(
         self,

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from app.dataplane.controller import routed_containers
+from app.dataplane.routes import build_routing_table
 from app.domain.models import Container, Revision
 from app.domain.principal import Principal
 from app.reconcile import Reconciler, ReconcilerOptions
@@ -38,6 +40,14 @@ from app.services.context import ServiceContext
 from app.settings import Settings
 
 ALICE = Principal("alice")
+
+
+def routed(ctx: ServiceContext, container_id: str) -> list[str]:
+    """Where the data plane of any replica sends the container's host, read from the database."""
+    table = build_routing_table(
+        routed_containers(ctx.engine), domain=ctx.ingress_domain, activator=None
+    )
+    return [b.address for r in table if r.container_id == container_id for b in r.backends]
 
 
 class MemoryRuntime:
@@ -189,7 +199,7 @@ async def test_create_applies_revision_and_reports_runtime_phases(
     runtime.set_phase(container_id, 1, Phase.READY)
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 1)
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]
     await reconciler.reconcile(container_id)
     assert len(runtime.applied) == 1  # idempotent: nothing applied twice
 
@@ -206,14 +216,14 @@ async def test_update_switches_when_ready_and_retires_the_old_revision(
     )
     await reconciler.reconcile(container_id)
     assert set(runtime.revisions[container_id]) == {1, 2}
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"  # old one serves meanwhile
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]  # old one serves meanwhile
     state, reason, ready = status(ctx, container_id)
     assert state == "deploying" and ready == 1 and "revision 1 keeps serving" in (reason or "")
 
     runtime.set_phase(container_id, 2, Phase.READY)
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 2)
-    assert reconciler.routes[container_id] == "127.0.0.1:40002"
+    assert routed(ctx, container_id) == ["127.0.0.1:40002"]
     assert set(runtime.revisions[container_id]) == {2}
 
 
@@ -237,7 +247,7 @@ async def test_failed_revision_keeps_the_old_one_serving(
     assert reason == (
         "ImageNotFound: revision 2: image localhost/missing:v9 not found; revision 1 keeps serving"
     )
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]
     assert set(runtime.revisions[container_id]) == {1, 2}
 
 
@@ -347,7 +357,7 @@ async def test_a_runtime_error_keeps_the_ready_revision_serving(
     state, reason, ready = status(ctx, container_id)
     assert state == "deploying" and ready == 1
     assert reason is not None and "changed underneath" in reason
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"  # traffic is not cut
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]  # traffic is not cut
     runtime.failure = None
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 1)
