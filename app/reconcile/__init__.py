@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -167,8 +168,11 @@ def revision_record(
         return RevisionRecord(0, (), serving, reason, message)
     endpoints = state.endpoints or ((state.endpoint,) if state.endpoint else ())
     if state.phase is Phase.READY:
-        if shrink_to is not None:
-            endpoints = endpoints[: max(shrink_to, 0)]
+        if shrink_to is None:
+            # a runtime without local endpoints (Kubernetes) still has one instance ready
+            ready = max(state.instances_ready, len(endpoints), 1)
+            return RevisionRecord(ready, endpoints, ServingState.SERVING, "", "")
+        endpoints = endpoints[: max(shrink_to, 0)]
         serving = ServingState.SERVING if endpoints else ServingState.SCALED_TO_ZERO
         return RevisionRecord(len(endpoints), endpoints, serving, "", "")
     if state.phase is Phase.FAILED:
@@ -214,6 +218,7 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._drain_since: dict[str, float] = {}
+        self._applied_traffic: dict[str, str] = {}
         self._shrink_since: dict[tuple[str, int], float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}
@@ -394,6 +399,7 @@ class Reconciler:
         self._pending_polls.pop(container_id, None)
         self._failures.pop(container_id, None)
         self._drain_since.pop(container_id, None)
+        self._applied_traffic.pop(container_id, None)
         for key in [key for key in self._shrink_since if key[0] == container_id]:
             del self._shrink_since[key]
 
@@ -422,7 +428,11 @@ class Reconciler:
         try:
             states = {s.revision: s for s in await self.runtime.observe(container.id)}
             kept = self._kept(container, rows, states)
-            if await self._scale(container, rows, states, kept, shrinking):
+            if self.scales_instances:
+                asked = await self._scale(container, rows, states, kept, shrinking)
+            else:
+                asked = await self._apply_newest(container, states)
+            if asked:
                 states = {s.revision: s for s in await self.runtime.observe(container.id)}
             observed = self._status(container, rows, states)
         except RuntimeRejected as e:
@@ -457,6 +467,28 @@ class Reconciler:
         if changed or rows_changed:
             await self._notify(container.id)
         await self._retire_or_wait(container.id, observed, states, kept, rows, shrinking)
+
+    @property
+    def scales_instances(self) -> bool:
+        """Whether Dockyard runs each revision's instances itself (the local runtime), rather
+        than handing the newest revision to a runtime that scales and rolls out by itself
+        (Deployments, Knative)."""
+        capabilities = self.runtime.capabilities
+        return capabilities.scale_to_zero and not capabilities.autoscales
+
+    async def _apply_newest(self, container: Container, states: dict[int, RevisionState]) -> bool:
+        """Runtimes that roll out by themselves get the newest revision, again whenever the
+        traffic changed (Knative routes by itself); True when applied."""
+        traffic = json.dumps(container.traffic, sort_keys=True)
+        if (
+            container.observed_generation >= container.generation
+            and container.generation in states
+            and self._applied_traffic.get(container.id) == traffic
+        ):
+            return False
+        await self.runtime.apply(workload_spec(container, self.catalog))
+        self._applied_traffic[container.id] = traffic
+        return True
 
     async def _notify(self, container_id: str) -> None:
         if self.on_status is not None:
@@ -571,19 +603,13 @@ class Reconciler:
         shrinking: dict[int, int],
     ) -> None:
         loop = asyncio.get_running_loop()
-        starting = (
-            observed.status == "deploying"
-            or any(
-                (
-                    state.phase is Phase.PENDING
-                    or state.instances_desired != rows[n].instances_desired
-                )
-                and state.phase is not Phase.FAILED
-                for n, state in states.items()
-                if n in kept and n in rows
-            )
-            or any(rows[n].instances_desired > 0 and n not in states for n in kept if n in rows)
-        )
+        waking = any(
+            (state.phase is Phase.PENDING or state.instances_desired != rows[n].instances_desired)
+            and state.phase is not Phase.FAILED
+            for n, state in states.items()
+            if n in kept and n in rows
+        ) or any(rows[n].instances_desired > 0 and n not in states for n in kept if n in rows)
+        starting = observed.status == "deploying" or (self.scales_instances and waking)
         if starting:
             polls = self._pending_polls.get(container_id, 0)
             self._pending_polls[container_id] = polls + 1

@@ -522,3 +522,33 @@ async def test_applied_spec_carries_scaling_and_the_desired_traffic(
         TrafficTarget(percent=90, revision=1),
         TrafficTarget(percent=10, latest=True, tag="canary"),
     )
+
+
+async def test_a_runtime_that_rolls_out_by_itself_gets_only_the_newest_revision(
+    ctx: ServiceContext, runtime: MemoryRuntime
+) -> None:
+    runtime.capabilities = Capabilities()  # plain Deployments: no scale to zero, no split
+    reconciler = Reconciler(
+        engine=ctx.engine,
+        runtime=runtime,
+        catalog=ctx.catalog,
+        options=ReconcilerOptions(drain_seconds=0.0),
+    )
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    svc.update_container(
+        ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/web:v2"}
+    )
+    await reconciler.reconcile(container_id)
+    await reconciler.reconcile(container_id)
+    # revision 1 keeps serving meanwhile, but is never applied again (that would roll back)
+    assert [spec.revision for spec in runtime.applied] == [1, 2]
+    assert runtime.scaled == []
+    assert status(ctx, container_id)[2] == 1
+    runtime.set_phase(container_id, 2, Phase.READY)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == ("deployed", None, 2)
+    assert revision_of(ctx, container_id, 2).serving_state == "serving"
+    assert [spec.revision for spec in runtime.applied] == [1, 2]
