@@ -141,6 +141,7 @@ class Activator:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._remove_dead_siblings()
         self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -175,6 +176,17 @@ class Activator:
         self._cold.clear()
         self._paths.clear()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def _remove_dead_siblings(self) -> None:
+        """Socket directories of our processes that died (``kill -9``) go away."""
+        parent = self.socket_dir.parent
+        if not parent.is_dir():
+            return
+        for sibling in parent.iterdir():
+            if not sibling.name.isdigit() or sibling == self.socket_dir:
+                continue
+            if not Path(f"/proc/{sibling.name}").exists():
+                shutil.rmtree(sibling, ignore_errors=True)
 
     # -- sockets --------------------------------------------------------------------------------
 
