@@ -76,31 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command == "serve":
-        import logging
-
         import uvicorn
 
         from app.httpserver import http_protocol
         from app.observability.logs import log_config
-        from app.server import create_app
+        from app.server import create_app, serve_address
 
-        # Dockyard's own messages (which engine and socket it chose, reconciler warnings) beside
-        # uvicorn's; uvicorn configures only its own loggers.
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
-        )
-
+        # Caddy (the data plane) owns the public port and routes container hosts to revisions;
+        # every other host reaches the API, which listens on a private unix socket behind it.
+        serve = serve_address(settings, args.host, args.port)
         uvicorn.run(
-            create_app(settings, port=args.port),
-            host=args.host,
-            port=args.port,
+            create_app(settings, port=args.port, serve=serve),
+            uds=str(serve.api_socket),
             log_level=args.log_level,
             log_config=log_config(args.log_level, settings.log_format),
-            # The built-in ingress appends the real peer to X-Forwarded-For itself; letting
-            # uvicorn rewrite the peer from that header first would record the client twice.
-            proxy_headers=False,
+            # Only Caddy can reach the socket (a 0700 directory): take the client from its
+            # X-Forwarded-For.
+            proxy_headers=True,
+            forwarded_allow_ips="*",
             # Connections whose request headers never finish are closed (uvicorn alone keeps
-            # them open for ever).
+            # them open for ever; Caddy in front has its own read_header_timeout).
             http=http_protocol(settings.header_timeout_seconds),
         )
         return 0

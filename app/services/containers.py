@@ -425,16 +425,3 @@ def list_gpu_models(*, ctx: ServiceContext) -> Page[GpuModelView]:
     """Every GPU model of the catalog."""
     items = [GpuModelView(code=model.code, name=model.name) for model in ctx.catalog.models]
     return Page[GpuModelView](items=items, total=len(items), page=1, rowsPerPage=100)
-
-
-def find_route(*, ctx: ServiceContext, slug: str) -> tuple[str, str] | None:
-    """The live container serving ``slug`` and its status; public, as the URL itself is."""
-    if len(slug) != SLUG_LENGTH:
-        return None
-    with session_scope(ctx.engine) as session:
-        row = session.exec(
-            select(Container.id, Container.status).where(
-                Container.slug == slug, col(Container.deleted_at).is_(None)
-            )
-        ).first()
-    return (row[0], row[1]) if row is not None else None

@@ -32,6 +32,7 @@ def test_weighted_route_503_route_404_wildcard_then_api() -> None:
     (proxy,) = a["handle"]
     assert proxy["handler"] == "reverse_proxy"
     assert proxy["upstreams"] == [{"dial": "127.0.0.1:1"}, {"dial": "127.0.0.1:2"}]
+    assert proxy["load_balancing"]["try_duration"] == "3s"
     assert proxy["load_balancing"]["selection_policy"] == {
         "policy": "weighted_round_robin",
         "weights": [9, 1],

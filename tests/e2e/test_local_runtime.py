@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -311,3 +312,55 @@ def test_phase_timeline_adds_up_to_the_deploy_time(server: Server) -> None:
     timeline = server.api("GET", f"/v1/containers/{crash_id}/revisions").json()["items"][0]
     last = timeline["phases"][-1]
     assert last["phase"] == "failed" and last["reason"].startswith("started: "), timeline
+
+
+def test_the_data_plane_outlives_a_killed_server_and_is_adopted(
+    server: Server, podman_service: PodmanService
+) -> None:
+    """kill -9 of `dockyard serve` under load: Caddy keeps serving the ready revision, the
+    restarted server adopts that same Caddy; a killed Caddy is started again and reprogrammed."""
+    created = server.api(
+        "POST", "/v1/containers", json={"name": "steady", "image": HTTPD_V1, "port": 8080}
+    ).json()
+    server.wait_for(created["id"], lambda c: c["status"] == "deployed")
+    host = created["urls"][0]
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                response = client.get(f"{server.url}/", headers={"Host": host})
+                answers.append(response.status_code)
+                time.sleep(0.01)
+
+    caddy = server.caddy_pid()
+    assert caddy is not None
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        server.kill()
+        served_before = len(answers)
+        time.sleep(2)  # nobody supervises Caddy now
+        assert len(answers) > served_before + 20
+        server.start()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert answers and set(answers) == {200}, [a for a in answers if a != 200][:5]
+    assert server.caddy_pid() == caddy  # adopted, not replaced
+    assert server.through_ingress(created).text == PAGE_V1
+
+    os.kill(caddy, signal.SIGKILL)  # the Caddy this test's server started
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if server.through_ingress(created).status_code == 200:
+                break
+        time.sleep(0.2)
+    assert server.through_ingress(created).text == PAGE_V1
+    assert server.caddy_pid() not in (None, caddy)
+    server.api("DELETE", f"/v1/containers/{created['id']}")
+    wait_engine(podman_service, created["id"], 0)

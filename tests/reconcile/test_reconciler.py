@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from app.dataplane.controller import routed_containers
+from app.dataplane.routes import build_routing_table
 from app.domain.models import Container, Revision
 from app.domain.principal import Principal
 from app.reconcile import Reconciler, ReconcilerOptions
@@ -38,6 +40,14 @@ from app.services.context import ServiceContext
 from app.settings import Settings
 
 ALICE = Principal("alice")
+
+
+def routed(ctx: ServiceContext, container_id: str) -> list[str]:
+    """Where the data plane of any replica sends the container's host, read from the database."""
+    table = build_routing_table(
+        routed_containers(ctx.engine), domain=ctx.ingress_domain, activator=None
+    )
+    return [b.address for r in table if r.container_id == container_id for b in r.backends]
 
 
 class MemoryRuntime:
@@ -189,7 +199,7 @@ async def test_create_applies_revision_and_reports_runtime_phases(
     runtime.set_phase(container_id, 1, Phase.READY)
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 1)
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]
     await reconciler.reconcile(container_id)
     assert len(runtime.applied) == 1  # idempotent: nothing applied twice
 
@@ -206,14 +216,14 @@ async def test_update_switches_when_ready_and_retires_the_old_revision(
     )
     await reconciler.reconcile(container_id)
     assert set(runtime.revisions[container_id]) == {1, 2}
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"  # old one serves meanwhile
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]  # old one serves meanwhile
     state, reason, ready = status(ctx, container_id)
     assert state == "deploying" and ready == 1 and "revision 1 keeps serving" in (reason or "")
 
     runtime.set_phase(container_id, 2, Phase.READY)
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 2)
-    assert reconciler.routes[container_id] == "127.0.0.1:40002"
+    assert routed(ctx, container_id) == ["127.0.0.1:40002"]
     assert set(runtime.revisions[container_id]) == {2}
 
 
@@ -237,7 +247,7 @@ async def test_failed_revision_keeps_the_old_one_serving(
     assert reason == (
         "ImageNotFound: revision 2: image localhost/missing:v9 not found; revision 1 keeps serving"
     )
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]
     assert set(runtime.revisions[container_id]) == {1, 2}
 
 
@@ -347,10 +357,145 @@ async def test_a_runtime_error_keeps_the_ready_revision_serving(
     state, reason, ready = status(ctx, container_id)
     assert state == "deploying" and ready == 1
     assert reason is not None and "changed underneath" in reason
-    assert reconciler.routes[container_id] == "127.0.0.1:40001"  # traffic is not cut
+    assert routed(ctx, container_id) == ["127.0.0.1:40001"]  # traffic is not cut
     runtime.failure = None
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 1)
+
+
+def set_desired(ctx: ServiceContext, container_id: str, revision: int, desired: int) -> None:
+    from app.services.scaling import set_instances_desired
+
+    set_instances_desired(ctx, {(container_id, revision): desired})
+
+
+def revision_of(ctx: ServiceContext, container_id: str, number: int) -> Revision:
+    with Session(ctx.engine) as session:
+        row = session.exec(
+            select(Revision).where(
+                Revision.container_id == container_id, Revision.revision_number == number
+            )
+        ).one()
+        session.expunge(row)
+        return row
+
+
+async def test_scaled_to_zero_is_healthy_and_the_revision_stays_routable(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    row = revision_of(ctx, container_id, 1)
+    assert (row.serving_state, row.instances_ready, row.endpoints) == (
+        "serving",
+        1,
+        ["127.0.0.1:40001"],
+    )
+    set_desired(ctx, container_id, 1, 0)
+    await reconciler.reconcile(container_id)  # drain 0 s: removed at once
+    assert (runtime.scaled[-1] == (1, 0) and container_id not in runtime.revisions) or (
+        runtime.revisions[container_id] == {}
+    )
+    await reconciler.reconcile(container_id)
+    row = revision_of(ctx, container_id, 1)
+    assert (row.serving_state, row.instances_ready, row.endpoints) == ("scaled-to-zero", 0, [])
+    assert status(ctx, container_id) == ("deployed", None, 1)
+    # a wake: one instance again
+    set_desired(ctx, container_id, 1, 1)
+    await reconciler.reconcile(container_id)
+    assert runtime.scaled[-1] == (1, 1)
+    assert revision_of(ctx, container_id, 1).serving_state == "starting"
+    assert status(ctx, container_id) == ("deployed", None, 1)
+
+
+async def test_removing_instances_first_takes_them_out_of_the_data_plane(
+    ctx: ServiceContext, runtime: MemoryRuntime
+) -> None:
+    reconciler = Reconciler(
+        engine=ctx.engine,
+        runtime=runtime,
+        catalog=ctx.catalog,
+        options=ReconcilerOptions(drain_seconds=30.0),
+    )
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    set_desired(ctx, container_id, 1, 0)
+    await reconciler.reconcile(container_id)
+    row = revision_of(ctx, container_id, 1)
+    assert (row.endpoints, row.serving_state) == ([], "scaled-to-zero")
+    assert container_id in runtime.revisions and 1 in runtime.revisions[container_id]
+    assert runtime.scaled == [(1, 1)]  # the instance stays for the drain period
+    # a request in the meantime: the instance serves again, nothing was removed
+    set_desired(ctx, container_id, 1, 1)
+    await reconciler.reconcile(container_id)
+    assert revision_of(ctx, container_id, 1).endpoints == ["127.0.0.1:40001"]
+    assert runtime.scaled == [(1, 1)]
+
+
+async def test_a_failure_reason_survives_scale_to_zero(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.FAILED, "CrashLoopBackOff", "exited with code 3")
+    await reconciler.reconcile(container_id)
+    assert revision_of(ctx, container_id, 1).serving_state == "failed"
+    set_desired(ctx, container_id, 1, 0)
+    await reconciler.reconcile(container_id)
+    await reconciler.reconcile(container_id)
+    row = revision_of(ctx, container_id, 1)
+    assert (row.serving_state, row.state_reason, row.state_message) == (
+        "scaled-to-zero",
+        "CrashLoopBackOff",
+        "exited with code 3",
+    )
+    state, reason, ready = status(ctx, container_id)
+    assert state == "failed" and "exited with code 3" in (reason or "")
+    assert ready == 1  # still routable: the next request tries again
+
+
+async def test_traffic_keeps_a_pinned_revision_and_retires_the_others(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    for image in ("localhost/web:v2", "localhost/web:v3"):
+        svc.update_container(
+            ctx=ctx, principal=ALICE, container_id=container_id, data={"image": image}
+        )
+        await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 2, Phase.READY)
+    svc.set_traffic(
+        ctx=ctx,
+        principal=ALICE,
+        container_id=container_id,
+        data=[{"revision": 1, "percent": 90}, {"revision": 2, "percent": 10, "tag": "canary"}],
+    )
+    await reconciler.reconcile(container_id)
+    assert set(runtime.revisions[container_id]) == {1, 2, 3}  # 3 is the newest: it starts
+    runtime.set_phase(container_id, 3, Phase.READY)
+    await reconciler.reconcile(container_id)
+    assert set(runtime.revisions[container_id]) == {1, 2, 3}
+    svc.set_traffic(
+        ctx=ctx,
+        principal=ALICE,
+        container_id=container_id,
+        data=[{"latest": True, "percent": 100}],
+    )
+    await reconciler.reconcile(container_id)
+    await reconciler.reconcile(container_id)
+    assert set(runtime.revisions[container_id]) == {3}
+    assert [revision_of(ctx, container_id, n).serving_state for n in (1, 2, 3)] == [
+        "retired",
+        "retired",
+        "serving",
+    ]
 
 
 async def test_applied_spec_carries_scaling_and_the_desired_traffic(
@@ -377,3 +522,33 @@ async def test_applied_spec_carries_scaling_and_the_desired_traffic(
         TrafficTarget(percent=90, revision=1),
         TrafficTarget(percent=10, latest=True, tag="canary"),
     )
+
+
+async def test_a_runtime_that_rolls_out_by_itself_gets_only_the_newest_revision(
+    ctx: ServiceContext, runtime: MemoryRuntime
+) -> None:
+    runtime.capabilities = Capabilities()  # plain Deployments: no scale to zero, no split
+    reconciler = Reconciler(
+        engine=ctx.engine,
+        runtime=runtime,
+        catalog=ctx.catalog,
+        options=ReconcilerOptions(drain_seconds=0.0),
+    )
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    svc.update_container(
+        ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/web:v2"}
+    )
+    await reconciler.reconcile(container_id)
+    await reconciler.reconcile(container_id)
+    # revision 1 keeps serving meanwhile, but is never applied again (that would roll back)
+    assert [spec.revision for spec in runtime.applied] == [1, 2]
+    assert runtime.scaled == []
+    assert status(ctx, container_id)[2] == 1
+    runtime.set_phase(container_id, 2, Phase.READY)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == ("deployed", None, 2)
+    assert revision_of(ctx, container_id, 2).serving_state == "serving"
+    assert [spec.revision for spec in runtime.applied] == [1, 2]

@@ -5,7 +5,8 @@ no network: ``localhost/dockyard-test-httpd:v1``/``v2`` serve ``/www/index.html`
 ``localhost/dockyard-test-crash:v1`` prints two lines and exits 3, and
 ``localhost/dockyard-test-logger:v1`` prints a numbered stdout and stderr line every 0.2 s, and
 ``localhost/dockyard-test-echo:v1`` answers ``/cgi-bin/echo`` with the method, query, headers
-and body it received.
+and body it received, and ``localhost/dockyard-test-slow:v1``/``v2`` answer ``/cgi-bin/slow``
+after 0.2 s (requests that stay in flight, for the autoscaler).
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ HTTPD_V2 = "localhost/dockyard-test-httpd:v2"
 CRASH = "localhost/dockyard-test-crash:v1"
 LOGGER = "localhost/dockyard-test-logger:v1"
 ECHO = "localhost/dockyard-test-echo:v1"
+SLOW_V1 = "localhost/dockyard-test-slow:v1"
+SLOW_V2 = "localhost/dockyard-test-slow:v2"
+SLOW_SCRIPT = """#!/bin/sh
+sleep 0.2
+echo "Content-Type: text/plain"
+echo ""
+cat /www/index.html
+"""
 ECHO_SCRIPT = """#!/bin/sh
 echo "Content-Type: text/plain"
 echo "X-Echo: yes"
@@ -84,6 +93,8 @@ IMAGES: dict[str, tuple[str, str]] = {
     CRASH: (PAGE_V1, CRASH_CMD),
     LOGGER: (PAGE_V1, LOGGER_CMD),
     ECHO: (PAGE_V1, HTTPD_CMD),
+    SLOW_V1: (PAGE_V1, HTTPD_CMD),
+    SLOW_V2: (PAGE_V2, HTTPD_CMD),
 }
 
 
@@ -119,6 +130,9 @@ def _rootfs_tar(workdir: Path, page: str) -> Path:
     script = root / "www" / "cgi-bin" / "echo"
     script.write_text(ECHO_SCRIPT)
     script.chmod(0o755)
+    slow = root / "www" / "cgi-bin" / "slow"
+    slow.write_text(SLOW_SCRIPT)
+    slow.chmod(0o755)
     tar_path = workdir / "rootfs.tar"
     with tarfile.open(tar_path, "w") as tar:
         tar.add(root, arcname=".")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -68,6 +70,47 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        self.stop_left_caddy()
+
+    @property
+    def caddy_pid_file(self) -> Path:
+        from app.server import serve_address
+        from app.settings import Settings
+
+        data_dir = Path(self.env["DOCKYARD_DATA_DIR"])
+        return serve_address(Settings(data_dir=data_dir), "127.0.0.1", self.port).directory / (
+            "caddy.pid"
+        )
+
+    def caddy_pid(self) -> int | None:
+        try:
+            return int(self.caddy_pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop_left_caddy(self) -> None:
+        """The Caddy this server started survives a SIGKILL of the server by design; a test that
+        ends with the server killed stops it here."""
+        pid = self.caddy_pid()
+        if pid is None:
+            return
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if str(self.caddy_pid_file.parent).encode() not in command:
+            return  # that pid is no longer our Caddy
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return
+            if stat.rpartition(")")[2].split()[:1] == ["Z"]:
+                return
+            time.sleep(0.05)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(

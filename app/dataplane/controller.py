@@ -1,0 +1,160 @@
+"""Keeps this replica's Caddy programmed with the routing table derived from the database.
+
+Every API replica runs one: the table is rebuilt from the ``containers`` and ``revisions`` rows
+(the leader's reconciler writes each revision's ready endpoints there) whenever a change is
+announced (local service changes, the reconciler's status changes, the bus) and, as a safety net,
+every ``resync_interval`` seconds. Identical tables load nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from app.dataplane.routes import (
+    ActivatorAddress,
+    RoutedContainer,
+    RoutedRevision,
+    RoutingTable,
+    build_routing_table,
+)
+from app.dataplane.supervisor import CaddySupervisor
+from app.domain.models import Container, Revision
+from app.runtime.base import LATEST_ONLY, TrafficTarget
+
+log = logging.getLogger(__name__)
+
+
+def traffic_targets(traffic: Sequence[dict[str, Any]] | None) -> tuple[TrafficTarget, ...]:
+    """``containers.traffic`` (``[{revision, latest, percent, tag}]``) as traffic targets."""
+    if not traffic:
+        return LATEST_ONLY
+    targets = []
+    for entry in traffic:
+        revision = entry.get("revision")
+        targets.append(
+            TrafficTarget(
+                percent=int(entry.get("percent") or 0),
+                revision=int(revision) if revision is not None else None,
+                latest=bool(entry.get("latest")),
+                tag=str(entry["tag"]) if entry.get("tag") else None,
+            )
+        )
+    return tuple(targets)
+
+
+def routed_containers(engine: Engine) -> list[RoutedContainer]:
+    """Every live container with the ready endpoints of its revisions."""
+    with Session(engine) as session:
+        containers = session.exec(
+            select(Container.id, Container.slug, Container.ready_revision, Container.traffic).where(
+                col(Container.deleted_at).is_(None)
+            )
+        ).all()
+        ready = session.exec(
+            select(
+                Revision.container_id,
+                Revision.revision_number,
+                Revision.instances_ready,
+                Revision.endpoints,
+            ).where(col(Revision.instances_ready) > 0)
+        ).all()
+    revisions: dict[str, list[RoutedRevision]] = {}
+    for container_id, number, instances_ready, endpoints in ready:
+        revisions.setdefault(container_id, []).append(
+            RoutedRevision(number, instances_ready, tuple(endpoints or ()))
+        )
+    return [
+        RoutedContainer(
+            id=container_id,
+            slug=slug,
+            ready_revision=ready_revision,
+            revisions=tuple(revisions.get(container_id, ())),
+            traffic=traffic_targets(traffic),
+        )
+        for container_id, slug, ready_revision, traffic in containers
+    ]
+
+
+class DataPlane:
+    """Rebuilds and programs the routing table on changes and periodically."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        supervisor: CaddySupervisor,
+        domain: str,
+        activator: ActivatorAddress | None = None,
+        resync_interval: float = 2.0,
+    ) -> None:
+        self.engine = engine
+        self.supervisor = supervisor
+        self.domain = domain
+        self.activator = activator
+        self.resync_interval = resync_interval
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def table(self) -> RoutingTable:
+        return build_routing_table(
+            routed_containers(self.engine), domain=self.domain, activator=self.activator
+        )
+
+    def changed(self, *_why: object) -> None:
+        """Something routing-related may have changed; safe to call from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._changed.set()
+        else:
+            loop.call_soon_threadsafe(self._changed.set)
+
+    async def status_changed(self, container_id: str, kind: str) -> None:
+        """The reconciler's ``on_status`` hook."""
+        self.changed(container_id, kind)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.supervisor.start(await asyncio.to_thread(self.table))
+        self._task = asyncio.create_task(self._sync_loop(), name="dataplane-sync")
+
+    async def sync(self) -> bool:
+        """Rebuild and program the table now; True when Caddy got a new configuration."""
+        return await self.supervisor.apply(await asyncio.to_thread(self.table))
+
+    async def _sync_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.resync_interval)
+            self._changed.clear()
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("could not program the data plane: %s", e)
+
+    async def upstreams(self) -> dict[str, int]:
+        """In-flight requests per upstream address, as Caddy counts them."""
+        return await self.supervisor.admin.upstreams()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.supervisor.stop()
