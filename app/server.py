@@ -34,7 +34,7 @@ from app.reconcile.leader import Elector, database_elector
 from app.rest import problems
 from app.rest.logs import router as logs_router
 from app.rest.routes import router as rest_router
-from app.runtime.base import Runtime
+from app.runtime.base import Capabilities, Runtime
 from app.runtime.factory import make_runtime
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_lease import LeaseElector
@@ -45,6 +45,7 @@ from app.streams import LogHub
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8000
+ALL_CAPABILITIES = Capabilities(autoscales=True, scale_to_zero=True, traffic_split=True)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,11 @@ def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
     ctx = ServiceContext(
         engine=engine,
         catalog=load_catalog(settings.gpu_catalog_file),
-        limits=Limits(max_cpu=settings.max_cpu, max_gpu=settings.max_gpu),
+        limits=Limits(
+            max_cpu=settings.max_cpu,
+            max_gpu=settings.max_gpu,
+            max_instances=settings.max_instances,
+        ),
         ingress_domain=settings.ingress_domain or f"localhost:{port}",
     )
     return AppState(settings=settings, ctx=ctx, verifier=make_verifier(settings))
@@ -185,6 +190,8 @@ def create_app(
     state = build_state(settings, port=port)
     if runtime == "from-settings":
         runtime = _runtime_from(settings, state)
+    # Without a runtime nothing runs; the API then accepts every serverless feature.
+    state.ctx.capabilities = runtime.capabilities if runtime is not None else ALL_CAPABILITIES
     reconciler = None
     if runtime is not None:
         reconciler = Reconciler(

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     auth_leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on exp/nbf.")
     max_cpu: float = Field(64, gt=0, description="Largest cpu a container may ask for.")
     max_gpu: int = Field(8, ge=0, description="Largest gpu count a container may ask for.")
+    max_instances: int = Field(
+        100, ge=1, description="Largest scaling.maxInstances a revision may ask for."
+    )
     gpu_catalog_file: Path | None = Field(
         None, description="YAML/JSON file replacing the built-in GPU catalog."
     )

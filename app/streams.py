@@ -406,7 +406,8 @@ class LogHub:
                 if self.on_change is not None:
                     self.on_change(container_id)
                 remote = message.get("origin") != self.origin
-                if kind in ("spec", "deleted") and remote and self.on_remote_change is not None:
+                desired = kind in ("spec", "traffic", "deleted")
+                if desired and remote and self.on_remote_change is not None:
                     self.on_remote_change(container_id)
 
     async def status(self, container_id: str) -> AsyncIterator[object]:

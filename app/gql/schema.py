@@ -23,6 +23,7 @@ from app.gql.types import (
     GpuModelPage,
     LogLine,
     RevisionPage,
+    TrafficTargetInput,
     UpdateContainerInput,
     Viewer,
     provided_fields,
@@ -112,6 +113,20 @@ class Mutation:
     ) -> Container:
         view = await info.context.call(
             svc.rollback_container, container_id=id, revision_number=revision_number
+        )
+        return Container.from_view(view)
+
+    @strawberry.mutation(
+        description="Set where a container's requests go (`PUT /v1/containers/{id}/traffic`); "
+        "makes no new revision."
+    )
+    async def set_traffic(
+        self, info: Info, id: strawberry.ID, traffic: list[TrafficTargetInput]
+    ) -> Container:
+        view = await info.context.call(
+            svc.set_traffic,
+            container_id=id,
+            data=[provided_fields(target) for target in traffic],
         )
         return Container.from_view(view)
 

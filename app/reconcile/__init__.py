@@ -32,6 +32,7 @@ from app.domain.status import (
     apply_observed_status,
     derive_status,
 )
+from app.domain.traffic import traffic_of
 from app.reconcile.leader import Elector
 from app.runtime.base import (
     GpuSelector,
@@ -41,6 +42,8 @@ from app.runtime.base import (
     RuntimeAdapterError,
     RuntimeRejected,
     RuntimeUnavailable,
+    Scaling,
+    TrafficTarget,
     WorkloadSpec,
 )
 
@@ -90,6 +93,19 @@ def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
         arguments=tuple(spec.arguments) if spec.arguments is not None else None,
         env=dict(spec.env),
         desired_gpus=tuple(selectors),
+        scaling=Scaling(
+            min_instances=spec.scaling.min_instances,
+            max_instances=spec.scaling.max_instances,
+            concurrency=spec.scaling.concurrency,
+            scale_to_zero_after_seconds=spec.scaling.scale_to_zero_after_seconds,
+        ),
+        # Desired, not resolved: ``latest`` stays latest, for runtimes that route by themselves.
+        traffic=tuple(
+            TrafficTarget(
+                percent=entry.percent, revision=entry.revision, latest=entry.latest, tag=entry.tag
+            )
+            for entry in traffic_of(container.traffic)
+        ),
     )
 
 

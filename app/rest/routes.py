@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import Ctx, CurrentPrincipal
 from app.domain.errors import FieldError, MalformedInput
 from app.domain.spec import ContainerInput
+from app.domain.traffic import traffic_from_body
 from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
 from app.services import containers as svc
 
@@ -25,11 +26,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "Invalid input; `errors` names each field"),
     ]
 }
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its local ``#/$defs/...`` references replaced by their targets (such
+    references would point at the root of the OpenAPI document, where there are none)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inlined(value, defs) for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(item, defs) for item in schema]
+    return schema
+
+
+_SPEC_SCHEMA = ContainerInput.model_json_schema(by_alias=True)
 _SPEC_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": ContainerInput.model_json_schema(by_alias=True)}
+            "application/json": {"schema": _inlined(_SPEC_SCHEMA, _SPEC_SCHEMA.get("$defs", {}))}
         },
     }
 }
@@ -145,6 +162,54 @@ async def rollback_container(
         lambda: svc.rollback_container(
             ctx=ctx, principal=principal, container_id=id, revision_number=number
         )
+    )
+
+
+@router.put(
+    "/containers/{id}/traffic",
+    response_model=ContainerView,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["traffic"],
+                        "properties": {
+                            "traffic": {
+                                "type": "array",
+                                "maxItems": 20,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "revision": {"type": "integer"},
+                                        "latest": {"type": "boolean"},
+                                        "percent": {
+                                            "type": "integer",
+                                            "minimum": 0,
+                                            "maximum": 100,
+                                        },
+                                        "tag": {"type": "string"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def set_traffic(
+    id: str, payload: Json, principal: CurrentPrincipal, ctx: Ctx
+) -> ContainerView:
+    """Where the container's requests go, by percent and tag; makes no new revision."""
+    traffic = traffic_from_body(payload)
+    return await run_in_threadpool(
+        lambda: svc.set_traffic(ctx=ctx, principal=principal, container_id=id, data=traffic)
     )
 
 

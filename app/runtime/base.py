@@ -171,6 +171,8 @@ class Runtime(Protocol):
     """A place where revisions of containers run."""
 
     name: str
+    capabilities: Capabilities
+    """What the API may accept for this runtime (scale to zero, traffic split and tags)."""
 
     async def apply(self, spec: WorkloadSpec) -> None:
         """Make sure this revision is (being) run; idempotent. Older revisions keep running."""

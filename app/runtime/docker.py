@@ -50,6 +50,7 @@ from app.runtime.base import (
     LABEL_MANAGED_BY,
     LABEL_REVISION,
     MANAGED_BY,
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -166,6 +167,8 @@ class DockerRuntime:
     """:class:`app.runtime.base.Runtime` on a Docker Engine API socket."""
 
     name = "docker"
+    capabilities = Capabilities(autoscales=False, scale_to_zero=True, traffic_split=True)
+    """Dockyard's own data plane (proxy, activator, autoscaler) does the serverless part."""
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ from app.domain.logtime import parse_ns
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
     LABEL_REVISION,
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -115,6 +116,8 @@ class KubernetesRuntime:
     """Runs revisions of containers as Deployments on a Kubernetes cluster."""
 
     name = "kubernetes"
+    capabilities = Capabilities(autoscales=False, scale_to_zero=False, traffic_split=False)
+    """Plain Deployments: a fixed replica count, one revision serving at a time."""
 
     def __init__(
         self,

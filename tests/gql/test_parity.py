@@ -40,6 +40,8 @@ def normalise(value: Any, *, ids: dict[str, str], subject: str) -> Any:
             return "<time>"
         if re.fullmatch(r"[a-z2-7]{26}\.localhost:8000", value):
             return "<slug>.localhost:8000"
+        if tagged := re.fullmatch(r"([a-z0-9-]+)---[a-z2-7]{26}\.localhost:8000", value):
+            return f"{tagged[1]}---<slug>.localhost:8000"
     return value
 
 

@@ -20,6 +20,8 @@ from app.domain.models import Container, Revision
 from app.domain.principal import Principal
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.runtime.base import (
+    LATEST_ONLY,
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -27,6 +29,8 @@ from app.runtime.base import (
     RuntimeConflict,
     RuntimeEvent,
     RuntimeUnavailable,
+    Scaling,
+    TrafficTarget,
     WorkloadSpec,
 )
 from app.server import build_state
@@ -49,6 +53,7 @@ class MemoryRuntime:
     """Revisions live in a dict; tests decide their phase."""
 
     name = "memory"
+    capabilities = Capabilities(scale_to_zero=True, traffic_split=True)
 
     def __init__(self) -> None:
         self.revisions: dict[str, dict[int, RevisionState]] = {}
@@ -330,3 +335,29 @@ async def test_a_runtime_error_keeps_the_ready_revision_serving(
     runtime.failure = None
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 1)
+
+
+async def test_applied_spec_carries_scaling_and_the_desired_traffic(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx, scaling={"minInstances": 1, "concurrency": 10})
+    await reconciler.reconcile(container_id)
+    (first,) = runtime.applied
+    assert first.scaling == Scaling(
+        min_instances=1, max_instances=100, concurrency=10, scale_to_zero_after_seconds=900
+    )
+    assert first.traffic == LATEST_ONLY
+    svc.update_container(ctx=ctx, principal=ALICE, container_id=container_id, data={"env": {}})
+    svc.set_traffic(
+        ctx=ctx,
+        principal=ALICE,
+        container_id=container_id,
+        data=[{"revision": 1, "percent": 90}, {"latest": True, "percent": 10, "tag": "canary"}],
+    )
+    await reconciler.reconcile(container_id)
+    second = runtime.applied[-1]
+    assert second.revision == 2
+    assert second.traffic == (
+        TrafficTarget(percent=90, revision=1),
+        TrafficTarget(percent=10, latest=True, tag="canary"),
+    )
