@@ -46,6 +46,8 @@ class ProxyOptions:
     grace_period: str = "30s"
     """How long requests in flight may finish on a replaced configuration."""
     dial_timeout: str = "5s"
+    stream_close_delay: str = "1h"
+    """How long WebSockets opened under a replaced configuration may live on."""
     try_duration: str = "3s"
     """How long a request may wait for an upstream that refuses connections."""
     keepalive_idle_conns_per_host: int = 64
@@ -64,6 +66,8 @@ def _proxy(dials: list[str], options: ProxyOptions, weights: list[int] | None) -
         "upstreams": [{"dial": dial} for dial in dials],
         # Stream both ways: responses are flushed as they come (SSE, chunked downloads).
         "flush_interval": -1,
+        # A config load would otherwise close WebSockets and other upgraded streams at once.
+        "stream_close_delay": options.stream_close_delay,
         "transport": {
             "protocol": "http",
             "dial_timeout": options.dial_timeout,

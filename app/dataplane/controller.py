@@ -73,12 +73,16 @@ class DataPlane:
         domain: str,
         activator: ActivatorAddress | None = None,
         resync_interval: float = 2.0,
+        min_load_interval: float = 0.25,
     ) -> None:
         self.engine = engine
         self.supervisor = supervisor
         self.domain = domain
         self.activator = activator
         self.resync_interval = resync_interval
+        self.min_load_interval = min_load_interval
+        """Changes are batched into at most one load per interval: each load swaps Caddy's
+        servers, and a connection arriving during the swap can be closed unanswered."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,7 +125,8 @@ class DataPlane:
                 await asyncio.wait_for(self._changed.wait(), self.resync_interval)
             self._changed.clear()
             try:
-                await self.sync()
+                if await self.sync():
+                    await asyncio.sleep(self.min_load_interval)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
