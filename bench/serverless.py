@@ -76,7 +76,14 @@ def ensure_wrk() -> str:
 
 def wrk(binary: str, url: str, host: str | None, seconds: int, connections: int) -> Run:
     """One wrk run; errors are socket errors plus non-2xx answers."""
-    command = [binary, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    command = [
+        binary,
+        f"-t{min(2, connections)}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        url,
+    ]
     if host is not None:
         command[1:1] = ["-H", f"Host: {host}"]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -158,7 +165,7 @@ def main() -> None:
     label_this_run()
     ensure_test_images()
     ensure_keepalive_image()
-    results: dict[str, tuple[list[Run], list[Run]]] = {}
+    results: dict[str, tuple[list[Run], list[Run], tuple[Run, Run]]] = {}
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)
@@ -199,7 +206,12 @@ def main() -> None:
                     for _ in range(args.rounds):
                         direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
                         proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
-                    results[label] = (direct, proxied)
+                    # One connection: the latency a single hop adds when nothing queues.
+                    single = (
+                        wrk(binary, direct_url, None, args.seconds, 1),
+                        wrk(binary, proxy_url, host, args.seconds, 1),
+                    )
+                    results[label] = (direct, proxied, single)
                     api.delete(f"/v1/containers/{container['id']}").raise_for_status()
                     wait_gone(client)
         finally:
@@ -208,8 +220,13 @@ def main() -> None:
             server.wait(timeout=30)
             engine.stop()
     print(f"wrk, {args.connections} connections, {args.rounds} x {args.seconds}s each, interleaved")
-    for label, (direct, proxied) in results.items():
+    for label, (direct, proxied, (alone, alone_proxied)) in results.items():
         report(label, direct, proxied, args.connections)
+        print(
+            f"  1 connection: p50 {alone[1]:.2f} ms direct, {alone_proxied[1]:.2f} ms proxied "
+            f"({alone_proxied[1] - alone[1]:+.2f} ms); "
+            f"{alone[0]:.0f} vs {alone_proxied[0]:.0f} req/s"
+        )
 
 
 def wait_gone(client: docker.DockerClient) -> None:
