@@ -95,6 +95,12 @@ class IngressProxy:
             await _plain(send, 404, f"no container serves {slug}.{self.domain}\n")
             return
         endpoint = self._endpoint(container_id)
+        if endpoint is None and status == "failed":
+            # Nothing will heal by waiting: no Retry-After; the status says what to fix.
+            await _plain(
+                send, 503, "container failed; see its statusReason, fix it and redeploy\n"
+            )
+            return
         if endpoint is None:
             await _plain(
                 send,
