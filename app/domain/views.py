@@ -106,11 +106,14 @@ def container_view(container: Container, *, ingress_domain: str) -> ContainerVie
 
 
 def revision_view(revision: Revision) -> RevisionView:
+    spec = dict(revision.spec)
+    if "port" in spec:
+        spec["port"] = str(spec["port"])  # a string, as the container's `port`
     return RevisionView(
         containerID=revision.container_id,
         revisionNumber=revision.revision_number,
         image=revision.image,
         dateCreated=as_utc(revision.date_created),
         createdBy=revision.created_by,
-        spec=revision.spec,
+        spec=spec,
     )

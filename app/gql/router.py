@@ -12,6 +12,7 @@ legacy graphql-ws answers ``connection_error``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +20,32 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.types.unset import UnsetType
 
-from app.domain.errors import Unauthenticated
+from app.domain.errors import FieldError, MalformedInput, Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
 from app.gql.schema import schema
 
 
 class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
+    def parse_json(self, data: str | bytes) -> Any:
+        """A body that is not JSON, or not a JSON object (or list of them), is answered as REST
+        answers it: 400 problem+json ``MALFORMED_JSON`` naming ``body`` (the error propagates to
+        the app's problem handlers), not a text/plain 400 or a 500."""
+        try:
+            value = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise MalformedInput([FieldError("body", "is not valid JSON")]) from None
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(item, dict) for item in items):
+            raise MalformedInput(
+                [
+                    FieldError(
+                        "body", 'must be a JSON object such as {"query": "{ viewer { subject } }"}'
+                    )
+                ]
+            )
+        return value
+
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params: Any = context.connection_params
         if isinstance(params, dict):

@@ -13,15 +13,18 @@ from typing import Annotated
 
 import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.schema.config import StrawberryConfig
 
 from app.gql.context import Context
 from app.gql.errors import ErrorCodes, Unavailable, masking
 from app.gql.types import (
+    PORT_SCALAR,
     Container,
     ContainerPage,
     CreateContainerInput,
     GpuModelPage,
     LogLine,
+    Port,
     RevisionPage,
     UpdateContainerInput,
     Viewer,
@@ -169,6 +172,7 @@ schema = strawberry.Schema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
+    config=StrawberryConfig(scalar_map={Port: PORT_SCALAR}),
     extensions=[
         functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
         functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
