@@ -4,16 +4,34 @@ argparse), and the client commands that talk to a server's API (``app.client.cli
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from app.settings import Settings
 
 
+def _default_text(name: str) -> str:
+    info = Settings.model_fields[name]
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list):
+        if name in ("cors_origins", "auth_algorithms"):
+            return ",".join(str(item) for item in value) or "none"
+        return json.dumps(value) if value else "none"
+    return str(value)
+
+
 def _settings_help() -> str:
     lines = ["environment (prefix DOCKYARD_):"]
     for name, info in Settings.model_fields.items():
-        lines.append(f"  DOCKYARD_{name.upper():28} {info.description or ''}")
+        lines.append(
+            f"  DOCKYARD_{name.upper():28} {info.description or ''} "
+            f"[default: {_default_text(name)}]"
+        )
     return "\n".join(lines)
 
 
@@ -44,9 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on [default: %(default)s]"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port [default: %(default)s]")
+    serve.add_argument(
+        "--log-level", default="info", help="debug, info, warning… [default: %(default)s]"
+    )
     token = commands.add_parser(
         "token",
         help="mint a token with the local signing key",

@@ -58,6 +58,11 @@ def test_serve_help_documents_the_settings() -> None:
         "--host",
     ):
         assert name in result.stdout
+    # each setting's default is shown
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith("DOCKYARD_")]
+    assert lines and all("[default: " in line for line in lines)
+    assert "DOCKYARD_READINESS_TIMEOUT_SECONDS" in result.stdout
+    assert "[default: 120]" in result.stdout and "[default: 8000]" in result.stdout
 
 
 def test_token_finds_the_data_dir_above_and_warns_when_it_creates_a_key(
