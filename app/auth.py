@@ -72,6 +72,8 @@ class _JwtVerifier:
             exp={"essential": True},
         )
 
+    unknown_key_hint = "the token was signed with a key this server does not know"
+
     def _keys(self, *, refresh: bool) -> KeySet:
         raise NotImplementedError
 
@@ -86,6 +88,10 @@ class _JwtVerifier:
             self._registry.validate(decoded.claims)
         except Unauthenticated:
             raise
+        except InvalidKeyIdError as e:
+            raise Unauthenticated(
+                f"invalid_token: {_reason(e)}: {self.unknown_key_hint}"
+            ) from e
         except Exception as e:
             # Whatever the token holds (a non-Latin-1 or CR/LF `kid`, garbage), the answer is one
             # of a few fixed texts: nothing the client sent is echoed into headers or bodies.
@@ -102,6 +108,12 @@ class _JwtVerifier:
 
 class LocalKeys(_JwtVerifier):
     """The data directory's signing key: verifies tokens and mints new ones."""
+
+    unknown_key_hint = (
+        "the token was signed with another data directory's key; mint it with `dockyard token` "
+        "using the server's DOCKYARD_DATA_DIR (default ./.dockyard in the directory where "
+        "`dockyard serve` runs)"
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings=settings, issuer=LOCAL_ISSUER)
@@ -165,6 +177,10 @@ def _load_or_create_key(path: Path) -> ECKey:
 
 class OidcVerifier(_JwtVerifier):
     """Verifies tokens of an OIDC issuer with keys from its JWKS, cached."""
+
+    unknown_key_hint = (
+        "the token's kid is not in the issuer's JWKS; get a fresh token from DOCKYARD_AUTH_ISSUER"
+    )
 
     def __init__(self, settings: Settings, *, http: httpx.Client | None = None) -> None:
         assert settings.auth_issuer is not None

@@ -4,15 +4,34 @@ argparse), and the client commands that talk to a server's API (``app.client.cli
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from app.settings import Settings
+
+
+def _default_text(name: str) -> str:
+    info = Settings.model_fields[name]
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict | list):
+        if name in ("cors_origins", "auth_algorithms"):
+            return ",".join(str(item) for item in value) or "none"
+        return json.dumps(value) if value else "none"
+    return str(value)
 
 
 def _settings_help() -> str:
     lines = ["environment (prefix DOCKYARD_):"]
     for name, info in Settings.model_fields.items():
-        lines.append(f"  DOCKYARD_{name.upper():28} {info.description or ''}")
+        lines.append(
+            f"  DOCKYARD_{name.upper():28} {info.description or ''} "
+            f"[default: {_default_text(name)}]"
+        )
     return "\n".join(lines)
 
 
@@ -43,10 +62,21 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info")
-    token = commands.add_parser("token", help="mint a token with the local signing key")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on [default: %(default)s]"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port [default: %(default)s]")
+    serve.add_argument(
+        "--log-level", default="info", help="debug, info, warning… [default: %(default)s]"
+    )
+    token = commands.add_parser(
+        "token",
+        help="mint a token with the local signing key",
+        description="Mint a token signed with the key in DOCKYARD_DATA_DIR (else the nearest "
+        ".dockyard directory with a key, here or above; else ./.dockyard, creating a key with "
+        "a warning). Tokens last --ttl seconds (default 3600); servers accept them for "
+        "DOCKYARD_AUTH_LEEWAY_SECONDS (default 30) past their expiry, for clock skew.",
+    )
     token.add_argument("--sub", required=True, help="the token subject (user id)")
     token.add_argument("--role", action="append", default=[], help="a role, e.g. ADMIN")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
@@ -54,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     openapi = commands.add_parser("openapi", help="print the REST OpenAPI document")
     openapi.add_argument("--output", "-o", help="write it to this file instead")
     return parser
+
+
+def _token_settings(settings: Settings) -> Settings:
+    """The settings whose data dir holds the key to sign with: DOCKYARD_DATA_DIR when set, else
+    the nearest ``.dockyard`` with a key in this directory or a parent (as ``git`` finds its
+    repository), else ``./.dockyard``."""
+    import os
+
+    from app.auth import KEY_FILE
+
+    default = Settings.model_fields["data_dir"].default
+    if os.environ.get("DOCKYARD_DATA_DIR") or settings.data_dir != default:
+        return settings
+    here = Path.cwd()
+    for directory in (here, *here.parents):
+        if (directory / default / KEY_FILE).is_file():
+            return settings.model_copy(update={"data_dir": directory / default})
+    return settings
 
 
 def _client(argv: list[str]) -> int:
@@ -100,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "token":
-        from app.auth import LocalKeys
+        from app.auth import KEY_FILE, LocalKeys
 
         if settings.auth_issuer:
             print(
@@ -111,7 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.ttl <= 0:
             print("dockyard token: --ttl must be a positive number of seconds", file=sys.stderr)
             return 2
+        settings = _token_settings(settings)
+        key_file = (settings.data_dir / KEY_FILE).resolve()
+        existed = key_file.exists()
         keys = LocalKeys(settings)
+        if existed:
+            print(f"dockyard token: signed with {key_file}", file=sys.stderr)
+        else:
+            print(
+                f"dockyard token: warning: created a NEW signing key {key_file}; a server using "
+                "another data directory refuses this token (401 'No key for kid'): set "
+                "DOCKYARD_DATA_DIR to the server's data directory",
+                file=sys.stderr,
+            )
         print(keys.mint(subject=args.sub, roles=args.role, ttl_seconds=args.ttl))
         return 0
     if args.command == "migrate":
@@ -124,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         print("database is up to date")
         return 0
     if args.command == "openapi":
-        from pathlib import Path
-
         from app.server import openapi_json
 
         document = openapi_json()

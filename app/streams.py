@@ -464,12 +464,12 @@ class LogHub:
                 backlog = [event for event in backlog if event.key > resume]
             # The last line delivered, per revision: during a switch the lines of two revisions
             # arrive interleaved, each revision's in order, their timestamps overlapping.
-            last: dict[int | None, Key] = {}
+            # A resuming client has everything up to its id, whatever the revision.
+            last: dict[int | None, Key] = {None: resume} if resume is not None else {}
+            for event in backlog:
+                last[event.revision] = event.key
             if backlog:
-                last[backlog[-1].revision] = backlog[-1].key
                 yield LogChunk.of(backlog)
-            elif resume is not None:
-                last[None] = resume
             if subscriber is None:
                 return
             while (chunk := await subscriber.get()) is not None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -365,3 +366,56 @@ async def test_desired_changes_from_other_replicas_wake_the_leader(hub: LogHub) 
     assert await anext(changes) == "traffic"
     assert woken == ["c1", "c1"]
     await changes.aclose()  # type: ignore[attr-defined]
+class TwoRevisionRuntime(ScriptedRuntime):
+    """Lists revisions 1 and 2 and serves each one's lines on its own stream, as engines do."""
+
+    async def list_managed(self) -> dict[str, set[int]]:
+        return {"c1": {1, 2}}
+
+    async def log_batches(  # type: ignore[override]
+        self, container_id: str, *, revision: int | None = None, **options: Any
+    ) -> AsyncIterator[list[LogLine]]:
+        async for batch in super().log_batches(container_id, revision=revision, **options):
+            mine = [line for line in batch if revision is None or line.revision == revision]
+            if mine:
+                yield mine
+
+
+async def test_a_follower_gets_each_revisions_lines_deduplicated_per_revision() -> None:
+    """During a drain two revisions print with overlapping timestamps: one upstream each, a
+    live chunk of one revision is never cut by the other's position, and a resuming client
+    gets nothing twice."""
+    runtime = TwoRevisionRuntime()
+    hub = LogHub(Bus("memory://"), runtime, queue_lines=50, demand_heartbeat_seconds=0.05)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        await _two_revisions(hub, runtime)
+    finally:
+        await hub.stop()
+
+
+async def _two_revisions(hub: LogHub, runtime: ScriptedRuntime) -> None:
+    now = datetime.now(UTC)
+    runtime.write("r1 a", at=now)
+    runtime.write("r1 b", at=now + timedelta(milliseconds=20))
+    followed = hub.logs("c1", tail=2, follow=True)
+    assert [e.line for e in await take(followed, 2)] == ["r1 a", "r1 b"]
+    runtime.write("r1 b2", at=now + timedelta(milliseconds=25))
+    assert [e.line for e in await take(followed, 1)] == ["r1 b2"]  # the upstream of r1 is open
+    # revision 2 started a moment before revision 1's last line: older timestamps, other revision
+    runtime.lines.append(LogLine(to_ns(now + timedelta(milliseconds=10)), "r2 a", "stdout", 2))
+    runtime.write("r1 c", at=now + timedelta(milliseconds=30))
+    live = await take(followed, 2)
+    # each revision's upstream delivers on its own: both lines arrive, in either order
+    assert sorted((e.revision, e.line) for e in live) == [(1, "r1 c"), (2, "r2 a")]
+    assert hub.upstream.open == 2
+    await followed.aclose()  # type: ignore[attr-defined]
+    await until(lambda: hub.pumps == 0)  # gone: the next follower's pump starts anew
+    # Reconnecting after "r1 c": the pump's look-back still holds "r2 a", which is not repeated.
+    last_seen = max(live, key=lambda e: e.key)
+    runtime.write("r1 d", at=now + timedelta(milliseconds=40))  # while it was away
+    resumed = hub.logs("c1", tail=None, follow=True, after=last_seen.id)
+    assert [e.line for e in await take(resumed, 1)] == ["r1 d"]  # its backlog
+    runtime.write("r1 e", at=now + timedelta(milliseconds=50))
+    assert [e.line for e in await take(resumed, 1)] == ["r1 e"]  # not "r2 a" again
+    await resumed.aclose()  # type: ignore[attr-defined]

@@ -51,6 +51,14 @@ SCALING_DEFAULTS: dict[str, int] = {
 """Cloud Run's defaults (as ``app.runtime.base.Scaling``): scale to zero after 15 idle minutes,
 80 in-flight requests per instance, at most 100 instances (or the operator's lower limit)."""
 
+MAX_EXEC_BYTES = 1024 * 1024
+"""Most bytes the environment, command and arguments may take together. Linux refuses to exec a
+process whose argument and environment strings (with their pointers) exceed ARG_MAX, a quarter
+of the stack limit: 2 MiB with the usual 8 MiB. Half of it is left to what the image and the
+engine add (PATH, HOSTNAME…). One ``KEY=VALUE`` is also capped by MAX_ARG_STRLEN (128 KiB), which
+``MAX_ENV_VALUE`` keeps far below."""
+POINTER_BYTES = 8
+
 DEFAULTS: dict[str, Any] = {
     "cpu": 1,
     "ram": "512Mi",
@@ -419,6 +427,8 @@ def build_spec(
                 )
             )
     errors.extend(_nul_errors(fields))
+    if problem := _exec_size_error(env, fields["command"], fields["arguments"]):
+        errors.append(FieldError("env", problem))
     desired, gpu_errors = catalog.resolve_all(fields["desiredGPUs"] or [], field="desiredGPUs")
     errors.extend(gpu_errors)
     if desired and isinstance(gpu, int) and gpu < 1:
@@ -442,6 +452,26 @@ def build_spec(
         port=port,
         desired_gpus=[model.name for model in desired],
         scaling=ScalingSpec.model_validate(scaling),
+    )
+
+
+def _exec_size_error(
+    env: Mapping[str, str], command: list[str] | None, arguments: list[str] | None
+) -> str | None:
+    """Why a process with this environment and argument list could never be exec'd, if so."""
+    size = sum(
+        len(key.encode()) + len(value.encode()) + 2 + POINTER_BYTES for key, value in env.items()
+    )
+    size += sum(
+        len(word.encode()) + 1 + POINTER_BYTES for word in [*(command or []), *(arguments or [])]
+    )
+    if size <= MAX_EXEC_BYTES:
+        return None
+    return (
+        f"with command and arguments takes {size / 1024:.0f} KiB, more than the "
+        f"{MAX_EXEC_BYTES // 1024} KiB limit: Linux cannot start a process whose environment "
+        "and arguments exceed ARG_MAX (2 MiB with an 8 MiB stack, shared with what the image "
+        "adds); pass large data as a file instead"
     )
 
 

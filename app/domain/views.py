@@ -194,6 +194,8 @@ def traffic_shares(container: Container) -> dict[int, int]:
 
 
 def revision_view(revision: Revision, *, traffic_percent: int = 0) -> RevisionView:
+    spec = ContainerSpec.model_validate(revision.spec).to_json()
+    spec["port"] = str(spec["port"])  # a string, as the container's `port`
     return RevisionView(
         containerID=revision.container_id,
         revisionNumber=revision.revision_number,
@@ -202,7 +204,7 @@ def revision_view(revision: Revision, *, traffic_percent: int = 0) -> RevisionVi
         createdBy=revision.created_by,
         phases=phase_views(revision),
         # Normalised, so revisions stored before a field existed show its default.
-        spec=ContainerSpec.model_validate(revision.spec).to_json(),
+        spec=spec,
         instancesDesired=revision.instances_desired,
         instancesReady=revision.instances_ready,
         servingState=revision.serving_state,

@@ -31,7 +31,7 @@ from strawberry.http import GraphQLRequestData
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from app.domain.errors import Unauthenticated
+from app.domain.errors import FieldError, MalformedInput, Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
 from app.gql.schema import MAX_TOKENS, schema
@@ -49,6 +49,25 @@ class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
             return loads_json(data)
         except JsonTooDeep as e:
             raise json.JSONDecodeError(str(e), "", 0) from None
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """A body that is not JSON, or not a JSON object (or list of them), is answered as REST
+        answers it: 400 problem+json ``MALFORMED_JSON`` naming ``body`` (the error propagates to
+        the app's problem handlers), not a text/plain 400 or a 500."""
+        try:
+            value = self.decode_json(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise MalformedInput([FieldError("body", "is not valid JSON")]) from None
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(item, dict) for item in items):
+            raise MalformedInput(
+                [
+                    FieldError(
+                        "body", 'must be a JSON object such as {"query": "{ viewer { subject } }"}'
+                    )
+                ]
+            )
+        return value
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params: Any = context.connection_params

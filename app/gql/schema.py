@@ -14,17 +14,20 @@ from typing import Annotated
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from app.gql.context import Context
 from app.gql.errors import ErrorCodes, Unavailable, log_errors, masking
 from app.gql.metrics import OperationMetrics
 from app.gql.types import (
+    PORT_SCALAR,
     Container,
     ContainerPage,
     CreateContainerInput,
     GpuModelPage,
     LogLine,
+    Port,
     RevisionPage,
     TrafficTargetInput,
     UpdateContainerInput,
@@ -194,6 +197,7 @@ schema = DockyardSchema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
+    config=StrawberryConfig(scalar_map={Port: PORT_SCALAR}),
     extensions=[
         functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
         functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),

@@ -7,7 +7,7 @@ request body can be sent unchanged as the ``input`` variable of ``createContaine
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NewType
 
 import strawberry
 from strawberry.scalars import JSON
@@ -305,6 +305,23 @@ class TrafficTargetInput:
     )
 
 
+def _port_value(value: object) -> object:
+    # Handed to the service untouched: it accepts "8080" and 8080, and refuses anything else
+    # with the same field-named BAD_USER_INPUT as REST.
+    return value
+
+
+Port = NewType("Port", object)
+"""A port given as ``"8080"`` or ``8080``; mapped to the ``Port`` scalar in the schema config."""
+
+PORT_SCALAR = strawberry.scalar(
+    name="Port",
+    description='A port number, as a string ("8080") or a number (8080), as REST accepts it.',
+    serialize=str,
+    parse_value=_port_value,
+)
+
+
 @strawberry.input(
     description="The JSON body of `POST /v1/containers`; `name` and `image` are required."
 )
@@ -322,7 +339,9 @@ class CreateContainerInput:
     env: JSON | None = strawberry.field(
         default=strawberry.UNSET, description='An object of strings, e.g. {"FOO": "bar"}.'
     )
-    port: str | None = strawberry.field(default=strawberry.UNSET, description='e.g. "8080".')
+    port: Port | None = strawberry.field(
+        default=strawberry.UNSET, description='e.g. "8080" or 8080.'
+    )
     desired_gpus: list[str] | None = strawberry.field(default=strawberry.UNSET, name="desiredGPUs")
     scaling: ScalingInput | None = strawberry.UNSET
 
@@ -340,7 +359,7 @@ class UpdateContainerInput:
     command: list[str] | None = strawberry.UNSET
     arguments: list[str] | None = strawberry.UNSET
     env: JSON | None = strawberry.UNSET
-    port: str | None = strawberry.UNSET
+    port: Port | None = strawberry.UNSET
     desired_gpus: list[str] | None = strawberry.field(default=strawberry.UNSET, name="desiredGPUs")
     scaling: ScalingInput | None = strawberry.UNSET
 

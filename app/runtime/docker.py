@@ -27,7 +27,14 @@ Limits of the local engine, on purpose:
   :class:`RuntimeRejected`; a GPU workload never runs without its GPU.
 - Images are not pulled with credentials; a missing image that cannot be pulled is reported by
   :meth:`DockerRuntime.observe` as ``FAILED``/``ImagePullBackOff`` (kept in memory; the next
-  :meth:`DockerRuntime.apply` of that revision tries again, so a restart loses nothing).
+  :meth:`DockerRuntime.apply` of that revision tries again, so a restart loses nothing). Nothing
+  retries a failed pull on its own (a wrong name or a missing tag does not heal): the status says
+  that a redeploy is needed, which makes a new revision and pulls again.
+- A revision that fails while its process runs (crash loop, wrong port, readiness timeout) has
+  its engine container stopped, and keeps reporting the reason it failed. A process listening
+  on other ports than the declared one (read from ``/proc/<pid>/net/tcp`` when Dockyard runs on
+  the engine's host) fails after :data:`PORT_MISMATCH_GRACE_SECONDS` with ``PortMismatch``,
+  naming the declared port, the ports the image exposes and those the process listens on.
 """
 
 from __future__ import annotations
@@ -78,6 +85,12 @@ T = TypeVar("T")
 MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 LIST_ATTEMPTS = 3
 LOG_TAIL_ON_FAILURE = 5
+PORT_MISMATCH_GRACE_SECONDS = 3.0
+"""A process that listens on other ports but not the declared one fails after this long (it may
+open its ports one after the other), instead of at the readiness timeout."""
+FAILED_STOP_TIMEOUT = 2
+"""Seconds a failed revision's process gets between SIGTERM and SIGKILL when it is stopped."""
+_TCP_LISTEN = "0A"
 _STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
 
 
@@ -182,6 +195,43 @@ def _is_transport_error(e: BaseException) -> bool:
     return isinstance(e, OSError | urllib3.exceptions.HTTPError | docker.errors.DockerException)
 
 
+def listening_ports(pid: int, proc: str = "/proc") -> set[int] | None:
+    """TCP ports a process's network namespace listens on, read from ``/proc/<pid>/net/tcp``
+    and ``tcp6`` (the engine reports the pid; this works when Dockyard runs on the engine's
+    host with the right to read them). None when that cannot be told."""
+    if pid <= 0:
+        return None
+    ports: set[int] = set()
+    read_any = False
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/{pid}/net/{table}", encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except (OSError, UnicodeDecodeError):
+            continue
+        read_any = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == _TCP_LISTEN:
+                with contextlib.suppress(ValueError, IndexError):
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports if read_any else None
+
+
+def _ports_text(ports: set[int] | list[str]) -> str:
+    return ", ".join(str(p) for p in sorted(ports))
+
+
+def _declared_port(attrs: dict[str, Any]) -> str | None:
+    """The container port Dockyard published (``8080`` of ``8080/tcp``)."""
+    ports = (attrs.get("HostConfig") or {}).get("PortBindings") or (
+        (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    )
+    for key in ports:
+        return str(key).split("/", 1)[0]
+    return None
+
+
 class DockerRuntime:
     """:class:`app.runtime.base.Runtime` on a Docker Engine API socket."""
 
@@ -231,6 +281,10 @@ class DockerRuntime:
             base_url=base_url, version=api_version, timeout=int(api_timeout)
         )
         self._failures: dict[tuple[str, int], RevisionState] = {}
+        self._stopped: dict[tuple[str, int], RevisionState] = {}
+        """Failed revisions whose engine container we stopped, with the reason they failed."""
+        self._exposed: dict[str, list[str]] = {}
+        """Image id -> the ports its config exposes (``EXPOSE``)."""
         self._engine_streams = EngineStreams(
             base_url, api_version=api_version, connect_timeout=max(connect_timeout, 5.0)
         )
@@ -429,6 +483,7 @@ class DockerRuntime:
             )
             return
         self._failures.pop(key, None)
+        self._stopped.pop(key, None)  # a new instance runs: an earlier stop no longer speaks
 
     def _ensure_image(self, spec: WorkloadSpec) -> bool:
         """True when the image is present locally, pulling it once if needed."""
@@ -454,7 +509,10 @@ class DockerRuntime:
             phase=Phase.FAILED,
             reason="ImagePullBackOff",
             message=f"image {spec.image} not found locally and could not be pulled"
-            + (f": {pull_error.strip()}" if pull_error else ""),
+            + (f": {pull_error.strip()}" if pull_error else "")
+            + "; nothing retries by itself: fix the image (push it, or `podman build`/"
+            "`podman import` it locally) and redeploy (`dockyard redeploy`, "
+            "POST /v1/containers/{id}/redeploy)",
         )
         return False
 
@@ -495,9 +553,10 @@ class DockerRuntime:
         await self._call(f"remove {container_id}", self._remove_sync, container_id, None)
 
     def _remove_sync(self, container_id: str, keep: set[int] | None) -> None:
-        for key in list(self._failures):
-            if key[0] == container_id and (keep is None or key[1] not in keep):
-                self._failures.pop(key, None)
+        for failures in (self._failures, self._stopped):
+            for key in list(failures):
+                if key[0] == container_id and (keep is None or key[1] not in keep):
+                    failures.pop(key, None)
         for c in self._list(container_id, sparse=True):
             if keep is not None and self._revision(c) in keep:
                 continue
@@ -537,9 +596,16 @@ class DockerRuntime:
         instances: dict[int, list[tuple[int, RevisionState]]] = {}
         for c in self._list(container_id):
             revision = self._revision(c)
-            if revision is not None:
+            if revision is None:
+                continue
+            stopped = self._stopped.get((container_id, revision))
+            if stopped is not None:
+                state = stopped
+            else:
                 state = self._state_of(container_id, revision, c)
-                instances.setdefault(revision, []).append((self._replica(c), state))
+                if state.phase is Phase.FAILED and self._status(c) in ("running", "restarting"):
+                    state = self._stop_failed(c, state)
+            instances.setdefault(revision, []).append((self._replica(c), state))
         states = {
             revision: _revision_state(container_id, revision, found)
             for revision, found in instances.items()
@@ -553,6 +619,64 @@ class DockerRuntime:
                     failure, instances_desired=len(instances.get(revision, ()))
                 )
         return [states[r] for r in sorted(states)]
+
+    @staticmethod
+    def _status(c: Any) -> str:
+        state = c.attrs.get("State") or {}
+        return str(state.get("Status") or c.status or "").lower()
+
+    def _stop_failed(self, c: Any, state: RevisionState) -> RevisionState:
+        """A failed revision does not keep running (and using cpu, memory, a port): stop its
+        engine container, and keep reporting why it failed rather than its exit code."""
+        stopped = self._stopped[(state.container_id, state.revision)] = RevisionState(
+            state.container_id,
+            state.revision,
+            Phase.FAILED,
+            state.reason,
+            state.message + " (its engine container was stopped)",
+        )
+        try:
+            c.stop(timeout=FAILED_STOP_TIMEOUT)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            # Still reported as failed; the next observe tries to stop it again.
+            self._stopped.pop((state.container_id, state.revision), None)
+            raise _translate(e, f"stop failed {c.name}") from e
+        return stopped
+
+    def _exposed_ports(self, attrs: dict[str, Any]) -> list[str] | None:
+        """What the image's config exposes, e.g. ``["8080/tcp"]``; None when unknown."""
+        image_id = str(attrs.get("Image") or "")
+        if not image_id:
+            return None
+        if image_id not in self._exposed:
+            try:
+                config = self._client.images.get(image_id).attrs.get("Config") or {}
+            except docker.errors.APIError:
+                return None
+            self._exposed[image_id] = sorted((config.get("ExposedPorts") or {}).keys())
+        return self._exposed[image_id]
+
+    def _port_evidence(self, attrs: dict[str, Any], endpoint: str) -> tuple[str, str, set[int]]:
+        """``(declared port, what is known about the ports, ports the process listens on)``."""
+        declared = _declared_port(attrs) or "?"
+        exposed = self._exposed_ports(attrs)
+        parts = [f"published as {endpoint}"]
+        if exposed is not None:
+            parts.append(
+                f"the image exposes {_ports_text(exposed)}"
+                if exposed
+                else "the image exposes no port (no EXPOSE in its config)"
+            )
+        listening = listening_ports(int((attrs.get("State") or {}).get("Pid") or 0))
+        if listening is not None:
+            parts.append(
+                f"the process listens on TCP {_ports_text(listening)}"
+                if listening
+                else "the process listens on no TCP port yet"
+            )
+        return declared, "; ".join(parts), listening or set()
 
     def _state_of(self, container_id: str, revision: int, c: Any) -> RevisionState:
         attrs = c.attrs
@@ -584,17 +708,27 @@ class DockerRuntime:
                 return result(Phase.FAILED, "NoPort", "the engine published no host port")
             if self._port_open(endpoint):
                 return result(Phase.READY)
+            port, evidence, listening = self._port_evidence(attrs, endpoint)
+            mismatch = listening and port.isdigit() and int(port) not in listening
+            if mismatch and since_start >= PORT_MISMATCH_GRACE_SECONDS:
+                return result(
+                    Phase.FAILED,
+                    "PortMismatch",
+                    f"nothing listens on the declared port {port} ({evidence}); set port "
+                    f"to the one the process serves on, e.g. {min(listening)}",
+                )
             if since_start > budget:
                 return result(
                     Phase.FAILED,
                     "ReadinessTimeout",
-                    f"the container port did not accept connections within "
-                    f"{budget:g}s of start (running for {since_start:.0f}s)",
+                    f"port {port} did not accept connections within "
+                    f"{budget:g}s of start (running for {since_start:.0f}s; "
+                    f"{evidence})",
                 )
             return result(
                 Phase.PENDING,
                 "ContainerStarting",
-                "waiting for the container port to accept connections",
+                f"waiting for port {port} to accept connections ({evidence})",
             )
         if status == "restarting":
             if restarts >= self.crashloop_restarts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -221,3 +222,44 @@ def test_logs_follow_resumes_after_the_server_drops_the_connection(
     assert all(e["revision"] == 1 for e in events)
     ids = [e["id"] for e in events]
     assert len(set(ids)) == len(ids)
+
+
+SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"  # rich's default "dots" spinner
+
+
+def test_deploy_in_a_terminal_shows_a_spinner(cli_env: dict[str, str]) -> None:
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "app.cli", "deploy", "--name", "tty", "--image", HTTPD_V1),
+            *("--port", "8080", "--timeout", "60"),
+        ],
+        env={**cli_env, "TERM": "xterm-256color", "COLUMNS": "160"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the command exited and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        process.wait(timeout=60)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = output.decode("utf-8", "replace")
+    assert process.returncode == 0, text
+    assert any(frame in text for frame in SPINNER_FRAMES), text
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # rich colours "deployed"
+    assert "deployed tty at http://" in plain

@@ -138,3 +138,19 @@ def test_quantities(text: str, size: int) -> None:
 def test_not_quantities(text: str) -> None:
     with pytest.raises(ValueError):
         parse_quantity(text)
+
+
+def test_an_env_that_could_never_be_execed_is_refused_with_the_limit() -> None:
+    huge = {f"V{n}": "x" * 32 * 1024 for n in range(256)}  # 8 MiB: the example
+    message = errors_of({**BASE, "env": huge})["env"]
+    assert "1024 KiB limit" in message and "ARG_MAX" in message
+    # the arguments count too
+    half = {f"V{n}": "x" * 32 * 1024 for n in range(20)}
+    words = ["y" * 4000] * 100
+    assert "env" in errors_of({**BASE, "env": half, "arguments": words})
+    # large but possible
+    spec = spec_for_create({**BASE, "env": half}, limits=LIMITS, catalog=CATALOG)
+    assert len(spec.env) == 20
+    # updates are checked too
+    with pytest.raises(ValidationFailed):
+        spec_for_update(spec, {"env": huge}, limits=LIMITS, catalog=CATALOG)

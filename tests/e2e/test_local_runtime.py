@@ -30,6 +30,7 @@ from tests.support.podman import (
     HTTPD_V2,
     PAGE_V1,
     PAGE_V2,
+    RUN_ID,
     RUN_LABELS,
     PodmanService,
 )
@@ -165,16 +166,33 @@ def test_deploy_update_fail_delete(server: Server, podman_service: PodmanService
     assert server.through_ingress(container).status_code == 404
 
 
-def test_a_missing_image_fails_with_a_reason(server: Server, podman_service: PodmanService) -> None:
+def test_a_missing_image_fails_with_a_reason_and_a_redeploy_recovers(
+    server: Server, podman_service: PodmanService
+) -> None:
+    repository = f"localhost/dockyard-test-late-{RUN_ID}"  # this test's own tag, removed after
+    image = f"{repository}:v1"
     created = server.api(
-        "POST", "/v1/containers", json={"name": "ghost", "image": "localhost/does-not-exist:v1"}
+        "POST", "/v1/containers", json={"name": "ghost", "image": image, "port": 8080}
     ).json()
     failed = server.wait_for(created["id"], lambda c: c["status"] == "failed")
-    assert "localhost/does-not-exist:v1" in failed["statusReason"]
+    assert image in failed["statusReason"] and "redeploy" in failed["statusReason"]
     not_ready = server.through_ingress(created)
-    assert not_ready.status_code == 503 and not_ready.headers["retry-after"]
-    server.api("DELETE", f"/v1/containers/{created['id']}")
-    wait_engine(podman_service, created["id"], 0)
+    # Nothing retries a failed pull: no Retry-After, and the answer says what to do.
+    assert not_ready.status_code == 503 and "retry-after" not in not_ready.headers
+    assert "redeploy" in not_ready.text
+    client = docker.DockerClient(base_url=podman_service.base_url, version="1.41")
+    try:
+        client.images.get(HTTPD_V1).tag(repository, "v1")  # the image now exists locally
+        redeployed = server.api("POST", f"/v1/containers/{created['id']}/redeploy")
+        assert redeployed.status_code == 200 and redeployed.json()["revision"] == 2
+        server.wait_for(created["id"], lambda c: c["status"] == "deployed")
+        assert server.through_ingress(created).text == PAGE_V1
+        server.api("DELETE", f"/v1/containers/{created['id']}")
+        wait_engine(podman_service, created["id"], 0)
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(image)
+        client.close()
 
 
 def test_kill_mid_deploy_then_restart_converges(

@@ -259,11 +259,11 @@ def test_variables_of_the_wrong_type_are_bad_user_input(client: TestClient, auth
         client,
         "mutation($input: CreateContainerInput!) { createContainer(input: $input) { id } }",
         auth(),
-        input={"name": "web", "image": "nginx:1", "port": 80},
+        input={"name": "web", "image": "nginx:1", "cpu": "one"},  # (port 80 is fine: Port)
     )
     (error,) = result["errors"]
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
-    assert [f["field"] for f in error["extensions"]["fields"]] == ["port"]
+    assert [f["field"] for f in error["extensions"]["fields"]] == ["cpu"]
     unknown = post(
         client,
         "mutation($input: CreateContainerInput!) { createContainer(input: $input) { id } }",

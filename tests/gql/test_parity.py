@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.gql.clients import CLIENTS, ApiClient, Outcome
+from tests.gql.clients import CLIENTS, ApiClient, GraphQLClient, Outcome
 from tests.support.bodies import HELLO
 
 Header = Callable[..., dict[str, str]]
@@ -174,3 +174,58 @@ def test_redeploy_agrees(client: TestClient, auth: Header) -> None:
             for s in steps
         ]
     assert transcripts["graphql"] == transcripts["rest"]
+
+
+@pytest.mark.parametrize("port", [80, "80"])
+def test_a_port_as_number_or_string_is_accepted_by_both(
+    client: TestClient, auth: Header, port: int | str
+) -> None:
+    for kind in CLIENTS:
+        api = make(kind, client, auth(f"port-{kind}"))
+        created = api.create({**HELLO, "port": port})
+        assert created.code is None, (kind, created)
+        assert created.data["port"] == "80"
+        updated = api.update(created.data["id"], {"port": 8080})
+        assert updated.code is None and updated.data["port"] == "8080", (kind, updated)
+        # a revision's spec.port has the type of the container's port: a string
+        revisions = api.revisions(created.data["id"]).data["items"]
+        assert [r["spec"]["port"] for r in revisions] == ["8080", "80"], kind
+    # an inline literal too
+    graphql = make("graphql", client, auth("port-literal"))
+    assert isinstance(graphql, GraphQLClient)
+    result = graphql.execute(
+        'mutation { createContainer(input: {name: "lit", image: "nginx:1", port: 81}) { port } }'
+    )
+    assert result == {"data": {"createContainer": {"port": "81"}}}
+
+
+@pytest.mark.parametrize("port", [True, "eighty", 70000, [80]])
+def test_a_bad_port_is_refused_alike(client: TestClient, auth: Header, port: object) -> None:
+    outcomes = {
+        kind: make(kind, client, auth(f"bad-port-{kind}")).create({**HELLO, "port": port})
+        for kind in CLIENTS
+    }
+    assert outcomes["rest"].code == outcomes["graphql"].code == "BAD_USER_INPUT"
+    assert outcomes["rest"].fields == outcomes["graphql"].fields
+    assert [f["field"] for f in outcomes["rest"].fields] == ["port"]
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[1, 2", b"", b'"a string"', b"42", b"[1]"], ids=repr
+)
+def test_malformed_json_gets_the_same_problem_from_both(
+    client: TestClient, auth: Header, body: bytes
+) -> None:
+    headers = {**auth("alice"), "Content-Type": "application/json"}
+    rest = client.post("/v1/containers", content=body, headers=headers)
+    graphql = client.post("/graphql", content=body, headers=headers)
+    for response in (rest, graphql):
+        assert response.status_code in (400, 422), response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert graphql.status_code == 400 and graphql.json()["code"] == "MALFORMED_JSON"
+    assert [e["field"] for e in graphql.json()["errors"]] == ["body"]
+    if rest.status_code == 400:  # not JSON at all: the very same answer
+        strip = lambda r: {  # noqa: E731
+            k: v for k, v in r.json().items() if k not in ("instance", "requestId")
+        }
+        assert strip(graphql) == strip(rest)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from app.auth import LOCAL_ISSUER, OidcVerifier, roles_from_claims
+from app.auth import LOCAL_ISSUER, LocalKeys, OidcVerifier, roles_from_claims
 from app.domain.errors import Unauthenticated
 from app.server import create_app
 from app.settings import Settings
@@ -108,6 +108,17 @@ def test_bad_credentials_are_401_with_www_authenticate(
         assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"'), case
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["code"] == "UNAUTHENTICATED"
+
+
+def test_a_token_of_another_data_dir_says_what_to_check(
+    client: TestClient, tmp_path: Path
+) -> None:
+    other = LocalKeys(Settings(data_dir=tmp_path / "elsewhere"))
+    token = other.mint(subject="alice", roles=[], ttl_seconds=60)
+    response = client.get("/v1/containers", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    detail = response.json()["detail"]
+    assert "another data directory's key" in detail and "DOCKYARD_DATA_DIR" in detail
 
 
 @pytest.mark.parametrize("method,path", OWNED_ROUTES)
@@ -232,5 +243,5 @@ def test_oidc_keys_are_cached_and_refreshed_on_unknown_kid(
     assert issuer.jwks_requests == 2
     with pytest.raises(Unauthenticated):
         verifier.verify(issuer.token(aud="other"))
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(Unauthenticated, match="not in the issuer's JWKS"):
         verifier.verify(issuer.token(key=RSAKey.generate_key(2048, auto_kid=True)))

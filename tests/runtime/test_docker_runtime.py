@@ -28,7 +28,12 @@ from app.runtime.base import (
     RuntimeUnavailable,
     WorkloadSpec,
 )
-from app.runtime.docker import DockerRuntime, container_create_kwargs, parse_engine_time
+from app.runtime.docker import (
+    DockerRuntime,
+    container_create_kwargs,
+    listening_ports,
+    parse_engine_time,
+)
 from tests.support.logs import lines_of
 from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2, RUN_LABELS
 
@@ -303,6 +308,7 @@ async def test_missing_image_is_reported_failed_and_retried_by_a_later_apply(
     assert state.phase == Phase.FAILED
     assert state.reason == "ImagePullBackOff"
     assert image in state.message
+    assert "nothing retries by itself" in state.message and "redeploy" in state.message
     assert container_id not in await runtime.list_managed()  # no engine object
 
     client = engine(podman_url)
@@ -346,8 +352,56 @@ async def test_port_that_never_opens_fails_with_readiness_timeout(
         assert pending.phase == Phase.PENDING
         state, seen = await wait_for_state(rt, container_id, 1, is_phase(Phase.FAILED), 20)
         assert state.reason == "ReadinessTimeout"
+        assert "port 8080 did not accept connections within 3s" in state.message
+        assert "the process listens on no TCP port" in state.message
         assert all(s.phase == Phase.PENDING for s in seen[:-1])
+        assert "waiting for port 8080" in seen[0].message
     finally:
+        await rt.close()
+
+
+def test_listening_ports_reads_the_proc_tables(tmp_path: Any) -> None:
+    net = tmp_path / "42" / "net"
+    net.mkdir(parents=True)
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+    (net / "tcp").write_text(
+        header
+        + "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0\n"
+        + "   1: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0\n"
+    )
+    (net / "tcp6").write_text(
+        header + "   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000"
+        ":0000 0A 00000000:00000000 00:00000000 00000000     0\n"
+    )
+    assert listening_ports(42, proc=str(tmp_path)) == {8080, 80}  # LISTEN only, v4 and v6
+    assert listening_ports(43, proc=str(tmp_path)) is None
+    assert listening_ports(0) is None
+
+
+@pytest.mark.podman
+async def test_wrong_port_fails_early_naming_the_ports_and_stops_the_container(
+    podman_url: str, container_id: str
+) -> None:
+    rt = DockerRuntime(podman_url, readiness_timeout=120, stop_timeout=1, labels=RUN_LABELS)
+    client = docker.DockerClient(base_url=podman_url, version="1.41")
+    try:
+        started = time.monotonic()
+        await rt.apply(make_spec(container_id, port=9999))  # httpd listens on 8080
+        state, _ = await wait_for_state(rt, container_id, 1, is_phase(Phase.FAILED), 30)
+        assert time.monotonic() - started < 30  # long before the 120 s readiness timeout
+        assert state.reason == "PortMismatch", state
+        assert "declared port 9999" in state.message
+        assert "listens on TCP 8080" in state.message
+        assert "the image exposes no port" in state.message  # a `podman import`-ed image
+        assert "was stopped" in state.message
+        (engine,) = client.containers.list(
+            all=True, filters={"label": f"dockyard.dev/container-id={container_id}"}
+        )
+        assert engine.status == "exited"
+        [again] = await rt.observe(container_id)
+        assert again.reason == "PortMismatch"  # the reason stays, not the exit code
+    finally:
+        client.close()
         await rt.close()
 
 

@@ -198,3 +198,22 @@ def test_serve_starts_podman_itself_and_stops_it_on_exit(
     while _pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _pid_alive(pid)
+
+
+def test_a_killed_serve_takes_its_podman_service_with_it(serve_without_engine: Server) -> None:
+    server = serve_without_engine
+    deadline = time.monotonic() + 30
+    match = None
+    while match is None and time.monotonic() < deadline:  # the first resync starts it
+        match = re.search(
+            r"started podman system service \(pid (\d+)\)", server.log_path.read_text()
+        )
+        time.sleep(0.1)
+    assert match, server.log_path.read_text()[-2000:]
+    pid = int(match.group(1))
+    assert _pid_alive(pid)
+    server.kill()  # SIGKILL: no clean shutdown, the kernel's parent-death signal stops it
+    deadline = time.monotonic() + 20
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(pid)
