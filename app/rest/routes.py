@@ -13,26 +13,43 @@ from app.domain.errors import FieldError, MalformedInput
 from app.domain.spec import ContainerInput
 from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
 from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
+from app.rest import problems
 from app.services import containers as svc
 
 router = APIRouter(prefix="/v1")
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/problem+json": {}}}
-    for code, text in [
-        (401, "Unauthorized"),
-        (403, "Forbidden"),
-        (404, "Not Found"),
-        (422, "Invalid input; `errors` names each field"),
-    ]
-}
-_SPEC_BODY = {
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": problems.PROBLEM_REF}}}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    texts = {
+        400: "MALFORMED_JSON: the body is not JSON (or nests deeper than 64 levels)",
+        401: "UNAUTHENTICATED: missing, malformed or expired bearer token",
+        403: "FORBIDDEN: the container belongs to another user",
+        404: "NOT_FOUND",
+        409: "CONFLICT: the name is taken, or a concurrent change won; retry",
+        413: "PAYLOAD_TOO_LARGE: the body is over DOCKYARD_MAX_REQUEST_BODY_BYTES",
+        422: "BAD_USER_INPUT: invalid input; `errors` names each field",
+        503: "UNAVAILABLE: the database cannot be reached; retry",
+    }
+    return {code: {"description": texts[code], "content": _PROBLEM} for code in codes}
+
+
+_ERRORS = _responses(401, 403, 404, 422, 503)
+_LIST_ERRORS = _responses(401, 422, 503)
+_WRITE_ERRORS = _responses(400, 401, 403, 404, 409, 413, 422, 503)
+_CREATE_ERRORS = _responses(400, 401, 409, 413, 422, 503)
+_INPUT_SCHEMA = ContainerInput.model_json_schema(by_alias=True)
+_CREATE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": ContainerInput.model_json_schema(by_alias=True)}
+            "application/json": {"schema": {**_INPUT_SCHEMA, "required": ["name", "image"]}}
         },
     }
+}
+_SPEC_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _INPUT_SCHEMA}}}
 }
 
 
@@ -53,11 +70,25 @@ async def json_body(request: Request, _caller: CurrentPrincipal) -> Any:
 
 
 Json = Annotated[Any, Depends(json_body)]
-PageParam = Annotated[int, Query(description="1-based page number")]
-RowsParam = Annotated[int, Query(alias="rowsPerPage", description="Items per page, at most 100")]
+# Bounds are documented here and checked by the service (same messages as GraphQL).
+PageParam = Annotated[
+    int,
+    Query(
+        description="1-based page number",
+        json_schema_extra={"minimum": 1, "maximum": svc.MAX_PAGE},
+    ),
+]
+RowsParam = Annotated[
+    int,
+    Query(
+        alias="rowsPerPage",
+        description=f"Items per page, at most {svc.MAX_ROWS_PER_PAGE}",
+        json_schema_extra={"minimum": 1, "maximum": svc.MAX_ROWS_PER_PAGE},
+    ),
+]
 
 
-@router.get("/containers", response_model=Page[ContainerView], responses=_ERRORS)
+@router.get("/containers", response_model=Page[ContainerView], responses=_LIST_ERRORS)
 async def list_containers(
     principal: CurrentPrincipal,
     ctx: Ctx,
@@ -83,8 +114,8 @@ async def get_container(id: str, principal: CurrentPrincipal, ctx: Ctx) -> Conta
     "/containers",
     status_code=201,
     response_model=ContainerView,
-    responses=_ERRORS,
-    openapi_extra=_SPEC_BODY,
+    responses=_CREATE_ERRORS,
+    openapi_extra=_CREATE_BODY,
 )
 async def create_container(payload: Json, principal: CurrentPrincipal, ctx: Ctx) -> ContainerView:
     return await run_in_threadpool(
@@ -93,7 +124,10 @@ async def create_container(payload: Json, principal: CurrentPrincipal, ctx: Ctx)
 
 
 @router.put(
-    "/containers/{id}", response_model=ContainerView, responses=_ERRORS, openapi_extra=_SPEC_BODY
+    "/containers/{id}",
+    response_model=ContainerView,
+    responses=_WRITE_ERRORS,
+    openapi_extra=_SPEC_BODY,
 )
 async def update_container(
     id: str, payload: Json, principal: CurrentPrincipal, ctx: Ctx
@@ -129,7 +163,7 @@ async def list_revisions(
 @router.post(
     "/containers/{id}/rollback",
     response_model=ContainerView,
-    responses=_ERRORS,
+    responses=_WRITE_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -138,7 +172,13 @@ async def list_revisions(
                     "schema": {
                         "type": "object",
                         "required": ["revisionNumber"],
-                        "properties": {"revisionNumber": {"type": "integer"}},
+                        "properties": {
+                            "revisionNumber": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": svc.MAX_REVISION_NUMBER,
+                            }
+                        },
                     }
                 }
             },
@@ -156,6 +196,6 @@ async def rollback_container(
     )
 
 
-@router.get("/gpu-models", response_model=Page[GpuModelView], responses=_ERRORS)
+@router.get("/gpu-models", response_model=Page[GpuModelView], responses=_responses(401))
 async def list_gpu_models(principal: CurrentPrincipal, ctx: Ctx) -> Page[GpuModelView]:
     return svc.list_gpu_models(ctx=ctx)
