@@ -71,11 +71,18 @@ _ASCII_PORT = re.compile(r"[0-9]{1,5}")
 MAX_QUANTITY_BYTES = 2**63 - 1
 
 
+def _integral(value: object) -> object:
+    """JSON ``3.0`` is the integer 3 (as JSON Schema's ``integer`` says); ``3.5`` stays invalid."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _port(value: object) -> object:
     # ASCII digits only: str.isdigit() also admits "²" and Arabic-Indic digits.
     if isinstance(value, str) and _ASCII_PORT.fullmatch(value.strip()):
         return int(value.strip())
-    return value
+    return _integral(value)
 
 
 StrList = list[Annotated[StrictStr, Field(max_length=MAX_ITEM_LENGTH)]]
@@ -90,7 +97,7 @@ class ContainerInput(BaseModel):
     image: StrictStr | None = Field(None, max_length=MAX_IMAGE)
     cpu: StrictInt | StrictFloat | None = None
     ram: StrictStr | None = Field(None, max_length=MAX_QUANTITY)
-    gpu: StrictInt | None = None
+    gpu: Annotated[StrictInt | None, BeforeValidator(_integral)] = None
     ephemeral_storage: StrictStr | None = Field(None, max_length=MAX_QUANTITY)
     command: StrList | None = Field(None, max_length=MAX_LIST_ITEMS)
     arguments: StrList | None = Field(None, max_length=MAX_LIST_ITEMS)

@@ -10,7 +10,18 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import Ctx, CurrentPrincipal
 from app.domain.errors import FieldError, MalformedInput
-from app.domain.spec import ContainerInput
+from app.domain.gpus import load_catalog
+from app.domain.spec import (
+    MAX_DESIRED_GPUS,
+    MAX_ENV_ENTRIES,
+    MAX_ENV_VALUE,
+    MAX_IMAGE,
+    MAX_ITEM_LENGTH,
+    MAX_LIST_ITEMS,
+    NAME_PATTERN,
+    ContainerInput,
+    Limits,
+)
 from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
 from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
 from app.rest import problems
@@ -39,7 +50,85 @@ _ERRORS = _responses(401, 403, 404, 422, 503)
 _LIST_ERRORS = _responses(401, 422, 503)
 _WRITE_ERRORS = _responses(400, 401, 403, 404, 409, 413, 422, 503)
 _CREATE_ERRORS = _responses(400, 401, 409, 413, 422, 503)
-_INPUT_SCHEMA = ContainerInput.model_json_schema(by_alias=True)
+
+
+def _input_schema() -> dict[str, Any]:
+    """The container spec as published: the domain's rules written as JSON Schema, so a
+    document valid by the schema is accepted (schemathesis checks exactly that). The cpu/gpu
+    maxima are the default limits (DOCKYARD_MAX_CPU/GPU); desiredGPUs lists the built-in
+    catalog's codes and names."""
+    schema = ContainerInput.model_json_schema(by_alias=True)
+    no_nul = {"type": "string", "pattern": "^[^\\x00]*$", "maxLength": MAX_ITEM_LENGTH}
+    quantity = {
+        "type": "string",
+        "pattern": "^[1-9][0-9]{0,5}(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        "examples": ["512Mi", "2Gi"],
+    }
+    gpu_names = sorted(
+        {m.code for m in load_catalog().models} | {m.name for m in load_catalog().models}
+    )
+    limits = Limits()
+    schema["properties"] = {
+        "name": {"type": "string", "pattern": NAME_PATTERN.pattern, "maxLength": 63},
+        "image": {
+            "type": "string",
+            "maxLength": MAX_IMAGE,
+            "pattern": "^[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+            "|@sha256:[a-f0-9]{64})$",
+            "examples": ["nginx:1.27"],
+        },
+        "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": limits.max_cpu},
+        "ram": quantity,
+        "gpu": {"type": "integer", "minimum": 0, "maximum": limits.max_gpu},
+        "ephemeralStorage": quantity,
+        "command": {
+            "anyOf": [
+                {"type": "array", "items": no_nul, "maxItems": MAX_LIST_ITEMS},
+                {"type": "null"},
+            ]
+        },
+        "arguments": {
+            "anyOf": [
+                {"type": "array", "items": no_nul, "maxItems": MAX_LIST_ITEMS},
+                {"type": "null"},
+            ]
+        },
+        "env": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "maxProperties": MAX_ENV_ENTRIES,
+                    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,255}$"},
+                    "additionalProperties": {**no_nul, "maxLength": MAX_ENV_VALUE},
+                },
+                {"type": "null"},
+            ]
+        },
+        "port": {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "pattern": "^[1-9][0-9]{0,3}$"},
+            ],
+            "examples": [8080],
+        },
+        "desiredGPUs": {
+            "anyOf": [
+                {"type": "array", "maxItems": MAX_DESIRED_GPUS, "items": {"enum": gpu_names}},
+                {"type": "null"},
+            ],
+            "description": "GPU model codes or names in order of preference; needs gpu >= 1",
+        },
+    }
+    # desiredGPUs needs at least one GPU.
+    schema["if"] = {
+        "required": ["desiredGPUs"],
+        "properties": {"desiredGPUs": {"type": "array", "minItems": 1}},
+    }
+    schema["then"] = {"required": ["gpu"], "properties": {"gpu": {"minimum": 1}}}
+    return schema
+
+
+_INPUT_SCHEMA = _input_schema()
 _CREATE_BODY = {
     "requestBody": {
         "required": True,

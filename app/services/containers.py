@@ -249,6 +249,8 @@ def rollback_container(
     *, ctx: ServiceContext, principal: Principal, container_id: str, revision_number: object
 ) -> ContainerView:
     """Write a new revision that copies the spec of an earlier one, and deploy it."""
+    if isinstance(revision_number, float) and revision_number.is_integer():
+        revision_number = int(revision_number)  # JSON 3.0 is the integer 3 (JSON Schema agrees)
     if (
         isinstance(revision_number, bool)
         or not isinstance(revision_number, int)
