@@ -7,12 +7,17 @@ real Redis bus; the test kills only the server process it started.
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_log_streams import bearer, serve_env
+from tests.e2e.test_log_streams import bearer, graphql_ws, serve_env, statuses_until_deployed
 from tests.support.podman import HTTPD_V1, HTTPD_V2, PodmanService
 from tests.support.server import Server, free_port
 
@@ -66,3 +71,96 @@ def test_killing_the_leader_mid_deploy_loses_nothing_acknowledged(
         # The engine containers carry this run's label: the session removes them.
         b.stop()
         a.stop()
+
+
+def _start_redis(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@dataclass
+class BusReplicas:
+    a: Server
+    b: Server
+    redis: subprocess.Popen[bytes]
+    directory: Path
+    port: int
+
+    def restart_redis(self) -> None:
+        self.redis = _start_redis(self.directory, self.port)
+
+
+@pytest.fixture
+def bus_replicas(
+    tmp_path: Path, database_url: str, podman_service: PodmanService
+) -> Iterator[BusReplicas]:
+    """Two replicas on a Redis bus of their own (the test stops and restarts it)."""
+    port = free_port()
+    redis = _start_redis(tmp_path, port)
+    env = serve_env(
+        tmp_path, database_url, podman_service, DOCKYARD_BROADCAST_URL=f"redis://127.0.0.1:{port}"
+    )
+    a = Server(env, free_port(), tmp_path / "a.log", headers=bearer(tmp_path))
+    b = Server(env, free_port(), tmp_path / "b.log", headers=bearer(tmp_path))
+    a.start()
+    time.sleep(1)
+    b.start()
+    replicas = BusReplicas(a, b, redis, tmp_path, port)
+    try:
+        yield replicas
+    finally:
+        b.stop()
+        a.stop()
+        if replicas.redis.poll() is None:
+            _stop(replicas.redis)
+
+
+BODY = {"image": HTTPD_V1, "port": 8080, "ram": "64Mi"}
+
+
+def test_bus_outage_keeps_reads_and_writes_and_converges(bus_replicas: BusReplicas) -> None:
+    """Redis (the bus) stops under two replicas: reads and writes keep working, and a write
+    made on the follower still converges (the leader's periodic resync reads the database)."""
+    a, b = bus_replicas.a, bus_replicas.b
+    _stop(bus_replicas.redis)
+    created = b.api("POST", "/v1/containers", json={**BODY, "name": "during-outage"})
+    assert created.status_code == 201, created.text
+    assert b.api("GET", "/v1/containers").status_code == 200
+    state = b.wait_for(created.json()["id"], lambda c: c["status"] == "deployed", timeout=120)
+    # Served by the leader's ingress (a follower learns routes over the bus).
+    assert a.through_ingress(state).status_code == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: after a Redis restart the follower's bus subscription is not "
+    "re-established (broadcaster's listener ends), so its live status subscriptions stay silent",
+)
+def test_live_status_resumes_after_the_bus_restarts(bus_replicas: BusReplicas) -> None:
+    b = bus_replicas.b
+    _stop(bus_replicas.redis)
+    bus_replicas.restart_redis()  # back, same address
+    time.sleep(3)
+    web = b.api("POST", "/v1/containers", json={**BODY, "name": "after-outage"})
+    assert web.status_code == 201, web.text
+    with graphql_ws(b) as ws:
+        statuses = statuses_until_deployed(ws, web.json()["id"], op="1", fields="status")
+    assert statuses[-1] == "deployed"
