@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_log_streams import bearer, graphql_ws, serve_env, statuses_until_deployed
-from tests.support.podman import HTTPD_V1, HTTPD_V2, PodmanService
+from tests.support.podman import HTTPD_V1, HTTPD_V2, PodmanService, start_service
 from tests.support.server import Server, free_port
 
 pytestmark = pytest.mark.podman
@@ -164,3 +164,35 @@ def test_live_status_resumes_after_the_bus_restarts(bus_replicas: BusReplicas) -
     with graphql_ws(b) as ws:
         statuses = statuses_until_deployed(ws, web.json()["id"], op="1", fields="status")
     assert statuses[-1] == "deployed"
+
+
+def test_podman_service_restart_under_a_running_platform(
+    tmp_path: Path, database_url: str, podman_service: PodmanService
+) -> None:
+    """The engine API (a `podman system service` of this test's own) stops under a running
+    `dockyard serve` and comes back on the same socket: reads keep working, a write made while it
+    is down is acknowledged and deployed once it is back, running containers keep serving."""
+    engine_dir = tmp_path / "engine"
+    engine_dir.mkdir()
+    engine = start_service(engine_dir)
+    env = serve_env(tmp_path, database_url, engine)
+    server = Server(env, free_port(), tmp_path / "serve.log", headers=bearer(tmp_path))
+    server.start()
+    try:
+        first = server.api("POST", "/v1/containers", json={**BODY, "name": "before"})
+        assert first.status_code == 201, first.text
+        running = server.wait_for(first.json()["id"], lambda c: c["status"] == "deployed")
+
+        engine.stop()
+        assert server.api("GET", "/v1/containers").status_code == 200
+        assert server.through_ingress(running).status_code == 200  # conmon keeps it running
+        second = server.api("POST", "/v1/containers", json={**BODY, "name": "while-down"})
+        assert second.status_code == 201, second.text
+
+        engine = start_service(engine_dir)  # back, same socket
+        server.wait_for(second.json()["id"], lambda c: c["status"] == "deployed", timeout=120)
+        again = server.wait_for(first.json()["id"], lambda c: c["status"] == "deployed")
+        assert server.through_ingress(again).status_code == 200
+    finally:
+        server.stop()
+        engine.stop()
