@@ -98,11 +98,21 @@ _ASCII_PORT = re.compile(r"[0-9]{1,5}")
 MAX_QUANTITY_BYTES = 2**63 - 1
 
 
+def _integral(value: object) -> object:
+    """JSON ``3.0`` is the integer 3 (as JSON Schema's ``integer`` says); ``3.5`` stays invalid."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _port(value: object) -> object:
     # ASCII digits only: str.isdigit() also admits "²" and Arabic-Indic digits.
     if isinstance(value, str) and _ASCII_PORT.fullmatch(value.strip()):
         return int(value.strip())
-    return value
+    return _integral(value)
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class ScalingInput(BaseModel):
@@ -110,10 +120,10 @@ class ScalingInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=False)
 
-    min_instances: StrictInt | None = None
-    max_instances: StrictInt | None = None
-    concurrency: StrictInt | None = None
-    scale_to_zero_after_seconds: StrictInt | None = None
+    min_instances: WholeNumber | None = None
+    max_instances: WholeNumber | None = None
+    concurrency: WholeNumber | None = None
+    scale_to_zero_after_seconds: WholeNumber | None = None
 
 
 SCALING_FIELDS = tuple(info.alias or name for name, info in ScalingInput.model_fields.items())
@@ -130,7 +140,7 @@ class ContainerInput(BaseModel):
     image: StrictStr | None = Field(None, max_length=MAX_IMAGE)
     cpu: StrictInt | StrictFloat | None = None
     ram: StrictStr | None = Field(None, max_length=MAX_QUANTITY)
-    gpu: StrictInt | None = None
+    gpu: Annotated[StrictInt | None, BeforeValidator(_integral)] = None
     ephemeral_storage: StrictStr | None = Field(None, max_length=MAX_QUANTITY)
     command: StrList | None = Field(None, max_length=MAX_LIST_ITEMS)
     arguments: StrList | None = Field(None, max_length=MAX_LIST_ITEMS)

@@ -22,6 +22,7 @@ from app.domain.views import (
     ScalingView,
     TrafficView,
 )
+from app.services import containers as svc
 
 if TYPE_CHECKING:
     from app.gql.context import Context
@@ -174,9 +175,27 @@ class Container:
         description="Where requests go; change it with `setTraffic` (no new revision)."
     )
 
-    @strawberry.field(description="Every revision, newest first (batched across containers).")
-    async def revisions(self, info: strawberry.Info[Context, None]) -> list[Revision]:
-        views = await info.context.revisions.load(str(self.id))
+    @strawberry.field(
+        description="Revisions, newest first: a page of at most 100 like "
+        "`GET /v1/containers/{id}/revisions` (the first page is batched across containers; "
+        "`containerRevisions` also gives the total)."
+    )
+    async def revisions(
+        self,
+        info: strawberry.Info[Context, None],
+        page: int = 1,
+        rows_per_page: int = svc.MAX_ROWS_PER_PAGE,
+    ) -> list[Revision]:
+        if page == 1 and rows_per_page == svc.MAX_ROWS_PER_PAGE:
+            views = (await info.context.revisions.load(str(self.id)))[:rows_per_page]
+        else:
+            result = await info.context.call(
+                svc.list_revisions,
+                container_id=str(self.id),
+                page=page,
+                rows_per_page=rows_per_page,
+            )
+            views = result.items
         return [Revision.from_view(view) for view in views]
 
     @classmethod

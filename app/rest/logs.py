@@ -165,13 +165,20 @@ _LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     **{
-        code: {"description": text, "content": {"application/problem+json": {}}}
+        code: {
+            "description": text,
+            "content": {"application/problem+json": {"schema": {"$ref": problems.PROBLEM_REF}}},
+        }
         for code, text in [
             (401, "Unauthorized"),
             (403, "Forbidden"),
             (404, "Not Found"),
             (422, "Invalid input; `errors` names each field"),
-            (503, "This server cannot stream logs (no runtime, no shared bus)"),
+            (
+                503,
+                "This server cannot stream logs (no runtime, no shared bus), or the database "
+                "cannot be reached",
+            ),
         ]
     },
 }

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.domain.errors import (
     Conflict,
@@ -25,6 +27,28 @@ from app.domain.errors import (
 from app.observability.logs import current_request_id
 
 PROBLEM_JSON = "application/problem+json"
+# The body of every error answer, as published in rest/openapi.json.
+PROBLEM_REF = "#/components/schemas/Problem"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "code", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
 log = logging.getLogger(__name__)
 
 STATUS: dict[type[DomainError], int] = {
@@ -112,8 +136,29 @@ def _request_validation(error: RequestValidationError) -> JSONResponse:
     return problem(422, ValidationFailed.code, "; ".join(str(e) for e in errors), errors=errors)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (for ``Allow`` on a 405)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
+
+
 def install(app: FastAPI) -> None:
     """Route every error through problem+json; unexpected ones are logged and masked."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", PROBLEM_SCHEMA)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, error: DomainError) -> JSONResponse:
@@ -126,12 +171,28 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        headers = dict(getattr(error, "headers", None) or {})
+        if error.status_code == 405:
+            # Starlette names the methods of the first route on the path only.
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem(
             error.status_code,
             code,
             str(error.detail),
             instance=request.url.path,
-            headers=getattr(error, "headers", None),
+            headers=headers or None,
+        )
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    async def _database_down(request: Request, error: sa.exc.DBAPIError) -> JSONResponse:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, error)
+        return problem(
+            503,
+            "UNAVAILABLE",
+            "the database cannot be reached; retry shortly",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
         )
 
     @app.exception_handler(Exception)

@@ -10,24 +10,27 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import Ctx, CurrentPrincipal
 from app.domain.errors import FieldError, MalformedInput
-from app.domain.spec import ContainerInput
+from app.domain.gpus import load_catalog
+from app.domain.spec import (
+    MAX_CONCURRENCY,
+    MAX_DESIRED_GPUS,
+    MAX_ENV_ENTRIES,
+    MAX_ENV_VALUE,
+    MAX_IMAGE,
+    MAX_ITEM_LENGTH,
+    MAX_LIST_ITEMS,
+    MAX_SCALE_TO_ZERO_AFTER,
+    NAME_PATTERN,
+    ContainerInput,
+    Limits,
+)
 from app.domain.traffic import traffic_from_body
 from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
 from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
+from app.rest import problems
 from app.services import containers as svc
 
 router = APIRouter(prefix="/v1")
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/problem+json": {}}}
-    for code, text in [
-        (401, "Unauthorized"),
-        (403, "Forbidden"),
-        (404, "Not Found"),
-        (422, "Invalid input; `errors` names each field"),
-    ]
-}
-
 
 def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
     """A JSON schema with its local ``#/$defs/...`` references replaced by their targets (such
@@ -42,14 +45,143 @@ def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
     return schema
 
 
-_SPEC_SCHEMA = ContainerInput.model_json_schema(by_alias=True)
-_SPEC_BODY = {
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": problems.PROBLEM_REF}}}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    texts = {
+        400: "MALFORMED_JSON: the body is not JSON (or nests deeper than 64 levels)",
+        401: "UNAUTHENTICATED: missing, malformed or expired bearer token",
+        403: "FORBIDDEN: the container belongs to another user",
+        404: "NOT_FOUND",
+        409: "CONFLICT: the name is taken, or a concurrent change won; retry",
+        413: "PAYLOAD_TOO_LARGE: the body is over DOCKYARD_MAX_REQUEST_BODY_BYTES",
+        422: "BAD_USER_INPUT: invalid input; `errors` names each field",
+        503: "UNAVAILABLE: the database cannot be reached; retry",
+    }
+    return {code: {"description": texts[code], "content": _PROBLEM} for code in codes}
+
+
+_ERRORS = _responses(401, 403, 404, 422, 503)
+_LIST_ERRORS = _responses(401, 422, 503)
+_WRITE_ERRORS = _responses(400, 401, 403, 404, 409, 413, 422, 503)
+_CREATE_ERRORS = _responses(400, 401, 409, 413, 422, 503)
+
+
+def _input_schema() -> dict[str, Any]:
+    """The container spec as published: the domain's rules written as JSON Schema, so a
+    document valid by the schema is accepted (schemathesis checks exactly that). The cpu/gpu
+    maxima are the default limits (DOCKYARD_MAX_CPU/GPU); desiredGPUs lists the built-in
+    catalog's codes and names."""
+    schema = ContainerInput.model_json_schema(by_alias=True)
+    defs = schema.pop("$defs", {})
+    # Fields without a hand-written rule below (scaling…) are published as pydantic writes them.
+    generated = {key: _inlined(value, defs) for key, value in schema["properties"].items()}
+    no_nul = {"type": "string", "pattern": "^[^\\x00]*$", "maxLength": MAX_ITEM_LENGTH}
+    quantity = {
+        "type": "string",
+        "pattern": "^[1-9][0-9]{0,5}(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        "examples": ["512Mi", "2Gi"],
+    }
+    gpu_names = sorted(
+        {m.code for m in load_catalog().models} | {m.name for m in load_catalog().models}
+    )
+    limits = Limits()
+    schema["properties"] = {
+        **generated,
+        "name": {"type": "string", "pattern": NAME_PATTERN.pattern, "maxLength": 63},
+        "image": {
+            "type": "string",
+            "maxLength": MAX_IMAGE,
+            "pattern": "^[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+            "|@sha256:[a-f0-9]{64})$",
+            "examples": ["nginx:1.27"],
+        },
+        "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": limits.max_cpu},
+        "ram": quantity,
+        "gpu": {"type": "integer", "minimum": 0, "maximum": limits.max_gpu},
+        "ephemeralStorage": quantity,
+        "command": {
+            "anyOf": [
+                {"type": "array", "items": no_nul, "maxItems": MAX_LIST_ITEMS},
+                {"type": "null"},
+            ]
+        },
+        "arguments": {
+            "anyOf": [
+                {"type": "array", "items": no_nul, "maxItems": MAX_LIST_ITEMS},
+                {"type": "null"},
+            ]
+        },
+        "env": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "maxProperties": MAX_ENV_ENTRIES,
+                    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,255}$"},
+                    "additionalProperties": {**no_nul, "maxLength": MAX_ENV_VALUE},
+                },
+                {"type": "null"},
+            ]
+        },
+        "port": {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "pattern": "^[1-9][0-9]{0,3}$"},
+            ],
+            "examples": [8080],
+        },
+        "scaling": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        name: {"anyOf": [{"type": "integer", **bounds}, {"type": "null"}]}
+                        for name, bounds in (
+                            ("minInstances", {"minimum": 0, "maximum": limits.max_instances}),
+                            ("maxInstances", {"minimum": 1, "maximum": limits.max_instances}),
+                            ("concurrency", {"minimum": 1, "maximum": MAX_CONCURRENCY}),
+                            (
+                                "scaleToZeroAfterSeconds",
+                                {"minimum": 0, "maximum": MAX_SCALE_TO_ZERO_AFTER},
+                            ),
+                        )
+                    },
+                    "description": "Per revision; fields left out keep their value (defaults: "
+                    "0, 100, 80, 900). minInstances may not exceed maxInstances.",
+                },
+                {"type": "null"},
+            ]
+        },
+        "desiredGPUs": {
+            "anyOf": [
+                {"type": "array", "maxItems": MAX_DESIRED_GPUS, "items": {"enum": gpu_names}},
+                {"type": "null"},
+            ],
+            "description": "GPU model codes or names in order of preference; needs gpu >= 1",
+        },
+    }
+    # desiredGPUs needs at least one GPU.
+    schema["if"] = {
+        "required": ["desiredGPUs"],
+        "properties": {"desiredGPUs": {"type": "array", "minItems": 1}},
+    }
+    schema["then"] = {"required": ["gpu"], "properties": {"gpu": {"minimum": 1}}}
+    return schema
+
+
+_INPUT_SCHEMA = _input_schema()
+_CREATE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": _inlined(_SPEC_SCHEMA, _SPEC_SCHEMA.get("$defs", {}))}
+            "application/json": {"schema": {**_INPUT_SCHEMA, "required": ["name", "image"]}}
         },
     }
+}
+_SPEC_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _INPUT_SCHEMA}}}
 }
 
 
@@ -70,11 +202,25 @@ async def json_body(request: Request, _caller: CurrentPrincipal) -> Any:
 
 
 Json = Annotated[Any, Depends(json_body)]
-PageParam = Annotated[int, Query(description="1-based page number")]
-RowsParam = Annotated[int, Query(alias="rowsPerPage", description="Items per page, at most 100")]
+# Bounds are documented here and checked by the service (same messages as GraphQL).
+PageParam = Annotated[
+    int,
+    Query(
+        description="1-based page number",
+        json_schema_extra={"minimum": 1, "maximum": svc.MAX_PAGE},
+    ),
+]
+RowsParam = Annotated[
+    int,
+    Query(
+        alias="rowsPerPage",
+        description=f"Items per page, at most {svc.MAX_ROWS_PER_PAGE}",
+        json_schema_extra={"minimum": 1, "maximum": svc.MAX_ROWS_PER_PAGE},
+    ),
+]
 
 
-@router.get("/containers", response_model=Page[ContainerView], responses=_ERRORS)
+@router.get("/containers", response_model=Page[ContainerView], responses=_LIST_ERRORS)
 async def list_containers(
     principal: CurrentPrincipal,
     ctx: Ctx,
@@ -100,8 +246,8 @@ async def get_container(id: str, principal: CurrentPrincipal, ctx: Ctx) -> Conta
     "/containers",
     status_code=201,
     response_model=ContainerView,
-    responses=_ERRORS,
-    openapi_extra=_SPEC_BODY,
+    responses=_CREATE_ERRORS,
+    openapi_extra=_CREATE_BODY,
 )
 async def create_container(payload: Json, principal: CurrentPrincipal, ctx: Ctx) -> ContainerView:
     return await run_in_threadpool(
@@ -110,7 +256,10 @@ async def create_container(payload: Json, principal: CurrentPrincipal, ctx: Ctx)
 
 
 @router.put(
-    "/containers/{id}", response_model=ContainerView, responses=_ERRORS, openapi_extra=_SPEC_BODY
+    "/containers/{id}",
+    response_model=ContainerView,
+    responses=_WRITE_ERRORS,
+    openapi_extra=_SPEC_BODY,
 )
 async def update_container(
     id: str, payload: Json, principal: CurrentPrincipal, ctx: Ctx
@@ -146,7 +295,7 @@ async def list_revisions(
 @router.post(
     "/containers/{id}/rollback",
     response_model=ContainerView,
-    responses=_ERRORS,
+    responses=_WRITE_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -155,7 +304,13 @@ async def list_revisions(
                     "schema": {
                         "type": "object",
                         "required": ["revisionNumber"],
-                        "properties": {"revisionNumber": {"type": "integer"}},
+                        "properties": {
+                            "revisionNumber": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": svc.MAX_REVISION_NUMBER,
+                            }
+                        },
                     }
                 }
             },
@@ -176,7 +331,7 @@ async def rollback_container(
 @router.put(
     "/containers/{id}/traffic",
     response_model=ContainerView,
-    responses=_ERRORS,
+    responses=_WRITE_ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -184,6 +339,7 @@ async def rollback_container(
                 "application/json": {
                     "schema": {
                         "type": "object",
+                        "additionalProperties": False,
                         "required": ["traffic"],
                         "properties": {
                             "traffic": {
@@ -221,7 +377,11 @@ async def set_traffic(
     )
 
 
-@router.post("/containers/{id}/redeploy", response_model=ContainerView, responses=_ERRORS)
+@router.post(
+    "/containers/{id}/redeploy",
+    response_model=ContainerView,
+    responses=_responses(401, 403, 404, 409, 422, 503),
+)
 async def redeploy_container(id: str, principal: CurrentPrincipal, ctx: Ctx) -> ContainerView:
     """Run the current spec again as a new revision (a fresh engine container and image pull),
     e.g. after a failed pull; nothing retries a failed pull by itself. No body is needed."""
@@ -230,6 +390,6 @@ async def redeploy_container(id: str, principal: CurrentPrincipal, ctx: Ctx) -> 
     )
 
 
-@router.get("/gpu-models", response_model=Page[GpuModelView], responses=_ERRORS)
+@router.get("/gpu-models", response_model=Page[GpuModelView], responses=_responses(401))
 async def list_gpu_models(principal: CurrentPrincipal, ctx: Ctx) -> Page[GpuModelView]:
     return svc.list_gpu_models(ctx=ctx)

@@ -113,6 +113,16 @@ def _name_conflict(name: str) -> Conflict:
     return Conflict(f"name: a container named {name!r} already exists; choose another name")
 
 
+def _lost_a_race(error: OperationalError) -> bool:
+    """A lock or serialization conflict (SQLite busy/locked, PostgreSQL SQLSTATE class 40:
+    deadlock, serialization failure), as opposed to a database that cannot be reached."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith("40") or sqlstate == "55P03"  # lock_not_available
+    text = str(error.orig).lower()
+    return "locked" in text or "busy" in text
+
+
 def _retrying(write: Callable[[], T]) -> T:
     """Run a write transaction again when a concurrent writer won the race.
 
@@ -124,6 +134,8 @@ def _retrying(write: Callable[[], T]) -> T:
         try:
             return write()
         except (IntegrityError, OperationalError) as e:
+            if isinstance(e, OperationalError) and not _lost_a_race(e):
+                raise  # the database is unreachable, not busy: the transport answers 503
             if attempt == MAX_WRITE_ATTEMPTS - 1:
                 raise Conflict("the container changed concurrently too often; retry") from e
             log.debug("write raced with another (%s), retrying", type(e).__name__)
@@ -266,6 +278,8 @@ def rollback_container(
     *, ctx: ServiceContext, principal: Principal, container_id: str, revision_number: object
 ) -> ContainerView:
     """Write a new revision that copies the spec of an earlier one, and deploy it."""
+    if isinstance(revision_number, float) and revision_number.is_integer():
+        revision_number = int(revision_number)  # JSON 3.0 is the integer 3 (JSON Schema agrees)
     if (
         isinstance(revision_number, bool)
         or not isinstance(revision_number, int)
