@@ -16,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app import console
 from app.auth import make_verifier
 from app.bus import Bus
 from app.db import installation_id, make_engine, migrate
@@ -166,6 +167,8 @@ def create_app(
         version="0.1.0",
         description="Serverless containers on Kubernetes or Docker/Podman. GraphQL at /graphql.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI is served by app.console from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.dockyard = state
     problems.install(app)
@@ -189,6 +192,8 @@ def create_app(
         ctx=state.ctx,
         routes=lambda: reconciler.routes if reconciler is not None else None,
     )
+
+    console.install(app, dist_dir=settings.console_dir)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
+    console_dir: Path | None = Field(
+        None,
+        description="Folder with the built console assets (vendor/); default app/console/dist, "
+        "filled by scripts/build-console.sh.",
+    )
     broadcast_url: str = Field(
         "memory://", description="Event fan-out: memory://, redis://…, postgres://…"
     )

@@ -15,10 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import HTMLResponse
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.types.unset import UnsetType
 
+from app.console import graphiql_page
 from app.domain.errors import Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
@@ -26,6 +29,10 @@ from app.gql.schema import schema
 
 
 class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        # Strawberry's own page loads GraphiQL from a CDN; ours from Dockyard (app.console).
+        return graphiql_page()
+
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params: Any = context.connection_params
         if isinstance(params, dict):
