@@ -43,8 +43,25 @@ def authenticate(state: AppState, authorization: str | None) -> Principal:
     return state.verifier.verify(bearer_token(authorization))
 
 
+SESSION_COOKIE = "dockyard_session"
+"""The console's session after an OIDC sign-in (``app.console.oidc``): an access token."""
+
+
+def authorization_of(connection: HTTPConnection) -> str | None:
+    """The ``Authorization`` header, or else the console's session cookie as a bearer token.
+
+    The cookie is Secure, HttpOnly and SameSite=Strict, so other sites cannot make a browser
+    send it; its token is verified exactly as a header's.
+    """
+    header = connection.headers.get("authorization")
+    if header:
+        return header
+    token = connection.cookies.get(SESSION_COOKIE)
+    return f"Bearer {token}" if token else None
+
+
 def current_principal(request: Request) -> Principal:
-    return authenticate(app_state(request), request.headers.get("authorization"))
+    return authenticate(app_state(request), authorization_of(request))
 
 
 def service_context(request: Request) -> ServiceContext:

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from app import console
 from app.auth import make_verifier
 from app.bus import Bus
+from app.console import oidc as console_oidc
 from app.db import installation_id, make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
@@ -193,7 +194,11 @@ def create_app(
         routes=lambda: reconciler.routes if reconciler is not None else None,
     )
 
-    console.install(app, dist_dir=settings.console_dir)
+    console.install(
+        app,
+        dist_dir=settings.console_dir,
+        login_path=console_oidc.install(app, settings, state.verifier),
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     auth_issuer: str | None = Field(
         None, description="OIDC issuer URL; when set, tokens are verified with its JWKS."
     )
+    auth_client_id: str | None = Field(
+        None,
+        description="OIDC client id of the console's sign-in (authorization code + PKCE); "
+        "with AUTH_ISSUER, enables /console/auth/login.",
+    )
+    auth_client_secret: str | None = Field(
+        None, description="OIDC client secret of the console, if the client is confidential."
+    )
+    auth_scopes: str = Field(
+        "openid profile email", description="Scopes the console asks the OIDC issuer for."
+    )
     auth_audience: str = Field("dockyard", description="Required `aud` claim of tokens.")
     auth_roles_claim: str = Field(
         "roles", description="Claim holding the roles (dotted path, e.g. realm_access.roles)."

@@ -44,7 +44,7 @@ def _html(name: str) -> HTMLResponse:
     return HTMLResponse(page(name), headers={"Cache-Control": "no-cache"})
 
 
-def install(app: FastAPI, *, dist_dir: Path | None = None) -> None:
+def install(app: FastAPI, *, dist_dir: Path | None = None, login_path: str | None = None) -> None:
     """Serve the console at ``/console/`` (``/`` redirects there) and Swagger UI at ``/docs``.
 
     GraphiQL is served by the GraphQL router at ``/graphql`` (``graphiql_page``).
@@ -75,9 +75,14 @@ def install(app: FastAPI, *, dist_dir: Path | None = None) -> None:
     async def console_no_slash() -> RedirectResponse:
         return RedirectResponse(CONSOLE_PATH)
 
+    # The console offers the OIDC sign-in when the server has one (app.console.oidc).
+    index = page("index")
+    if login_path:
+        index = index.replace("<body>", f'<body data-login="{login_path}">', 1)
+
     @app.get(CONSOLE_PATH, include_in_schema=False)
     async def console() -> HTMLResponse:
-        return _html("index")
+        return HTMLResponse(index, headers={"Cache-Control": "no-cache"})
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

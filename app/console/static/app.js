@@ -7,6 +7,9 @@ import htm from "htm";
 import { ApiError, gql, session, subscribe } from "./api.js";
 
 const html = htm.bind(h);
+// Set by the server when an OIDC issuer and client are configured (app/console/oidc.py).
+const LOGIN_PATH = document.body.dataset.login || null;
+const LOGOUT_PATH = "/console/auth/logout";
 
 // ---------------------------------------------------------------- GraphQL documents
 const VIEWER = `query Viewer { viewer { subject roles } }`;
@@ -119,6 +122,9 @@ function SignIn({ onSignedIn, error: initialError }) {
 
   return html`<main id="main" class="signin">
     <h1 tabindex="-1" ref=${heading}>Sign in to Dockyard</h1>
+    ${LOGIN_PATH &&
+    html`<p><a class="button primary" href=${LOGIN_PATH}>Sign in with your identity provider</a></p>
+      <p class="muted">or paste a token:</p>`}
     <form onSubmit=${submit}>
       <label for="token">Access token</label>
       <textarea id="token" name="token" rows="5" required autocomplete="off" spellcheck="false"
@@ -714,22 +720,25 @@ function ContainerPage({ id }) {
 function App() {
   const route = useRoute();
   const [viewer, setViewer] = useState(null);
-  const [checking, setChecking] = useState(Boolean(session.token));
+  // With an OIDC sign-in, the session may be an HttpOnly cookie this page cannot see: ask.
+  const [checking, setChecking] = useState(Boolean(session.token || LOGIN_PATH));
   const [signInError, setSignInError] = useState(null);
 
   useEffect(() => {
-    if (!session.token) return;
+    if (!checking) return;
+    const hadToken = Boolean(session.token);
     gql(VIEWER)
       .then((data) => setViewer(data.viewer))
       .catch((e) => {
         session.token = null;
-        setSignInError(e);
+        if (hadToken || e.code !== "UNAUTHENTICATED") setSignInError(e);
       })
       .finally(() => setChecking(false));
   }, []);
 
-  function signOut() {
+  async function signOut() {
     session.token = null;
+    if (LOGIN_PATH) await fetch(LOGOUT_PATH, { method: "POST", credentials: "same-origin" });
     setViewer(null);
   }
 
