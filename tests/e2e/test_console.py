@@ -23,6 +23,7 @@ from app.auth import LocalKeys
 from app.console import DEFAULT_DIST_DIR
 from app.settings import Settings
 from tests.e2e.test_log_streams import serve_env
+from tests.support.oidc_issuer import Issuer
 from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, PodmanService
 from tests.support.server import Server, free_port
 
@@ -319,3 +320,48 @@ def test_graphiql_and_swagger_ui_render_offline(browser: Any, server: Server) ->
     assert tab.blocked == [], f"the explorers asked for other hosts: {tab.blocked}"
     assert tab.errors == [], tab.errors
     tab.close()
+
+
+def test_oidc_sign_in_in_the_browser(browser: Any, tmp_path: Path, database_url: str) -> None:
+    issuer = Issuer().start()
+    server = Server(
+        env={
+            **os.environ,
+            "DOCKYARD_DATA_DIR": str(tmp_path),
+            "DOCKYARD_DATABASE_URL": database_url,
+            "DOCKYARD_RUNTIME": "none",
+            "DOCKYARD_AUTH_ISSUER": issuer.url,
+            "DOCKYARD_AUTH_CLIENT_ID": issuer.client_id,
+        },
+        port=free_port(),
+        log_path=tmp_path / "server.log",
+    )
+    server.start()
+    tab = Offline(browser, viewport={"width": 1280, "height": 800})
+    try:
+        # a container of the user, so the list also subscribes (over a cookie-authenticated socket)
+        created = httpx.post(
+            f"{server.url}/v1/containers",
+            json={"name": "from-oidc", "image": HTTPD_V1, "port": "8080"},
+            headers={"Authorization": f"Bearer {issuer.access_token()}"},
+        )
+        assert created.status_code == 201, created.text
+        page = tab.page
+        page.goto(f"{server.url}/console/")
+        page.get_by_role("link", name="Sign in with your identity provider").click()
+        expect(page.get_by_role("heading", name="Containers")).to_be_visible()
+        expect(page.locator("header .who")).to_contain_text("oidc-alice")
+        expect(page.locator("table.containers tbody tr")).to_contain_text("from-oidc")
+        # page scripts never see the session: the cookie is HttpOnly
+        assert "dockyard_session" not in page.evaluate("document.cookie")
+        page.reload()  # the cookie keeps the session
+        expect(page.locator("header .who")).to_contain_text("oidc-alice")
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in to Dockyard")).to_be_visible()
+        page.reload()
+        expect(page.get_by_role("heading", name="Sign in to Dockyard")).to_be_visible()
+        assert tab.blocked == [] and tab.errors == [], (tab.blocked, tab.errors)
+    finally:
+        tab.close()
+        server.stop()
+        issuer.stop()
