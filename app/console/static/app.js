@@ -13,8 +13,9 @@ const LOGOUT_PATH = "/console/auth/logout";
 
 // ---------------------------------------------------------------- GraphQL documents
 const VIEWER = `query Viewer { viewer { subject roles } }`;
-const CONTAINERS = `query Containers($page: Int!, $rowsPerPage: Int!, $all: Boolean!) {
-  containers(page: $page, rowsPerPage: $rowsPerPage, all: $all) {
+const CONTAINERS = `query Containers($page: Int!, $rowsPerPage: Int!, $all: Boolean!,
+    $search: String, $status: ContainerStatus) {
+  containers(page: $page, rowsPerPage: $rowsPerPage, all: $all, search: $search, status: $status) {
     total page rowsPerPage
     items { id name image createdBy status statusReason urls gpu desiredGPUs revision dateUpdated }
   } }`;
@@ -144,29 +145,41 @@ function ContainerList({ viewer, params }) {
   const page = Math.max(1, Number(params.get("page")) || 1);
   const rowsPerPage = Number(params.get("rows")) || 10;
   const all = isAdmin && params.get("all") !== "0";
+  const search = params.get("q") || "";
+  const statusFilter = params.get("status") || "";
   const [data, setData] = useState(null);
   const [live, setLive] = useState({});
   const [error, setError] = useState(null);
-  const [filter, setFilter] = useState("");
-  const [statusFilter, setStatusFilter] = useState("");
+  const [typed, setTyped] = useState(search);
   const heading = useFocusHeading("list");
 
   const navigate = (changes) => {
     const next = new URLSearchParams(params);
-    for (const [key, value] of Object.entries(changes)) next.set(key, String(value));
+    for (const [key, value] of Object.entries(changes)) {
+      if (value === "" || value == null) next.delete(key);
+      else next.set(key, String(value));
+    }
     go(`#/containers?${next}`);
   };
+
+  // The filter is the API's (name search, status), applied before paging; typing settles first.
+  useEffect(() => {
+    if (typed.trim() === search) return undefined;
+    const timer = setTimeout(() => navigate({ q: typed.trim(), page: 1 }), 300);
+    return () => clearTimeout(timer);
+  }, [typed]);
 
   useEffect(() => {
     let cancelled = false;
     setError(null);
-    gql(CONTAINERS, { page, rowsPerPage, all })
+    const variables = { page, rowsPerPage, all, search: search || null, status: statusFilter || null };
+    gql(CONTAINERS, variables)
       .then((result) => !cancelled && setData(result.containers))
       .catch((e) => !cancelled && setError(e));
     return () => {
       cancelled = true;
     };
-  }, [page, rowsPerPage, all]);
+  }, [page, rowsPerPage, all, search, statusFilter]);
 
   // Live status of every row shown: one subscription each, multiplexed on one WebSocket.
   const ids = (data?.items || []).map((item) => item.id).join(",");
@@ -181,17 +194,7 @@ function ContainerList({ viewer, params }) {
     return () => stops.forEach((stop) => stop());
   }, [ids]);
 
-  const items = (data?.items || []).map((item) => ({ ...item, ...(live[item.id] || {}) }));
-  const needle = filter.trim().toLowerCase();
-  const shown = items.filter(
-    (item) =>
-      (!statusFilter || item.status === statusFilter) &&
-      (!needle ||
-        [item.name, item.image, item.createdBy, item.id, ...(item.urls || [])]
-          .join(" ")
-          .toLowerCase()
-          .includes(needle))
-  );
+  const shown = (data?.items || []).map((item) => ({ ...item, ...(live[item.id] || {}) }));
   const pages = data ? Math.max(1, Math.ceil(data.total / data.rowsPerPage)) : 1;
 
   return html`<main id="main">
@@ -200,10 +203,10 @@ function ContainerList({ viewer, params }) {
       <a class="button primary" href="#/new">Deploy a container</a>
     </div>
     <div class="toolbar" role="search">
-      <label>Filter <input type="search" value=${filter} placeholder="name, image, owner, URL"
-        onInput=${(e) => setFilter(e.currentTarget.value)} /></label>
+      <label>Filter <input type="search" value=${typed} placeholder="part of the name"
+        onInput=${(e) => setTyped(e.currentTarget.value)} /></label>
       <label>Status <select value=${statusFilter}
-        onChange=${(e) => setStatusFilter(e.currentTarget.value)}>
+        onChange=${(e) => navigate({ status: e.currentTarget.value, page: 1 })}>
         <option value="">any</option><option>deploying</option><option>deployed</option>
         <option>failed</option></select></label>
       ${isAdmin &&
@@ -235,7 +238,7 @@ function ContainerList({ viewer, params }) {
       </tbody>
     </table>
     ${shown.length === 0 &&
-    html`<p class="muted">${data.total === 0 ? "No containers yet." : "No container on this page matches."}</p>`}
+    html`<p class="muted">${search || statusFilter ? "No container matches." : "No containers yet."}</p>`}
     <nav class="pager" aria-label="Pages">
       <button disabled=${page <= 1} onClick=${() => navigate({ page: page - 1 })}>Previous</button>
       <span>Page ${data.page} of ${pages} · ${data.total} containers</span>
