@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -317,6 +318,22 @@ def test_graphiql_and_swagger_ui_render_offline(browser: Any, server: Server) ->
     page.get_by_role("button", name=re.compile("Execute query")).click()
     expect(page.locator(".graphiql-response")).to_contain_text('"subject": "alice"')
     tab.shot("graphiql")
+
+    # A subscription over graphql-transport-ws, authenticated by the Headers editor's token.
+    server.headers = {"Authorization": f"Bearer {mint(server, 'alice')}"}
+    created = server.api(
+        "POST", "/v1/containers", json={"name": "sub", "image": HTTPD_V1, "port": "8080"}
+    )
+    assert created.status_code == 201, created.text
+    document = f'subscription {{ containerStatus(id: "{created.json()["id"]}") {{ name status }} }}'
+    page.goto(f"{server.url}/graphql#{urlencode({'query': document})}")
+    page.reload()  # the same page with another fragment: load it anew
+    expect(page.locator(".graphiql-container")).to_contain_text("containerStatus")
+    page.get_by_role("button", name=re.compile("Execute")).click()
+    expect(page.locator(".graphiql-response")).to_contain_text('"name": "sub"')
+    expect(page.locator(".graphiql-response")).to_contain_text('"status": "deployed"', timeout=LIVE)
+    page.get_by_role("button", name=re.compile("Stop")).click()
+    assert server.api("DELETE", f"/v1/containers/{created.json()['id']}").status_code == 204
 
     page.goto(f"{server.url}/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Dockyard")

@@ -30,11 +30,15 @@
     })(params, options);
   }
 
+  // /graphql#query=… opens with that document. (Not ?query=: that runs it as a GET request.)
+  var shared = new URLSearchParams(window.location.hash.slice(1)).get("query");
+
   var root = ReactDOM.createRoot(document.getElementById("graphiql"));
   root.render(
     React.createElement(GraphiQL, {
       fetcher: fetcher,
       defaultQuery: example,
+      query: shared || undefined,
       defaultHeaders: Object.keys(headers).length ? JSON.stringify(headers, null, 2) : undefined,
       defaultEditorToolsVisibility: true,
       isHeadersEditorEnabled: true,
