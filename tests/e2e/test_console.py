@@ -107,6 +107,9 @@ class Offline:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.console: list[str] = []
+        self.page.on("console", lambda message: self.console.append(message.text))
+        self.page.on("websocket", lambda ws: self.console.append(f"websocket {ws.url}"))
 
     def _route(self, route: Any) -> None:
         if loopback(route.request.url):
@@ -178,8 +181,18 @@ def test_console_deploys_watches_updates_rolls_back_and_deletes(
     image_error = page.locator('.field-error[data-field="image"]')
     expect(image_error).to_contain_text("tag")
     expect(page.get_by_label("Image")).to_have_attribute("aria-invalid", "true")
-    # GPU model picker offers the catalog from gpuModels
-    expect(page.locator("#gpu-model option")).not_to_have_count(1)
+    # The GPU model picker offers the catalog of gpuModels, in the order models are added.
+    picker = page.get_by_label("GPU model", exact=True)
+    expect(picker.locator("option")).not_to_have_count(1)
+    picker.select_option(index=1)
+    page.get_by_role("button", name="Add", exact=True).click()
+    picker.select_option(index=1)
+    page.get_by_role("button", name="Add", exact=True).click()
+    chips = page.locator(".chips li")
+    expect(chips).to_have_count(2)
+    for _ in range(2):
+        page.locator(".chips li button").first.click()
+    expect(chips).to_have_count(0)
 
     page.get_by_label("Image").fill(HTTPD_V1)
     page.get_by_label("Memory").fill("64Mi")
@@ -329,8 +342,14 @@ def test_graphiql_and_swagger_ui_render_offline(browser: Any, server: Server) ->
     page.goto(f"{server.url}/graphql#{urlencode({'query': document})}")
     page.reload()  # the same page with another fragment: load it anew
     expect(page.locator(".graphiql-container")).to_contain_text("containerStatus")
+    # (GraphiQL persists headers after a debounce: type them again rather than race it)
+    page.get_by_text("Headers", exact=True).click()
+    page.locator(".graphiql-editor-tool .graphiql-editor").last.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(json.dumps({"Authorization": f"Bearer {mint(server, 'alice')}"}))
+    expect(page.locator(".graphiql-editor-tool")).to_contain_text("Bearer")
     page.get_by_role("button", name=re.compile("Execute")).click()
-    expect(page.locator(".graphiql-response")).to_contain_text('"name": "sub"')
+    expect(page.locator(".graphiql-response")).to_contain_text('"name": "sub"', timeout=LIVE)
     expect(page.locator(".graphiql-response")).to_contain_text('"status": "deployed"', timeout=LIVE)
     page.get_by_role("button", name=re.compile("Stop")).click()
     assert server.api("DELETE", f"/v1/containers/{created.json()['id']}").status_code == 204
