@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
@@ -51,13 +52,20 @@ def authorization_of(connection: HTTPConnection) -> str | None:
     """The ``Authorization`` header, or else the console's session cookie as a bearer token.
 
     The cookie is Secure, HttpOnly and SameSite=Strict, so other sites cannot make a browser
-    send it; its token is verified exactly as a header's.
+    send it; its token is verified exactly as a header's. Other origins of the same site can
+    (a container's page on ``<slug>.<ingress domain>``), so a request or WebSocket whose
+    ``Origin`` is not Dockyard's own gets no credentials from the cookie.
     """
     header = connection.headers.get("authorization")
     if header:
         return header
     token = connection.cookies.get(SESSION_COOKIE)
-    return f"Bearer {token}" if token else None
+    if not token:
+        return None
+    origin = connection.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != connection.headers.get("host"):
+        return None
+    return f"Bearer {token}"
 
 
 def current_principal(request: Request) -> Principal:

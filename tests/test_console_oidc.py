@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from app.console.oidc import CALLBACK_PATH, FLOW_COOKIE, LOGIN_PATH, LOGOUT_PATH
 from app.deps import SESSION_COOKIE
@@ -85,6 +86,24 @@ def test_sign_in_with_pkce_sets_a_session_cookie_the_api_accepts(
     ) as socket:
         socket.send_json({"type": "connection_init", "payload": {}})
         assert socket.receive_json()["type"] == "connection_ack"
+
+    # Another origin of the same site (a container's page) gets nothing from the cookie.
+    foreign = {"Origin": "https://abc.apps.testserver"}
+    refused = oidc_client.post("/graphql", json=VIEWER, headers=foreign).json()
+    assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert oidc_client.get("/v1/containers", headers=foreign).status_code == 401
+    own = oidc_client.post("/graphql", json=VIEWER, headers={"Origin": "https://testserver"})
+    assert own.json()["data"]["viewer"]["subject"] == "oidc-alice"
+    with (
+        pytest.raises(WebSocketDisconnect),
+        oidc_client.websocket_connect(
+            "/graphql",
+            subprotocols=["graphql-transport-ws"],
+            headers={"Cookie": cookie, **foreign},
+        ) as socket,
+    ):
+        socket.send_json({"type": "connection_init", "payload": {}})
+        socket.receive_json()
 
     # Signing out drops the cookie: the API no longer knows the caller.
     assert oidc_client.post(LOGOUT_PATH, follow_redirects=False).status_code == 303
