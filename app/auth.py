@@ -19,7 +19,13 @@ from typing import Any, Protocol
 
 import httpx
 from joserfc import jwt
-from joserfc.errors import InvalidKeyIdError, JoseError
+from joserfc.errors import (
+    BadSignatureError,
+    ClaimError,
+    ExpiredTokenError,
+    InvalidKeyIdError,
+    JoseError,
+)
 from joserfc.jwk import ECKey, KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
@@ -78,16 +84,19 @@ class _JwtVerifier:
             except InvalidKeyIdError:
                 decoded = jwt.decode(token, self._keys(refresh=True), algorithms=self._algorithms)
             self._registry.validate(decoded.claims)
-        except JoseError as e:
-            raise Unauthenticated(f"invalid_token: {e.description or e.error}") from e
-        except (ValueError, TypeError) as e:
-            raise Unauthenticated("invalid_token: the bearer token is malformed") from e
+        except Unauthenticated:
+            raise
+        except Exception as e:
+            # Whatever the token holds (a non-Latin-1 or CR/LF `kid`, garbage), the answer is one
+            # of a few fixed texts: nothing the client sent is echoed into headers or bodies.
+            raise Unauthenticated(f"invalid_token: {_reason(e)}") from e
         subject = decoded.claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("invalid_token: the sub claim must be a non-empty string")
         return Principal(
             subject=subject,
             roles=roles_from_claims(decoded.claims, self._settings.auth_roles_claim),
+            valid_until=float(decoded.claims["exp"]) + self._settings.auth_leeway_seconds,
         )
 
 
@@ -115,6 +124,19 @@ class LocalKeys(_JwtVerifier):
         top, *rest = self._settings.auth_roles_claim.split(".")
         claims[top] = _nest(rest, roles)
         return jwt.encode({"alg": "ES256", "kid": self._key.kid}, claims, self._key)
+
+
+def _reason(error: Exception) -> str:
+    """A fixed, safe description of why a token was refused."""
+    if isinstance(error, ExpiredTokenError):
+        return "the bearer token has expired"
+    if isinstance(error, ClaimError):
+        return "the bearer token's claims are not accepted here (iss, aud, sub, exp, nbf)"
+    if isinstance(error, BadSignatureError):
+        return "the bearer token's signature is invalid"
+    if isinstance(error, InvalidKeyIdError):
+        return "the bearer token is signed by an unknown key"
+    return "the bearer token is malformed"
 
 
 def _nest(path: list[str], value: Any) -> Any:
@@ -162,8 +184,9 @@ class OidcVerifier(_JwtVerifier):
             response = self._http.get(jwks_uri)
             response.raise_for_status()
             return KeySet.import_key_set(response.json())
-        except (httpx.HTTPError, KeyError, ValueError, JoseError) as e:
-            raise Unauthenticated(f"invalid_token: cannot load the issuer's keys ({e})") from e
+        except (httpx.HTTPError, KeyError, ValueError, TypeError, JoseError) as e:
+            log.warning("cannot load the keys of issuer %s: %s", self._issuer, e)
+            raise Unauthenticated("invalid_token: cannot load the issuer's keys") from e
 
     def _keys(self, *, refresh: bool) -> KeySet:
         with self._lock:

@@ -1,4 +1,5 @@
-"""The ``dockyard`` command: serve, mint tokens, migrate, export the OpenAPI document."""
+"""The ``dockyard`` command: serve, mint tokens, migrate, export the OpenAPI document (here, with
+argparse), and the client commands that talk to a server's API (``app.client.cli``, click)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,27 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+CLIENT_COMMANDS = {
+    "login": "store the server URL and a token for the client commands",
+    "deploy": "create or update a container by name and wait until it is deployed",
+    "ls": "list your containers",
+    "status": "show a container's status",
+    "revisions": "list a container's revisions",
+    "rollback": "roll a container back to a revision",
+    "redeploy": "run a container's current spec again as a new revision",
+    "rm": "delete a container",
+    "logs": "show (-f: follow) a container's output",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dockyard", description="Serverless containers.")
+    parser = argparse.ArgumentParser(
+        prog="dockyard",
+        description="Serverless containers. Client commands: `dockyard <command> --help`.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in CLIENT_COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)  # handled by app.client.cli
     serve = commands.add_parser(
         "serve",
         help="run the API server",
@@ -37,22 +56,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client(argv: list[str]) -> int:
+    from app.client.cli import client
+
+    try:
+        client.main(args=argv, prog_name="dockyard", standalone_mode=True)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in CLIENT_COMMANDS:
+        return _client(argv)
     args = _parser().parse_args(argv)
     settings = Settings()
     if args.command == "serve":
+        import logging
+
         import uvicorn
 
+        from app.httpserver import http_protocol
+        from app.observability.logs import log_config
         from app.server import create_app
+
+        # Dockyard's own messages (which engine and socket it chose, reconciler warnings) beside
+        # uvicorn's; uvicorn configures only its own loggers.
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
+        )
 
         uvicorn.run(
             create_app(settings, port=args.port),
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            log_config=log_config(args.log_level, settings.log_format),
             # The built-in ingress appends the real peer to X-Forwarded-For itself; letting
             # uvicorn rewrite the peer from that header first would record the client twice.
             proxy_headers=False,
+            # Connections whose request headers never finish are closed (uvicorn alone keeps
+            # them open for ever).
+            http=http_protocol(settings.header_timeout_seconds),
         )
         return 0
     if args.command == "token":

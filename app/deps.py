@@ -20,6 +20,9 @@ from app.services.context import ServiceContext
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.autoscale import Autoscaler
+    from app.dataplane.activator import Activator
+    from app.observability.metrics import Metrics
     from app.services.streams import ContainerStreams
 
 
@@ -32,6 +35,11 @@ class AppState:
     # Live logs and status changes for GraphQL subscriptions; None until a runtime and the
     # reconciler provide them (status then falls back to polling, logs are UNAVAILABLE).
     streams: ContainerStreams | None = None
+    metrics: Metrics | None = None
+    # Serverless on the local runtime: the activator holds requests for revisions at zero (every
+    # replica), the autoscaler decides instance counts (acts on the leader only).
+    activator: Activator | None = None
+    autoscaler: Autoscaler | None = None
 
 
 def app_state(connection: HTTPConnection) -> AppState:

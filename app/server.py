@@ -16,32 +16,40 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app import console
+from app import console, logsafe
 from app.auth import make_verifier
+from app.autoscale import Autoscaler, AutoscalerOptions
 from app.bus import Bus
 from app.console import oidc as console_oidc
+from app.dataplane.activator import Activator, ActivatorOptions, socket_dir_for
 from app.db import installation_id, make_engine, migrate
 from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
 from app.gql.router import graphql_router
 from app.ingress import IngressProxy
+from app.limits import RequestBodyLimit
+from app.observability import wiring as observability
+from app.observability.metrics import Metrics
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.reconcile.leader import Elector, database_elector
 from app.rest import problems
 from app.rest.logs import router as logs_router
 from app.rest.routes import router as rest_router
-from app.runtime.base import Runtime
+from app.runtime.base import Capabilities, Runtime
 from app.runtime.factory import make_runtime
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_lease import LeaseElector
 from app.runtime.k8s_manifests import KubernetesConfig, Toleration
+from app.services import scaling
 from app.services.context import ServiceContext
+from app.services.scaling import RevisionServing
 from app.settings import Settings
 from app.streams import LogHub
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 8000
+ALL_CAPABILITIES = Capabilities(autoscales=True, scale_to_zero=True, traffic_split=True)
 
 
 def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
@@ -52,7 +60,11 @@ def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
     ctx = ServiceContext(
         engine=engine,
         catalog=load_catalog(settings.gpu_catalog_file),
-        limits=Limits(max_cpu=settings.max_cpu, max_gpu=settings.max_gpu),
+        limits=Limits(
+            max_cpu=settings.max_cpu,
+            max_gpu=settings.max_gpu,
+            max_instances=settings.max_instances,
+        ),
         ingress_domain=settings.ingress_domain or f"localhost:{port}",
     )
     return AppState(settings=settings, ctx=ctx, verifier=make_verifier(settings))
@@ -70,6 +82,8 @@ def kubernetes_config(
         ingress_annotations=dict(settings.k8s_ingress_annotations),
         gpu_product_label=gpu_label,
         gpu_tolerations=tuple(Toleration(**t) for t in settings.k8s_gpu_tolerations),  # type: ignore[arg-type]
+        knative_namespace=settings.k8s_knative_namespace,
+        knative_gpu_progress_deadline_seconds=settings.k8s_knative_gpu_progress_deadline_seconds,
     )
 
 
@@ -78,9 +92,12 @@ def _runtime_from(settings: Settings, state: AppState) -> Runtime | None:
         settings.runtime,
         docker_host=settings.docker_host,
         readiness_timeout=settings.readiness_timeout_seconds,
+        gpu_readiness_timeout=settings.gpu_readiness_timeout_seconds,
         stop_timeout=settings.stop_timeout_seconds,
         instance=installation_id(state.ctx.engine),
         docker_labels=settings.docker_labels,
+        data_dir=settings.data_dir,
+        start_podman=settings.start_podman,
         kubernetes_config=kubernetes_config(
             settings, ingress_domain=state.ctx.ingress_domain, gpu_label=state.ctx.catalog.label
         ),
@@ -120,6 +137,49 @@ def _log_hub(
     return hub
 
 
+def _serverless(
+    settings: Settings, state: AppState, runtime: Runtime | None, reconciler: Reconciler | None
+) -> tuple[Activator | None, Autoscaler | None]:
+    """The activator and the autoscaler, where Dockyard scales revisions itself (the local
+    runtime; Knative autoscales by itself, plain Deployments cannot wait at zero)."""
+    if runtime is None or reconciler is None:
+        return None, None
+    capabilities = runtime.capabilities
+    if capabilities.autoscales or not capabilities.scale_to_zero:
+        return None, None
+    ctx = state.ctx
+
+    async def wake(container_id: str, revision: int, instances: int) -> bool:
+        return await run_in_threadpool(
+            scaling.wake_revision, ctx, container_id, revision, instances=instances
+        )
+
+    async def serving(container_id: str, revision: int) -> RevisionServing:
+        return await run_in_threadpool(scaling.revision_serving, ctx, container_id, revision)
+
+    activator = Activator(
+        socket_dir_for(settings.data_dir),
+        wake=wake,
+        serving=serving,
+        options=ActivatorOptions(
+            max_held=settings.activator_max_held,
+            max_wait_seconds=settings.activator_max_wait_seconds,
+        ),
+    )
+    autoscaler = Autoscaler(
+        ctx,
+        is_leader=lambda: reconciler.leading,
+        held=activator.held,
+        options=AutoscalerOptions(
+            tick_seconds=settings.autoscale_tick_seconds,
+            stable_window_seconds=settings.autoscale_stable_window_seconds,
+            panic_window_seconds=settings.autoscale_panic_window_seconds,
+        ),
+    )
+    state.activator, state.autoscaler = activator, autoscaler
+    return activator, autoscaler
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -129,9 +189,13 @@ def create_app(
 ) -> FastAPI:
     """The API (REST, GraphQL), the reconciler and, in front, the built-in ingress."""
     settings = settings or Settings()
+    logsafe.install()
     state = build_state(settings, port=port)
     if runtime == "from-settings":
         runtime = _runtime_from(settings, state)
+    # Without a runtime nothing runs; the API then accepts every serverless feature.
+    state.ctx.capabilities = runtime.capabilities if runtime is not None else ALL_CAPABILITIES
+    state.metrics = Metrics()
     reconciler = None
     if runtime is not None:
         reconciler = Reconciler(
@@ -141,10 +205,12 @@ def create_app(
             options=reconciler_options
             or ReconcilerOptions(resync_interval=settings.reconcile_interval_seconds),
             elector=_elector(settings, state, runtime),
+            on_deploy_finished=state.metrics.deploy_finished,
         )
         state.ctx.listeners.append(lambda container_id, _kind: reconciler.request(container_id))
     state.reconciler = reconciler
     hub = _log_hub(settings, state, runtime, reconciler)
+    activator, autoscaler = _serverless(settings, state, runtime, reconciler)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -152,9 +218,17 @@ def create_app(
             await hub.start()
         if reconciler is not None:
             await reconciler.start()
+        if activator is not None:
+            await activator.start()
+        if autoscaler is not None:
+            await autoscaler.start()
         try:
             yield
         finally:
+            if autoscaler is not None:
+                await autoscaler.stop()
+            if activator is not None:
+                await activator.stop()
             if reconciler is not None:
                 await reconciler.stop()
             if hub is not None:
@@ -188,6 +262,8 @@ def create_app(
         prefix="/graphql",
         include_in_schema=False,
     )
+    # Inside the ingress: bounds API requests only, never traffic proxied to containers.
+    app.add_middleware(RequestBodyLimit, limit=settings.max_request_body_bytes)
     app.add_middleware(
         IngressProxy,
         ctx=state.ctx,
@@ -198,6 +274,9 @@ def create_app(
         app,
         dist_dir=settings.console_dir,
         login_path=console_oidc.install(app, settings, state.verifier),
+    )
+    observability.install(
+        app, settings=settings, metrics=state.metrics, hub=hub, reconciler=reconciler
     )
 
     @app.get("/healthz", include_in_schema=False)

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
@@ -32,12 +32,19 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite in DATA_DIR. postgresql+psycopg://…"
     )
-    runtime: Literal["auto", "docker", "kubernetes", "none"] = Field(
-        "auto", description="Where containers run: auto picks Kubernetes, then Docker/Podman."
+    runtime: Literal["auto", "docker", "kubernetes", "knative", "none"] = Field(
+        "auto",
+        description="Where containers run: auto picks Kubernetes (Knative Serving when the "
+        "cluster serves it, else Deployments), then Docker/Podman.",
     )
     docker_host: str | None = Field(
         None,
         description="Docker Engine API URL (Docker or Podman socket); falls back to DOCKER_HOST.",
+    )
+    start_podman: bool = Field(
+        True,
+        description="When no engine socket answers and DOCKER_HOST is unset, start and "
+        "supervise `podman system service` on DATA_DIR/podman/podman.sock.",
     )
     docker_labels: dict[str, str] = Field(
         default_factory=dict,
@@ -72,6 +79,9 @@ class Settings(BaseSettings):
     auth_leeway_seconds: int = Field(30, ge=0, description="Clock skew allowed on exp/nbf.")
     max_cpu: float = Field(64, gt=0, description="Largest cpu a container may ask for.")
     max_gpu: int = Field(8, ge=0, description="Largest gpu count a container may ask for.")
+    max_instances: int = Field(
+        100, ge=1, description="Largest scaling.maxInstances a revision may ask for."
+    )
     gpu_catalog_file: Path | None = Field(
         None, description="YAML/JSON file replacing the built-in GPU catalog."
     )
@@ -104,6 +114,54 @@ class Settings(BaseSettings):
     readiness_timeout_seconds: float = Field(
         120, gt=0, description="How long a revision's port may take to open before it fails."
     )
+    metrics: Literal["off", "open", "token"] = Field(
+        "open",
+        description="GET /metrics (Prometheus): off, open to anyone who reaches the port, or "
+        "token (needs METRICS_TOKEN as a bearer token).",
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token for /metrics when METRICS=token."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Server logs: JSON lines, text, or auto (JSON when not on a TTY)."
+    )
+    gpu_readiness_timeout_seconds: float = Field(
+        1800,
+        gt=0,
+        description="Start-up budget of a GPU revision (model loading): its port may take this "
+        "long to open before it fails.",
+    )
+
+    autoscale_tick_seconds: float = Field(
+        0.5, gt=0, description="How often the autoscaler samples in-flight requests and decides."
+    )
+    autoscale_stable_window_seconds: float = Field(
+        60, gt=0, description="Autoscaler: the window whose average concurrency sets the scale."
+    )
+    autoscale_panic_window_seconds: float = Field(
+        6, gt=0, description="Autoscaler: the short window that scales up fast on a burst."
+    )
+    activator_max_wait_seconds: float = Field(
+        120,
+        gt=0,
+        description="How long a request to a revision at zero waits for an instance before a "
+        "503 with Retry-After.",
+    )
+    activator_max_held: int = Field(
+        1000, ge=1, description="Requests held per revision at zero; more get a 503 at once."
+    )
+    max_request_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest API request body (REST, /graphql); larger ones get 413 unread. "
+        "Traffic proxied to containers is not limited by it.",
+    )
+    header_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        description="`dockyard serve`: connections whose request headers are not complete within "
+        "this many seconds are closed.",
+    )
 
     k8s_namespace_strategy: Literal["shared", "per-owner"] = Field(
         "shared", description="Kubernetes: one shared namespace, or one namespace per owner."
@@ -126,6 +184,15 @@ class Settings(BaseSettings):
         ],
         description="Kubernetes: JSON list of tolerations given to GPU workloads.",
     )
+    k8s_knative_namespace: str = Field(
+        "knative-serving",
+        description="Knative runtime: namespace of Knative Serving (its config-features).",
+    )
+    k8s_knative_gpu_progress_deadline_seconds: int = Field(
+        1800,
+        gt=0,
+        description="Knative runtime: how long a GPU revision may wait for a node.",
+    )
     k8s_lease_namespace: str = Field(
         "dockyard", description="Kubernetes: namespace of the reconciler's leader Lease."
     )
@@ -147,6 +214,14 @@ class Settings(BaseSettings):
     def _docker_host_fallback(self) -> Settings:
         if self.docker_host is None and os.environ.get("DOCKER_HOST"):
             self.docker_host = os.environ["DOCKER_HOST"]
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_token_when_guarded(self) -> Settings:
+        if self.metrics == "token" and not (
+            self.metrics_token and self.metrics_token.get_secret_value()
+        ):
+            raise ValueError("DOCKYARD_METRICS=token needs DOCKYARD_METRICS_TOKEN")
         return self
 
     @cached_property

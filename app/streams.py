@@ -3,7 +3,9 @@
 Why a hub: an engine log stream per HTTP client would cost one engine connection and one reader
 thread per client and would multiply with the number of replicas. Instead the replica whose
 reconciler leads (and has a runtime) opens exactly one upstream ``runtime.logs(follow=True)`` per
-container that somebody watches, and republishes its lines on the bus
+revision present of each container that somebody watches (one, except during an update's drain,
+when the old and the new revision both print: a new revision is read from its first line), and
+republishes their lines on the bus
 (``dockyard.logs.<id>``). Every replica subscribes to that channel once per watched container and
 copies each line into bounded per-subscriber queues, so a slow client loses its own oldest lines
 (and is told how many) but never stalls the others.
@@ -77,6 +79,8 @@ BACKLOG_EXTRA_LINES = 200
 PUMP_TAIL_LINES = 2000
 """A new pump reads at most this many lines back (then drops those older than its look-back).
 Never the whole log: engines scan it for ``since``, and a chatty container's log is huge."""
+REVISION_POLL_SECONDS = 0.5
+"""How often a pump looks for revisions that appeared or went (an update, a retirement)."""
 PUBLISH_BATCH_LINES = 2000
 """At most this many lines travel in one bus message."""
 PENDING_LINES_LIMIT = 50_000
@@ -197,6 +201,17 @@ def _messages(rows: list[Row], max_bytes: int | None) -> list[list[Row]]:
     return messages
 
 
+def _runs_by_revision(events: list[LogEvent]) -> list[list[LogEvent]]:
+    """Consecutive events of one revision each (a chunk holds one revision's lines, in order)."""
+    runs: list[list[LogEvent]] = []
+    for event in events:
+        if runs and runs[-1][-1].revision == event.revision:
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    return runs
+
+
 class _Subscriber:
     """One follower's bounded queue of shared chunks: on overflow the oldest lines go (counted).
 
@@ -204,9 +219,10 @@ class _Subscriber:
     is a few references per batch whatever the lines weigh.
     """
 
-    def __init__(self, key: str, limit: int) -> None:
+    def __init__(self, key: str, limit: int, counters: UpstreamCounters) -> None:
         self.key = key
         self._limit = limit
+        self._counters = counters
         self._chunks: deque[LogChunk] = deque()
         self._lines = 0
         self._dropped = 0
@@ -227,6 +243,7 @@ class _Subscriber:
                 lost = excess
             self._lines -= lost
             self._dropped += lost
+            self._counters.dropped += lost
         self._wakeup.set()
 
     def end(self) -> None:
@@ -291,6 +308,10 @@ class UpstreamCounters:
     """Upstream engine log streams delivering right now."""
     lines: int = 0
     """Lines the pumps published, since the process started."""
+    delivered: int = 0
+    """Lines handed to local subscribers' queues (one per subscriber), since the start."""
+    dropped: int = 0
+    """Lines dropped from slow local subscribers' queues, since the start."""
 
 
 class LogHub:
@@ -401,7 +422,8 @@ class LogHub:
                     for subscriber in channel.subscribers.values() if channel else ():
                         subscriber.end()
                 remote = message.get("origin") != self.origin
-                if kind in ("spec", "deleted") and remote and self.on_remote_change is not None:
+                desired = kind in ("spec", "traffic", "deleted")
+                if desired and remote and self.on_remote_change is not None:
                     self.on_remote_change(container_id)
 
     async def status(self, container_id: str) -> AsyncIterator[object]:
@@ -431,21 +453,30 @@ class LogHub:
         """Backlog from the runtime, then (``follow``) live lines from the bus, deduplicated."""
         subscriber = await self._attach(container_id) if follow else None
         try:
-            last = event_key(after) if after else None
-            backlog = await self._backlog(container_id, tail=tail, since=since, after=last)
-            if last is not None:
-                backlog = [event for event in backlog if event.key > last]
+            resume = event_key(after) if after else None
+            backlog = await self._backlog(container_id, tail=tail, since=since, after=resume)
+            if resume is not None:
+                backlog = [event for event in backlog if event.key > resume]
+            # The last line delivered, per revision: during a switch the lines of two revisions
+            # arrive interleaved, each revision's in order, their timestamps overlapping.
+            last: dict[int | None, Key] = {}
             if backlog:
-                last = backlog[-1].key
+                last[backlog[-1].revision] = backlog[-1].key
                 yield LogChunk.of(backlog)
+            elif resume is not None:
+                last[None] = resume
             if subscriber is None:
                 return
             while (chunk := await subscriber.get()) is not None:
-                fresh = chunk.after(last) if last is not None else chunk
+                if chunk.first.dropped:
+                    yield chunk
+                    continue
+                revision = chunk.first.revision
+                seen = last.get(revision, last.get(None))
+                fresh = chunk.after(seen) if seen is not None else chunk
                 if fresh is None:
                     continue
-                if not fresh.first.dropped:
-                    last = fresh.last.key
+                last[revision] = fresh.last.key
                 yield fresh
         finally:
             if subscriber is not None:
@@ -530,7 +561,9 @@ class LogHub:
         return None
 
     async def _attach(self, container_id: str) -> _Subscriber:
-        subscriber = _Subscriber(f"{self.origin}/{next(self._serial)}", self.queue_lines)
+        subscriber = _Subscriber(
+            f"{self.origin}/{next(self._serial)}", self.queue_lines, self.upstream
+        )
         channel = self._channels.get(container_id)
         if channel is None:
             channel = self._channels[container_id] = _Channel()
@@ -571,11 +604,12 @@ class LogHub:
                     for event in map(_event, rows if isinstance(rows, list) else ())
                     if event is not None
                 ]
-                if not events:
-                    continue
-                batch = LogBatch(events)
-                for subscriber in list(channel.subscribers.values()):
-                    subscriber.put(LogChunk(batch))
+                subscribers = list(channel.subscribers.values())
+                self.upstream.delivered += len(events) * len(subscribers)
+                for run in _runs_by_revision(events):
+                    batch = LogBatch(run)
+                    for subscriber in subscribers:
+                        subscriber.put(LogChunk(batch))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -626,59 +660,106 @@ class LogHub:
             pump.cancel()
 
     async def _pump(self, container_id: str) -> None:
-        """Keep one upstream stream open and republish it; reopen where it stopped if it ends.
+        """Keep one upstream stream open per revision present in the runtime, and republish
+        their lines; a revision that appears later (an update, a rollback) is read from its
+        first line, so a follower open across a switch sees every line of both revisions,
+        interleaved during the drain. A revision's stream ends when the runtime no longer has it.
 
-        Lines go out in batches: a publisher task takes whatever accumulated while this loop
+        Lines go out in batches: a publisher task takes whatever accumulated while the readers
         read from the runtime, so a chatty container costs one bus message per burst.
         """
         assert self.runtime is not None
-        since: int | None = None
         cutoff = time.time_ns() - PUMP_LOOKBACK_NS
-        last: Key | None = None
         outbox = _Outbox()
         publisher = asyncio.create_task(
             self._publish_lines(container_id, outbox), name=f"hub-publish-{container_id}"
         )
+        readers: dict[int, asyncio.Task[None]] = {}
+        first = True
         try:
+            if not hasattr(self.runtime, "list_managed"):
+                # A runtime that cannot list revisions: follow the newest one, as it says.
+                await self._pump_revision(container_id, None, outbox, cutoff)
+                return
             while True:
-                delivering = False
-                try:
-                    # Reopen (revision replaced, restart): from where the last stream ended.
-                    # First open: a cheap tail read, the whole log when it is short (see
-                    # "Exact ids" in the module docstring).
-                    start: dict[str, Any] = (
-                        {"tail": None, "since": to_datetime(since)}
-                        if since is not None
-                        else {"tail": PUMP_TAIL_LINES}
-                    )
-                    batches = self.runtime.log_batches(container_id, follow=True, **start)
-                    async with _closing(numbered(batches)) as read:
-                        async for events in read:
-                            if not delivering:
-                                delivering = True
-                                self.upstream.opened += 1
-                                self.upstream.open += 1
-                            if since is None and events and events[0].ns < cutoff:
-                                events = [event for event in events if event.ns >= cutoff]
-                            if last is not None and events and events[0].key <= last:
-                                events = [event for event in events if event.key > last]
-                            if not events:
-                                continue
-                            last = events[-1].key
-                            since = _whole_second(last[0])
-                            self.upstream.lines += len(events)
-                            await outbox.put([_row(event) for event in events])
-                except RuntimeAdapterError as e:
-                    log.warning("the log stream of %s failed: %s", container_id, e)
-                except Exception:
-                    log.exception("the log pump of %s failed; reopening", container_id)
-                finally:
-                    if delivering:
-                        self.upstream.open -= 1
-                # The stream ended (revision replaced, container restarted or not started yet).
-                await asyncio.sleep(self.reopen_delay_seconds)
+                present = await self._present_revisions(container_id)
+                if present is not None:
+                    for revision in sorted(present):
+                        if revision not in readers:
+                            # Present when the pump started: from the look-back; newer: whole.
+                            start = cutoff if first else None
+                            readers[revision] = asyncio.create_task(
+                                self._pump_revision(container_id, revision, outbox, start),
+                                name=f"hub-pump-{container_id}-r{revision}",
+                            )
+                    for gone in [r for r in readers if r not in present]:
+                        readers.pop(gone).cancel()  # retired: its stream is over
+                    first = False
+                await asyncio.sleep(REVISION_POLL_SECONDS)
         finally:
+            for reader in readers.values():
+                reader.cancel()
             publisher.cancel()
+
+    async def _present_revisions(self, container_id: str) -> set[int] | None:
+        """The revisions the runtime runs for the container; None when it cannot tell."""
+        assert self.runtime is not None
+        try:
+            managed = await self.runtime.list_managed()
+        except RuntimeAdapterError as e:
+            log.warning("listing the revisions of %s failed: %s", container_id, e)
+            return None
+        return set(managed.get(container_id, set()))
+
+    async def _pump_revision(
+        self, container_id: str, revision: int | None, outbox: _Outbox, cutoff: int | None
+    ) -> None:
+        """Follow one revision's log (the newest revision's when None); reopen where it stopped
+        when the stream ends (restart, not started yet). ``cutoff``: start with a tail read and
+        drop lines older than it; None: read the revision's log from its first line."""
+        assert self.runtime is not None
+        since: int | None = None
+        last: Key | None = None
+        while True:
+            delivering = False
+            try:
+                # Reopen: from where the last stream ended. First open: a cheap tail read (see
+                # "Exact ids" in the module docstring), or all of a revision that just appeared.
+                start: dict[str, Any]
+                if since is not None:
+                    start = {"tail": None, "since": to_datetime(since)}
+                elif cutoff is not None:
+                    start = {"tail": PUMP_TAIL_LINES}
+                else:
+                    start = {"tail": None}
+                batches = self.runtime.log_batches(
+                    container_id, revision=revision, follow=True, **start
+                )
+                async with _closing(numbered(batches)) as read:
+                    async for events in read:
+                        if not delivering:
+                            delivering = True
+                            self.upstream.opened += 1
+                            self.upstream.open += 1
+                        if since is None and cutoff is not None and events[0].ns < cutoff:
+                            events = [event for event in events if event.ns >= cutoff]
+                        if last is not None and events and events[0].key <= last:
+                            events = [event for event in events if event.key > last]
+                        if not events:
+                            continue
+                        last = events[-1].key
+                        since = _whole_second(last[0])
+                        self.upstream.lines += len(events)
+                        await outbox.put([_row(event) for event in events])
+            except RuntimeAdapterError as e:
+                log.warning("the log stream of %s failed: %s", container_id, e)
+            except Exception:
+                log.exception("the log pump of %s failed; reopening", container_id)
+            finally:
+                if delivering:
+                    self.upstream.open -= 1
+            # The stream ended (revision replaced, container restarted or not started yet).
+            await asyncio.sleep(self.reopen_delay_seconds)
 
     async def _publish_lines(self, container_id: str, outbox: _Outbox) -> None:
         channel = logs_channel(container_id)

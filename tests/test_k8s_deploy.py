@@ -11,7 +11,7 @@ import yaml
 K8S = pathlib.Path(__file__).parent.parent / "k8s"
 DOCUMENTS = [
     pytest.param(document, id=f"{path.name}:{document['kind']}/{document['metadata']['name']}")
-    for path in sorted(K8S.glob("*.yaml"))
+    for path in sorted([*K8S.glob("*.yaml"), *K8S.glob("knative/*.yaml")])
     if path.name != "kustomization.yaml"
     for document in yaml.safe_load_all(path.read_text())
     if document
@@ -48,3 +48,37 @@ def test_rbac_is_least_privilege() -> None:
     assert ("secrets", "get") not in verbs
     assert ("replicasets", "list") in verbs
     assert ("leases", "update") in verbs
+
+
+def test_knative_kustomization_lists_its_rbac_but_not_the_cluster_patch() -> None:
+    kustomization = yaml.safe_load((K8S / "knative" / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["rbac.yaml"]
+    patch = yaml.safe_load((K8S / "knative" / "config-features-patch.yaml").read_text())
+    assert (patch["metadata"]["namespace"], patch["metadata"]["name"]) == (
+        "knative-serving",
+        "config-features",
+    )
+    assert patch["data"] == {
+        "kubernetes.podspec-affinity": "enabled",
+        "kubernetes.podspec-tolerations": "enabled",
+    }
+
+
+def test_knative_rbac_adds_only_what_the_knative_runtime_uses() -> None:
+    documents = list(yaml.safe_load_all((K8S / "knative" / "rbac.yaml").read_text()))
+    rules = {
+        (group, resource): set(rule["verbs"])
+        for document in documents
+        if document["kind"] in ("ClusterRole", "Role")
+        for rule in document["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert rules == {
+        ("serving.knative.dev", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("serving.knative.dev", "revisions"): {"get", "list", "watch", "delete"},
+        ("", "configmaps"): {"get"},
+    }
+    [role] = [d for d in documents if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "knative-serving"
+    assert role["rules"][0]["resourceNames"] == ["config-features"]

@@ -108,6 +108,10 @@ class Revision(SQLModel, table=True):
     last_request_at: datetime | None = Field(
         default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True)
     )
+    phases: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, default=list)
+    )
+    """When the revision entered each deploy phase (``app.domain.phases``), first seen wins."""
 
 
 class Installation(SQLModel, table=True):

@@ -13,6 +13,12 @@ class Principal:
 
     subject: str
     roles: frozenset[str] = field(default_factory=frozenset)
+    # Unix time after which the token that authenticated this caller is no longer accepted
+    # (its ``exp`` plus the allowed clock skew); None for callers not from a token.
+    valid_until: float | None = field(default=None, compare=False)
+
+    def expired(self, now: float) -> bool:
+        return self.valid_until is not None and now > self.valid_until
 
     @property
     def is_admin(self) -> bool:

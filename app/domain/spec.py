@@ -38,6 +38,18 @@ MAX_ENV_ENTRIES = 256
 MAX_ENV_KEY = 256
 MAX_ENV_VALUE = 32 * 1024
 MAX_DESIRED_GPUS = 25
+MAX_CONCURRENCY = 1000
+MAX_SCALE_TO_ZERO_AFTER = 86400
+KNATIVE_REQUIRED = "Knative Serving is required (this cluster runs plain Deployments)"
+
+SCALING_DEFAULTS: dict[str, int] = {
+    "minInstances": 0,
+    "maxInstances": 100,
+    "concurrency": 80,
+    "scaleToZeroAfterSeconds": 900,
+}
+"""Cloud Run's defaults (as ``app.runtime.base.Scaling``): scale to zero after 15 idle minutes,
+80 in-flight requests per instance, at most 100 instances (or the operator's lower limit)."""
 
 DEFAULTS: dict[str, Any] = {
     "cpu": 1,
@@ -49,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "command": None,
     "arguments": None,
     "desiredGPUs": [],
+    "scaling": {},
 }
 
 _EXPECTED: dict[str, str] = {
@@ -63,14 +76,39 @@ _EXPECTED: dict[str, str] = {
     "env": 'an object mapping variable names to string values, e.g. {"FOO": "bar"}',
     "port": 'a port number 1-65535, as a number or a string, e.g. "8080"',
     "desiredGPUs": 'null or a list of GPU model codes or names, e.g. ["a100"]',
+    "scaling": 'an object, e.g. {"minInstances": 0, "maxInstances": 10, "concurrency": 80}',
+    "scaling.minInstances": "a whole number of instances, 0 or more",
+    "scaling.maxInstances": "a whole number of instances, 1 or more",
+    "scaling.concurrency": f"a whole number of in-flight requests per instance, "
+    f"1-{MAX_CONCURRENCY}",
+    "scaling.scaleToZeroAfterSeconds": f"a whole number of seconds, 0-{MAX_SCALE_TO_ZERO_AFTER}",
 }
 
 
+_ASCII_PORT = re.compile(r"[0-9]{1,5}")
+# Kubernetes quantities and Docker limits are signed 64-bit numbers of bytes.
+MAX_QUANTITY_BYTES = 2**63 - 1
+
+
 def _port(value: object) -> object:
-    if isinstance(value, str) and value.strip().isdigit():
+    # ASCII digits only: str.isdigit() also admits "²" and Arabic-Indic digits.
+    if isinstance(value, str) and _ASCII_PORT.fullmatch(value.strip()):
         return int(value.strip())
     return value
 
+
+class ScalingInput(BaseModel):
+    """The ``scaling`` object of a request; unset fields keep their default (or current) value."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=False)
+
+    min_instances: StrictInt | None = None
+    max_instances: StrictInt | None = None
+    concurrency: StrictInt | None = None
+    scale_to_zero_after_seconds: StrictInt | None = None
+
+
+SCALING_FIELDS = tuple(info.alias or name for name, info in ScalingInput.model_fields.items())
 
 StrList = list[Annotated[StrictStr, Field(max_length=MAX_ITEM_LENGTH)]]
 
@@ -95,9 +133,27 @@ class ContainerInput(BaseModel):
     desired_gpus: list[Annotated[StrictStr, Field(max_length=64)]] | None = Field(
         None, alias="desiredGPUs", max_length=MAX_DESIRED_GPUS
     )
+    scaling: ScalingInput | None = None
 
 
 FIELDS = tuple(info.alias or name for name, info in ContainerInput.model_fields.items())
+
+
+class ScalingSpec(BaseModel):
+    """How many instances of a revision may run; part of the revision's spec (so a rollback
+    brings the old scaling back). Specs stored before scaling existed read as the defaults."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    min_instances: int = SCALING_DEFAULTS["minInstances"]
+    max_instances: int = SCALING_DEFAULTS["maxInstances"]
+    concurrency: int = SCALING_DEFAULTS["concurrency"]
+    """Target of in-flight requests per instance."""
+    scale_to_zero_after_seconds: int = SCALING_DEFAULTS["scaleToZeroAfterSeconds"]
+    """Idle time without requests after which the revision drops to ``min_instances``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
 
 
 class ContainerSpec(BaseModel):
@@ -116,6 +172,7 @@ class ContainerSpec(BaseModel):
     env: dict[str, str]
     port: int
     desired_gpus: list[str] = Field(alias="desiredGPUs")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
@@ -127,6 +184,7 @@ class Limits:
 
     max_cpu: float = 64
     max_gpu: int = 8
+    max_instances: int = 100
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -148,15 +206,17 @@ def _message(error: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        return f"unknown field; allowed fields: {', '.join(FIELDS)}"
-    if kind == "model_type" or (kind == "dict_type" and not loc):
+        allowed = SCALING_FIELDS if top == "scaling" and len(loc) == 2 else FIELDS
+        return f"unknown field; allowed fields: {', '.join(allowed)}"
+    if kind in ("model_type", "dict_type") and not loc:
         return "the request body must be a JSON object"
     if kind in ("too_long", "too_short", "string_too_long", "string_too_short"):
         return str(error["msg"]).replace("Value", "must be a value", 1).lower()
     if kind == "value_error":
         return str(error["ctx"]["error"])
-    if len(loc) == 1 and top in _EXPECTED:
-        return f"must be {_EXPECTED[top]}"
+    dotted = ".".join(str(part) for part in loc)
+    if dotted in _EXPECTED:
+        return f"must be {_EXPECTED[dotted]}"
     if top == "env":
         return "values must be strings (quote numbers and booleans)"
     if top in ("command", "arguments", "desiredGPUs"):
@@ -192,8 +252,10 @@ def parse_input(data: object) -> ContainerInput:
 
 
 def _image_error(image: str) -> str | None:
-    if not image or image != image.strip() or any(c.isspace() for c in image):
-        return "must be a non-empty image reference without spaces, e.g. nginx:1.27"
+    if not image or any(not (c.isascii() and c.isprintable()) or c.isspace() for c in image):
+        return (
+            "must be a non-empty image reference of printable ASCII without spaces, e.g. nginx:1.27"
+        )
     if "@" in image:
         _, digest = image.split("@", 1)
         if re.fullmatch(r"[a-z0-9]+:[a-f0-9]{32,}", digest) is None:
@@ -215,11 +277,103 @@ def _quantity_error(value: str) -> str | None:
         return f"{value!r} is not a Kubernetes quantity; use e.g. 512Mi, 2Gi or 1G"
     if size <= 0:
         return "must be greater than 0, e.g. 512Mi"
+    if size > MAX_QUANTITY_BYTES:
+        return "must be at most 8Ei (a signed 64-bit number of bytes)"
     return None
 
 
-def build_spec(fields: Mapping[str, Any], *, limits: Limits, catalog: GpuCatalog) -> ContainerSpec:
-    """Check the invariants of a complete spec (JSON field names) and return it normalised."""
+def _nul_errors(fields: Mapping[str, Any]) -> list[FieldError]:
+    """NUL cannot be passed to a process (argv and environment are C strings): refuse it
+    rather than store text the runtime would cut or reject later."""
+    errors: list[FieldError] = []
+    for field in ("command", "arguments"):
+        for index, item in enumerate(fields.get(field) or ()):
+            if "\x00" in item:
+                errors.append(FieldError(f"{field}[{index}]", "must not contain NUL characters"))
+    for key, value in (fields.get("env") or {}).items():
+        if "\x00" in value:
+            errors.append(FieldError(f"env.{key[:64]}", "must not contain NUL characters"))
+    return errors
+
+
+def _scaling_errors(
+    scaling: Mapping[str, int], *, limits: Limits, scale_to_zero: bool
+) -> list[FieldError]:
+    errors: list[FieldError] = []
+    low, high = scaling["minInstances"], scaling["maxInstances"]
+    if low < 0:
+        errors.append(FieldError("scaling.minInstances", "must be 0 or more"))
+    elif low == 0 and not scale_to_zero:
+        errors.append(
+            FieldError(
+                "scaling.minInstances",
+                f"0 (scale to zero) is not available: {KNATIVE_REQUIRED}; use 1 or more",
+            )
+        )
+    if high < max(1, low):
+        errors.append(
+            FieldError(
+                "scaling.maxInstances",
+                f"must be at least 1 and at least minInstances ({low})",
+            )
+        )
+    elif high > limits.max_instances:
+        errors.append(FieldError("scaling.maxInstances", f"must be at most {limits.max_instances}"))
+    if not 1 <= scaling["concurrency"] <= MAX_CONCURRENCY:
+        errors.append(
+            FieldError("scaling.concurrency", f"must be from 1 to {MAX_CONCURRENCY}, e.g. 80")
+        )
+    if not 0 <= scaling["scaleToZeroAfterSeconds"] <= MAX_SCALE_TO_ZERO_AFTER:
+        errors.append(
+            FieldError(
+                "scaling.scaleToZeroAfterSeconds",
+                f"must be from 0 to {MAX_SCALE_TO_ZERO_AFTER} seconds, e.g. 900",
+            )
+        )
+    return errors
+
+
+def _fill_scaling(
+    base: Mapping[str, int],
+    given: Mapping[str, Any] | None,
+    *,
+    limits: Limits,
+    scale_to_zero: bool,
+) -> dict[str, int]:
+    """``base`` (empty or the current scaling) with the request's sub-fields merged in.
+
+    Unset fields (and null ones) take the documented defaults, with two adjustments so a body
+    without ``scaling`` is always valid: the default maximum never exceeds the operator's limit
+    (nor falls below an explicit minimum), and on a runtime that cannot scale to zero an unset
+    minimum means 1.
+    """
+    defaults = {
+        **SCALING_DEFAULTS,
+        "maxInstances": min(SCALING_DEFAULTS["maxInstances"], limits.max_instances),
+    }
+    given = dict(given or {})
+    reset = {key: defaults[key] for key, value in given.items() if value is None}
+    set_here = {key: value for key, value in given.items() if value is not None}
+    scaling = {**defaults, **base, **reset, **set_here}
+    low = set_here.get("minInstances")
+    if "maxInstances" not in base and "maxInstances" not in set_here and isinstance(low, int):
+        scaling["maxInstances"] = max(scaling["maxInstances"], low)
+    if not scale_to_zero and low is None and scaling["minInstances"] == 0:
+        scaling["minInstances"] = 1
+    return scaling
+
+
+def build_spec(
+    fields: Mapping[str, Any],
+    *,
+    limits: Limits,
+    catalog: GpuCatalog,
+    scale_to_zero: bool = True,
+) -> ContainerSpec:
+    """Check the invariants of a complete spec (JSON field names) and return it normalised.
+
+    ``scale_to_zero`` says whether the runtime can run a revision at zero instances.
+    """
     errors: list[FieldError] = []
     name = fields.get("name")
     image = fields.get("image")
@@ -264,12 +418,15 @@ def build_spec(fields: Mapping[str, Any], *, limits: Limits, catalog: GpuCatalog
                     "variable names must be letters, digits and '_', not starting with a digit",
                 )
             )
+    errors.extend(_nul_errors(fields))
     desired, gpu_errors = catalog.resolve_all(fields["desiredGPUs"] or [], field="desiredGPUs")
     errors.extend(gpu_errors)
     if desired and isinstance(gpu, int) and gpu < 1:
         errors.append(
             FieldError("desiredGPUs", "needs gpu of 1 or more; set gpu or drop desiredGPUs")
         )
+    scaling = {**SCALING_DEFAULTS, **(fields.get("scaling") or {})}
+    errors.extend(_scaling_errors(scaling, limits=limits, scale_to_zero=scale_to_zero))
     if errors:
         raise ValidationFailed(errors)
     return ContainerSpec(
@@ -284,19 +441,48 @@ def build_spec(fields: Mapping[str, Any], *, limits: Limits, catalog: GpuCatalog
         env=dict(env),
         port=port,
         desired_gpus=[model.name for model in desired],
+        scaling=ScalingSpec.model_validate(scaling),
     )
 
 
-def spec_for_create(data: object, *, limits: Limits, catalog: GpuCatalog) -> ContainerSpec:
+def spec_for_create(
+    data: object, *, limits: Limits, catalog: GpuCatalog, scale_to_zero: bool = True
+) -> ContainerSpec:
     """Validate a create request: name and image required, documented defaults for the rest."""
     given = parse_input(data).model_dump(by_alias=True, exclude_unset=True)
-    return build_spec({**DEFAULTS, **given}, limits=limits, catalog=catalog)
+    fields = {**DEFAULTS, **given}
+    fields["scaling"] = _fill_scaling(
+        {}, given.get("scaling"), limits=limits, scale_to_zero=scale_to_zero
+    )
+    return build_spec(fields, limits=limits, catalog=catalog, scale_to_zero=scale_to_zero)
 
 
 def spec_for_update(
-    current: ContainerSpec, data: object, *, limits: Limits, catalog: GpuCatalog
+    current: ContainerSpec,
+    data: object,
+    *,
+    limits: Limits,
+    catalog: GpuCatalog,
+    scale_to_zero: bool = True,
 ) -> ContainerSpec:
-    """Validate a partial update: present fields replace the current ones (env as a whole)."""
+    """Validate a partial update: present fields replace the current ones (env as a whole);
+    ``scaling`` sub-fields merge into the current scaling (``"scaling": null`` resets it)."""
     given = parse_input(data).model_dump(by_alias=True, exclude_unset=True)
     fields = {**current.to_json(), **given}
-    return build_spec(fields, limits=limits, catalog=catalog)
+    # A spec stored before scaling existed (or reset with null) starts from the defaults, so
+    # the operator's current DOCKYARD_MAX_INSTANCES caps its maximum.
+    reset = "scaling" in given and given["scaling"] is None
+    stored = "scaling" in current.model_fields_set
+    base = current.scaling.to_json() if stored and not reset else {}
+    fields["scaling"] = _fill_scaling(
+        base, given.get("scaling"), limits=limits, scale_to_zero=scale_to_zero
+    )
+    return build_spec(fields, limits=limits, catalog=catalog, scale_to_zero=scale_to_zero)
+
+
+def fit_to_runtime(spec: ContainerSpec, *, scale_to_zero: bool) -> ContainerSpec:
+    """A stored spec (e.g. a rollback's) made runnable here: without scale to zero, min 0 is 1."""
+    if scale_to_zero or spec.scaling.min_instances > 0:
+        return spec
+    scaling = spec.scaling.model_copy(update={"min_instances": 1})
+    return spec.model_copy(update={"scaling": scaling})

@@ -7,9 +7,18 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer
 
+from app.domain.logtime import format_ns, to_ns
 from app.domain.models import Container, Revision
-from app.domain.spec import ContainerSpec
+from app.domain.phases import timeline
+from app.domain.spec import ContainerSpec, ScalingSpec
 from app.domain.status import status_reason_text
+from app.domain.traffic import (
+    ResolvedTarget,
+    percent_by_revision,
+    resolve_traffic,
+    tag_host,
+    traffic_of,
+)
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -26,6 +35,24 @@ Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str)]
 
 class _Camel(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+
+class ScalingView(_Camel):
+    minInstances: int
+    maxInstances: int
+    concurrency: int
+    scaleToZeroAfterSeconds: int
+
+
+class TrafficView(_Camel):
+    """One traffic target as it resolves now: ``revision`` is the number ``latest`` stands for
+    (null while no revision is ready); ``url`` is the tag's own URL, when tagged."""
+
+    revision: int | None
+    latest: bool
+    percent: int
+    tag: str | None
+    url: str | None
 
 
 class ContainerView(_Camel):
@@ -49,6 +76,17 @@ class ContainerView(_Camel):
     desiredGPUs: list[str] | None
     revision: int
     readyRevision: int | None
+    scaling: ScalingView
+    traffic: list[TrafficView]
+
+
+class PhaseView(_Camel):
+    phase: str
+    at: str
+    """RFC 3339 UTC with nanoseconds."""
+    durationMs: float | None
+    """Until the next phase began; null for the last one."""
+    reason: str | None = None
 
 
 class RevisionView(_Camel):
@@ -58,6 +96,16 @@ class RevisionView(_Camel):
     dateCreated: Timestamp
     createdBy: str
     spec: dict[str, Any]
+    phases: list[PhaseView] = []
+    instancesDesired: int
+    instancesReady: int
+    servingState: str
+    """starting, serving, scaled-to-zero, failed or retired; empty until first observed."""
+    stateReason: str
+    stateMessage: str
+    """Why the revision failed; kept after it scales to zero."""
+    trafficPercent: int
+    """The share of the container's main URL this revision serves now."""
 
 
 class GpuModelView(_Camel):
@@ -79,8 +127,28 @@ def container_url(slug: str, *, domain: str) -> str:
     return f"{slug}.{domain}"
 
 
+def resolved_traffic(container: Container) -> list[ResolvedTarget]:
+    """The container's traffic with ``latest`` resolved to its newest ready revision."""
+    return resolve_traffic(traffic_of(container.traffic), latest_ready=container.ready_revision)
+
+
+def _scaling_view(scaling: ScalingSpec) -> ScalingView:
+    return ScalingView.model_validate(scaling.to_json())
+
+
 def container_view(container: Container, *, ingress_domain: str) -> ContainerView:
     spec = ContainerSpec.model_validate(container.spec)
+    traffic = [
+        TrafficView(
+            revision=target.revision,
+            latest=target.latest,
+            percent=target.percent,
+            tag=target.tag,
+            url=tag_host(target.tag, container.slug, ingress_domain) if target.tag else None,
+        )
+        for target in resolved_traffic(container)
+    ]
+    tag_urls = [target.url for target in traffic if target.url is not None]
     return ContainerView(
         id=container.id,
         name=spec.name,
@@ -98,19 +166,47 @@ def container_view(container: Container, *, ingress_domain: str) -> ContainerVie
         dateUpdated=as_utc(container.date_updated),
         status=container.status,
         statusReason=status_reason_text(container),
-        urls=[container_url(container.slug, domain=ingress_domain)],
+        urls=[container_url(container.slug, domain=ingress_domain), *tag_urls],
         desiredGPUs=spec.desired_gpus,
         revision=container.generation,
         readyRevision=container.ready_revision,
+        scaling=_scaling_view(spec.scaling),
+        traffic=traffic,
     )
 
 
-def revision_view(revision: Revision) -> RevisionView:
+def phase_views(revision: Revision) -> list[PhaseView]:
+    entries = timeline(revision.phases, accepted_ns=to_ns(as_utc(revision.date_created)))
+    return [
+        PhaseView(
+            phase=e.phase,
+            at=format_ns(e.at_ns),
+            durationMs=None if e.duration_ms is None else round(e.duration_ms, 3),
+            reason=e.reason or None,
+        )
+        for e in entries
+    ]
+
+
+def traffic_shares(container: Container) -> dict[int, int]:
+    """Percent of the main URL per revision number, for ``revision_view``."""
+    return percent_by_revision(resolved_traffic(container))
+
+
+def revision_view(revision: Revision, *, traffic_percent: int = 0) -> RevisionView:
     return RevisionView(
         containerID=revision.container_id,
         revisionNumber=revision.revision_number,
         image=revision.image,
         dateCreated=as_utc(revision.date_created),
         createdBy=revision.created_by,
-        spec=revision.spec,
+        phases=phase_views(revision),
+        # Normalised, so revisions stored before a field existed show its default.
+        spec=ContainerSpec.model_validate(revision.spec).to_json(),
+        instancesDesired=revision.instances_desired,
+        instancesReady=revision.instances_ready,
+        servingState=revision.serving_state,
+        stateReason=revision.state_reason,
+        stateMessage=revision.state_message,
+        trafficPercent=traffic_percent,
     )

@@ -7,6 +7,8 @@ and an operation that touches data without one fails with ``UNAUTHENTICATED``.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +17,7 @@ from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 
 from app.deps import AppState, app_state, authenticate, authorization_of
+from app.domain.errors import Unauthenticated
 from app.domain.principal import Principal
 from app.domain.views import RevisionView
 from app.services import containers as svc
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from app.services.streams import ContainerStreams
 
 T = TypeVar("T")
+TOKEN_EXPIRED = "the bearer token has expired"
 
 
 class Context(BaseContext):
@@ -33,6 +37,8 @@ class Context(BaseContext):
         self.state = state
         self.authorization = authorization
         self._principal: Principal | None = None
+        # WebSocket only: closes the socket when the token expires (app.gql.router).
+        self.expiry: asyncio.Task[None] | None = None
         # Not cached: a WebSocket context lives as long as the connection, and a subscription
         # must see revisions written after it started. Batching within one tick still applies.
         self.revisions = DataLoader[str, list[RevisionView]](self._load_revisions, cache=False)
@@ -42,10 +48,16 @@ class Context(BaseContext):
         return self.state.streams
 
     async def principal(self) -> Principal:
-        """The authenticated caller; raises Unauthenticated without a valid bearer token."""
+        """The authenticated caller; raises Unauthenticated without a valid bearer token.
+
+        Checked on every operation: a WebSocket context outlives its token, and an operation
+        after the token's ``exp`` (plus leeway) is refused as REST refuses it.
+        """
         if self._principal is None:
             # Verification may fetch the issuer's keys over HTTP: keep it off the event loop.
             self._principal = await run_in_threadpool(authenticate, self.state, self.authorization)
+        if self._principal.expired(time.time()):
+            raise Unauthenticated(f"invalid_token: {TOKEN_EXPIRED}")
         return self._principal
 
     async def call(self, service: Callable[..., T], /, **kwargs: Any) -> T:

@@ -3,11 +3,13 @@
 Domain errors keep their message and gain ``extensions.code`` (and ``extensions.fields`` for
 invalid input, the same list REST returns as ``errors``). GraphQL's own errors (syntax, unknown
 field, bad variable type, query-cost guards) pass unchanged. Anything else is a bug: it is logged
-by Strawberry and masked so internals never leak.
+with its traceback and masked so internals never leak; expected client errors are not logged
+(one debug line), so a flood of bad requests cannot flood the log.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -15,9 +17,10 @@ from typing import Any
 from graphql import GraphQLError, VariableDefinitionNode
 from strawberry.extensions import MaskErrors, SchemaExtension
 
-from app.domain.errors import DomainError, ValidationFailed
+from app.domain.errors import MAX_DETAIL_TEXT, DomainError, ValidationFailed, clip
 
 UNEXPECTED_MESSAGE = "internal error; it has been logged"
+log = logging.getLogger(__name__)
 
 
 class Unavailable(DomainError):
@@ -38,6 +41,19 @@ def should_mask_error(error: GraphQLError) -> bool:
     """Mask errors raised by our code unless they are expected (domain) errors."""
     original = error.original_error
     return original is not None and not isinstance(original, DomainError | GraphQLError)
+
+
+def log_errors(errors: list[GraphQLError]) -> None:
+    """Client errors (bad documents or variables, domain errors: the client is told, nothing
+    to act on) are one short debug line; only unexpected errors get a traceback."""
+    for error in errors:
+        original = error.original_error
+        if original is None or isinstance(original, DomainError | GraphQLError):
+            code = original.code if isinstance(original, DomainError) else "GRAPHQL_VALIDATION"
+            log.debug("graphql client error %s: %s", code, clip(error.message, 200))
+        else:
+            path = ".".join(str(part) for part in error.path or ())
+            log.error("graphql: unexpected error in %s", path or "the operation", exc_info=original)
 
 
 def masking() -> MaskErrors:
@@ -68,6 +84,8 @@ class ErrorCodes(SchemaExtension):
         for error in getattr(result, "errors", None) or ():
             if not isinstance(error, GraphQLError):
                 continue
+            # graphql-core quotes the offending value ("got invalid value <1 MB>"): clip it.
+            error.message = clip(error.message, MAX_DETAIL_TEXT)
             if isinstance(error.original_error, DomainError):
                 extensions = error_extensions(error.original_error)
             elif (variable := _variable_error_extensions(error)) is not None:

@@ -7,31 +7,54 @@ introspection and the GraphiQL page need no token.
 
 WebSocket clients authenticate in ``connection_init`` with ``{"Authorization": "Bearer …"}``;
 a missing or invalid token refuses the connection (graphql-transport-ws closes it with 4403,
-legacy graphql-ws answers ``connection_error``).
+legacy graphql-ws answers ``connection_error``). The token is checked again on every operation,
+and the socket is closed (4403, reason "token expired: …") when it expires, running
+subscriptions included: a client reconnects with a fresh token.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import Request
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from fastapi import Request, Response, WebSocket
 from fastapi.responses import HTMLResponse
+from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
+from starlette.websockets import WebSocketState
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
-from strawberry.types.unset import UnsetType
+from strawberry.http import GraphQLRequestData
+from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET, UnsetType
 
 from app.console import graphiql_page
 from app.domain.errors import Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
-from app.gql.schema import schema
+from app.gql.schema import MAX_TOKENS, schema
+from app.limits import JsonTooDeep, loads_json
+
+WS_TOKEN_EXPIRED = 4403
+WS_TOKEN_EXPIRED_REASON = "token expired: reconnect with a fresh token"
 
 
 class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         # Strawberry's own page loads GraphiQL from a CDN; ours from Dockyard (app.console).
         return graphiql_page()
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Request bodies and WebSocket messages, with nesting depth bounded: too deep is
+        reported as unparsable JSON (HTTP 400; WebSocket close 4400) instead of a 500."""
+        try:
+            return loads_json(data)
+        except JsonTooDeep as e:
+            raise json.JSONDecodeError(str(e), "", 0) from None
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params: Any = context.connection_params
@@ -40,10 +63,72 @@ class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
             if isinstance(token, str):
                 context.authorization = token
         try:
-            await context.principal()
+            principal = await context.principal()
         except Unauthenticated as e:
             raise ConnectionRejectionError({"message": e.detail, **error_extensions(e)}) from e
+        if principal.valid_until is not None and isinstance(context.request, WebSocket):
+            context.expiry = asyncio.create_task(
+                _close_at_expiry(context.request, principal.valid_until), name="ws-token-expiry"
+            )
         return UnsetType()  # acknowledge without a payload
+
+    async def run(
+        self,
+        request: Request | WebSocket,
+        context: Context | UnsetType = UNSET,
+        root_value: UnsetType | None = UNSET,
+    ) -> Any:
+        try:
+            return await super().run(request, context, root_value)  # type: ignore[arg-type]
+        finally:
+            if isinstance(context, Context) and context.expiry is not None:
+                context.expiry.cancel()
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """Plain HTTP cannot carry a subscription: a 400 that says where it goes (executed as
+        a query it ended in a masked "internal error")."""
+        if _is_subscription(request_data):
+            raise HTTPException(
+                400,
+                "subscription: subscriptions are served over WebSocket at /graphql "
+                "(graphql-transport-ws or graphql-ws), not over a plain HTTP request",
+            )
+        return await super().execute_single(
+            request, request_adapter, sub_response, context, root_value, request_data
+        )
+
+
+async def _close_at_expiry(websocket: WebSocket, valid_until: float) -> None:
+    """Close the socket when its token expires (4403, as a refused ``connection_init``), so
+    running subscriptions end too; the client reconnects with a fresh token."""
+    await asyncio.sleep(max(0.0, valid_until - time.time()))
+    if websocket.application_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(RuntimeError, OSError):
+            await websocket.close(code=WS_TOKEN_EXPIRED, reason=WS_TOKEN_EXPIRED_REASON)
+
+
+def _is_subscription(request_data: GraphQLRequestData) -> bool:
+    if not request_data.query:
+        return False
+    try:
+        document = parse(request_data.query, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return False  # the schema reports the syntax error
+    wanted = request_data.operation_name
+    return any(
+        isinstance(node, OperationDefinitionNode)
+        and node.operation == OperationType.SUBSCRIPTION
+        and (wanted is None or (node.name is not None and node.name.value == wanted))
+        for node in document.definitions
+    )
 
 
 def graphql_router(*, allowed_origins: Sequence[str] = ()) -> GraphQLRouter[Context, None]:

@@ -12,10 +12,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.types import ExecutionContext
 
 from app.gql.context import Context
-from app.gql.errors import ErrorCodes, Unavailable, masking
+from app.gql.errors import ErrorCodes, Unavailable, log_errors, masking
+from app.gql.metrics import OperationMetrics
 from app.gql.types import (
     Container,
     ContainerPage,
@@ -24,6 +27,7 @@ from app.gql.types import (
     GpuModelPage,
     LogLine,
     RevisionPage,
+    TrafficTargetInput,
     UpdateContainerInput,
     Viewer,
     provided_fields,
@@ -129,6 +133,27 @@ class Mutation:
         )
         return Container.from_view(view)
 
+    @strawberry.mutation(
+        description="Set where a container's requests go (`PUT /v1/containers/{id}/traffic`); "
+        "makes no new revision."
+    )
+    async def set_traffic(
+        self, info: Info, id: strawberry.ID, traffic: list[TrafficTargetInput]
+    ) -> Container:
+        view = await info.context.call(
+            svc.set_traffic,
+            container_id=id,
+            data=[provided_fields(target) for target in traffic],
+        )
+        return Container.from_view(view)
+
+    @strawberry.mutation(
+        description="Run the current spec again as a new revision (e.g. after a failed pull)."
+    )
+    async def redeploy_container(self, info: Info, id: strawberry.ID) -> Container:
+        view = await info.context.call(svc.redeploy_container, container_id=id)
+        return Container.from_view(view)
+
 
 async def _status_changes(info: Info, container_id: str) -> AsyncIterator[object]:
     """Change signals from the streams provider, or a clock when the process has none."""
@@ -172,7 +197,14 @@ class Subscription:
                 yield Container.from_view(current)
 
 
-schema = strawberry.Schema(
+class DockyardSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        log_errors(errors)
+
+
+schema = DockyardSchema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
@@ -182,5 +214,6 @@ schema = strawberry.Schema(
         functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         ErrorCodes,
         masking,
+        OperationMetrics,
     ],
 )

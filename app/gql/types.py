@@ -14,7 +14,14 @@ from strawberry.scalars import JSON
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
-from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
+from app.domain.views import (
+    ContainerView,
+    GpuModelView,
+    Page,
+    RevisionView,
+    ScalingView,
+    TrafficView,
+)
 
 if TYPE_CHECKING:
     from app.gql.context import Context
@@ -31,6 +38,18 @@ class ContainerStatus(Enum):
     failed = "failed"
 
 
+@strawberry.type(description="When a revision entered a deploy phase, and how long it stayed.")
+class RevisionPhase:
+    phase: str = strawberry.field(
+        description="accepted, scheduled, imageReady, started, ready, serving, or failed."
+    )
+    at: str = strawberry.field(description="RFC 3339 UTC with nanoseconds.")
+    duration_ms: float | None = strawberry.field(
+        description="Until the next phase began; null for the last one."
+    )
+    reason: str | None = strawberry.field(description="For failed: the phase it failed in and why.")
+
+
 @strawberry.type(description="One revision: an immutable snapshot of a container's spec.")
 class Revision:
     container_id: strawberry.ID = strawberry.field(name="containerID")
@@ -40,6 +59,23 @@ class Revision:
     created_by: str
     spec: dict[str, Any] = strawberry.field(
         graphql_type=JSON, description="The complete spec, with REST field names."
+    )
+    phases: list[RevisionPhase] = strawberry.field(
+        description="The deploy timeline: each phase entered, in order."
+    )
+    instances_desired: int = strawberry.field(
+        description="Instances the autoscaler (or runtime) decided to run; 0 = scaled to zero."
+    )
+    instances_ready: int
+    serving_state: str = strawberry.field(
+        description="starting, serving, scaled-to-zero, failed or retired; empty until observed."
+    )
+    state_reason: str = strawberry.field(
+        description="Why the revision failed; kept after it scales to zero."
+    )
+    state_message: str
+    traffic_percent: int = strawberry.field(
+        description="The share of the container's main URL this revision serves now."
     )
 
     @classmethod
@@ -52,6 +88,56 @@ class Revision:
             date_created=data["dateCreated"],
             created_by=view.createdBy,
             spec=view.spec,
+            phases=[
+                RevisionPhase(phase=p.phase, at=p.at, duration_ms=p.durationMs, reason=p.reason)
+                for p in view.phases
+            ],
+            instances_desired=view.instancesDesired,
+            instances_ready=view.instancesReady,
+            serving_state=view.servingState,
+            state_reason=view.stateReason,
+            state_message=view.stateMessage,
+            traffic_percent=view.trafficPercent,
+        )
+
+
+@strawberry.type(description="How many instances of a revision run, and when.")
+class Scaling:
+    min_instances: int = strawberry.field(description="0 allows scale to zero.")
+    max_instances: int
+    concurrency: int = strawberry.field(description="Target in-flight requests per instance.")
+    scale_to_zero_after_seconds: int = strawberry.field(
+        description="Idle seconds before the revision drops to minInstances."
+    )
+
+    @classmethod
+    def from_view(cls, view: ScalingView) -> Scaling:
+        return cls(
+            min_instances=view.minInstances,
+            max_instances=view.maxInstances,
+            concurrency=view.concurrency,
+            scale_to_zero_after_seconds=view.scaleToZeroAfterSeconds,
+        )
+
+
+@strawberry.type(description="A share of a container's traffic, as it resolves now.")
+class TrafficTarget:
+    revision: int | None = strawberry.field(
+        description="The revision served (for `latest`: the newest ready one; null if none)."
+    )
+    latest: bool
+    percent: int
+    tag: str | None
+    url: str | None = strawberry.field(description="The tag's own URL, when tagged.")
+
+    @classmethod
+    def from_view(cls, view: TrafficView) -> TrafficTarget:
+        return cls(
+            revision=view.revision,
+            latest=view.latest,
+            percent=view.percent,
+            tag=view.tag,
+            url=view.url,
         )
 
 
@@ -83,6 +169,10 @@ class Container:
     ready_revision: int | None = strawberry.field(
         description="The newest revision known to serve traffic, if any."
     )
+    scaling: Scaling = strawberry.field(description="Scaling of the newest revision's spec.")
+    traffic: list[TrafficTarget] = strawberry.field(
+        description="Where requests go; change it with `setTraffic` (no new revision)."
+    )
 
     @strawberry.field(description="Every revision, newest first (batched across containers).")
     async def revisions(self, info: strawberry.Info[Context, None]) -> list[Revision]:
@@ -113,6 +203,8 @@ class Container:
             desired_gpus=view.desiredGPUs,
             revision=view.revision,
             ready_revision=view.readyRevision,
+            scaling=Scaling.from_view(view.scaling),
+            traffic=[TrafficTarget.from_view(target) for target in view.traffic],
         )
 
 
@@ -195,6 +287,24 @@ class LogLine:
 # with the same field-named BAD_USER_INPUT errors instead of GraphQL coercion messages.
 
 
+@strawberry.input(description="Scaling of a revision; fields left out keep their value.")
+class ScalingInput:
+    min_instances: int | None = strawberry.UNSET
+    max_instances: int | None = strawberry.UNSET
+    concurrency: int | None = strawberry.UNSET
+    scale_to_zero_after_seconds: int | None = strawberry.UNSET
+
+
+@strawberry.input(description="One traffic target: exactly one of `revision` or `latest: true`.")
+class TrafficTargetInput:
+    revision: int | None = strawberry.UNSET
+    latest: bool | None = strawberry.UNSET
+    percent: int | None = strawberry.field(default=strawberry.UNSET, description="0-100.")
+    tag: str | None = strawberry.field(
+        default=strawberry.UNSET, description="Own URL <tag>---<slug>.<domain>, even at 0 %."
+    )
+
+
 @strawberry.input(
     description="The JSON body of `POST /v1/containers`; `name` and `image` are required."
 )
@@ -214,6 +324,7 @@ class CreateContainerInput:
     )
     port: str | None = strawberry.field(default=strawberry.UNSET, description='e.g. "8080".')
     desired_gpus: list[str] | None = strawberry.field(default=strawberry.UNSET, name="desiredGPUs")
+    scaling: ScalingInput | None = strawberry.UNSET
 
 
 @strawberry.input(
@@ -231,14 +342,19 @@ class UpdateContainerInput:
     env: JSON | None = strawberry.UNSET
     port: str | None = strawberry.UNSET
     desired_gpus: list[str] | None = strawberry.field(default=strawberry.UNSET, name="desiredGPUs")
+    scaling: ScalingInput | None = strawberry.UNSET
 
 
-def provided_fields(data: CreateContainerInput | UpdateContainerInput) -> dict[str, Any]:
+def provided_fields(
+    data: CreateContainerInput | UpdateContainerInput | ScalingInput | TrafficTargetInput,
+) -> dict[str, Any]:
     """The input as the JSON object the client sent: REST names, absent fields left out."""
     definition = get_object_definition(data, strict=True)
     given: dict[str, Any] = {}
     for field in definition.fields:
         value = getattr(data, field.python_name)
+        if isinstance(value, ScalingInput):
+            value = provided_fields(value)
         if value is not strawberry.UNSET:
             given[field.graphql_name or to_camel_case(field.python_name)] = value
     return given

@@ -1,19 +1,36 @@
 """The level-triggered reconciler: moves the runtime toward the desired state in the database.
 
 It never blocks API requests: services only call ``request(container_id)``, which queues work
-on the reconciler's own event loop. Each pass reads the container, observes the runtime, applies
-the newest revision if the runtime lacks it, derives the status from what the runtime reported and
-writes it only when it changed (and only if the spec did not move meanwhile). Startup and a
-periodic resync cover everything, including runtime objects whose record is gone (orphans) and
-deletions that a crash interrupted.
+on the reconciler's own event loop. Each pass reads the container and its revisions, observes the
+runtime, and then:
+
+- keeps every revision the container's traffic routes to (``routable_revisions``), plus the newest
+  one (while it starts, or at zero when traffic is pinned elsewhere); the others are retired once
+  they have been out of the traffic for the drain period;
+- runs each kept revision from its own stored spec with the instance count decided for it
+  (``revisions.instances_desired``: 1 for a new revision, then the autoscaler's or the
+  activator's wish). When instances are removed, the data plane is told first (the surplus
+  endpoints leave ``revisions.endpoints``) and the instances go after the drain period;
+- writes per revision what the runtime reported (``instances_ready``, ``endpoints``,
+  ``serving_state``, ``state_reason/message``) and notifies, so every replica reprograms its
+  proxy. A revision at 0 instances is ``scaled-to-zero``, a healthy state; the reason of a failure
+  is kept when a revision scales to zero (knative/serving#14157 loses it);
+- derives the container's status and writes it only when it changed (and only if the spec did not
+  move meanwhile).
+
+Startup and a periodic resync cover everything, including runtime objects whose record is gone
+(orphans) and deletions that a crash interrupted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -22,8 +39,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import Session, col, delete, select
 
+from app.domain import phases
 from app.domain.gpus import GpuCatalog
-from app.domain.models import Container, Revision
+from app.domain.logtime import to_ns
+from app.domain.models import Container, Revision, ServingState
 from app.domain.quantity import parse_quantity
 from app.domain.spec import ContainerSpec
 from app.domain.status import (
@@ -32,6 +51,8 @@ from app.domain.status import (
     apply_observed_status,
     derive_status,
 )
+from app.domain.traffic import resolve_traffic, routable_revisions, traffic_of
+from app.domain.views import as_utc
 from app.reconcile.leader import Elector
 from app.runtime.base import (
     GpuSelector,
@@ -41,11 +62,15 @@ from app.runtime.base import (
     RuntimeAdapterError,
     RuntimeRejected,
     RuntimeUnavailable,
+    Scaling,
+    TrafficTarget,
     WorkloadSpec,
 )
 
 log = logging.getLogger(__name__)
 
+DeployListener = Callable[[str, list[phases.PhaseEntry]], None]
+"""Called with the runtime's name and a revision's timeline when it first serves or fails."""
 StatusListener = Callable[[str, Literal["status", "deleted"]], Awaitable[None]]
 """Called with the container id after its observed status changed, or after it was purged."""
 
@@ -62,6 +87,16 @@ class ReconcilerOptions:
     workers: int = 4
     election_interval: float = 5.0
     """Seconds between leader-election rounds (acquire or renew)."""
+
+
+@dataclass
+class ReconcilerStats:
+    """Counters an operator reads in the metrics (``app.observability``)."""
+
+    passes: int = 0
+    errors: int = 0
+    last_resync: float | None = None
+    """``time.monotonic()`` of the last full resync, None before the first."""
 
 
 def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
@@ -90,7 +125,30 @@ def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
         arguments=tuple(spec.arguments) if spec.arguments is not None else None,
         env=dict(spec.env),
         desired_gpus=tuple(selectors),
+        scaling=Scaling(
+            min_instances=spec.scaling.min_instances,
+            max_instances=spec.scaling.max_instances,
+            concurrency=spec.scaling.concurrency,
+            scale_to_zero_after_seconds=spec.scaling.scale_to_zero_after_seconds,
+        ),
+        # Desired, not resolved: ``latest`` stays latest, for runtimes that route by themselves.
+        traffic=tuple(
+            TrafficTarget(
+                percent=entry.percent, revision=entry.revision, latest=entry.latest, tag=entry.tag
+            )
+            for entry in traffic_of(container.traffic)
+        ),
     )
+
+
+def revision_workload_spec(
+    container: Container, revision: Revision, catalog: GpuCatalog
+) -> WorkloadSpec:
+    """What the runtime needs to run one (possibly older) revision: its own stored spec."""
+    view = container.model_copy(
+        update={"spec": revision.spec, "generation": revision.revision_number}
+    )
+    return workload_spec(view, catalog)
 
 
 def _observations(states: list[RevisionState]) -> list[RevisionObservation]:
@@ -98,6 +156,92 @@ def _observations(states: list[RevisionState]) -> list[RevisionObservation]:
         RevisionObservation(state.revision, state.phase.value, state.reason, state.message)
         for state in states
     ]
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    """What the reconciler writes on one ``revisions`` row."""
+
+    instances_ready: int
+    endpoints: tuple[str, ...]
+    serving_state: str
+    state_reason: str
+    state_message: str
+    phases: tuple[tuple[str, int, str], ...] = ()
+    """The deploy timeline as stored (``app.domain.phases``): (phase, at ns, reason)."""
+
+
+def _phase_tuples(stored: list[dict[str, Any]] | None) -> tuple[tuple[str, int, str], ...]:
+    return tuple(
+        (str(p["phase"]), int(p["at"]), str(p.get("reason", "")))
+        for p in stored or ()
+        if isinstance(p, dict) and "phase" in p and "at" in p
+    )
+
+
+def revision_phases(
+    row: Revision, state: RevisionState | None, *, now_ns: int, serving: bool
+) -> tuple[tuple[str, int, str], ...]:
+    """The revision's timeline with what this pass saw (pure): the runtime's moments, ready when
+    first seen ready, serving when traffic first reached it, failed with the phase it failed in."""
+    moments = dict(state.moments) if state is not None else {}
+    failed_reason = None
+    if state is not None and state.phase is Phase.READY:
+        moments.setdefault(phases.READY, now_ns)
+        if serving:
+            moments[phases.SERVING] = now_ns
+    elif state is not None and state.phase is Phase.FAILED:
+        reached = phases.last_phase(row.phases) or phases.ACCEPTED
+        failed_reason = f"{reached}: {state.reason}"
+    updated = phases.record(row.phases, moments, failed_reason=failed_reason)
+    return _phase_tuples(updated if updated is not None else row.phases)
+
+
+def revision_record(
+    row: Revision,
+    state: RevisionState | None,
+    *,
+    kept: bool,
+    shrink_to: int | None = None,
+    now_ns: int = 0,
+    serving: bool = False,
+) -> RevisionRecord:
+    """The row's new observed values (pure). ``shrink_to``: instances are about to be removed;
+    only the first ``shrink_to`` endpoints stay in the data plane meanwhile. ``serving``: the
+    traffic routes to this revision now."""
+    timeline = revision_phases(row, state, now_ns=now_ns or time.time_ns(), serving=serving)
+    record = _revision_record(row, state, kept=kept, shrink_to=shrink_to)
+    return dataclasses.replace(record, phases=timeline)
+
+
+def _revision_record(
+    row: Revision, state: RevisionState | None, *, kept: bool, shrink_to: int | None
+) -> RevisionRecord:
+    reason, message = row.state_reason, row.state_message
+    if state is None:
+        if not kept:
+            serving = ServingState.RETIRED
+        elif row.instances_desired <= 0:
+            serving = ServingState.SCALED_TO_ZERO
+        else:
+            serving = ServingState.STARTING
+        return RevisionRecord(0, (), serving, reason, message)
+    endpoints = state.endpoints or ((state.endpoint,) if state.endpoint else ())
+    if state.phase is Phase.READY:
+        if shrink_to is not None:
+            endpoints = endpoints[: max(shrink_to, 0)]
+        serving = ServingState.SERVING if endpoints else ServingState.SCALED_TO_ZERO
+        return RevisionRecord(len(endpoints), endpoints, serving, "", "")
+    if state.phase is Phase.FAILED:
+        return RevisionRecord(0, (), ServingState.FAILED, state.reason, state.message)
+    # starting: a failure's reason stays until the revision is ready again
+    return RevisionRecord(0, (), ServingState.STARTING, reason, message)
+
+
+def at_zero(row: Revision) -> bool:
+    """Whether a revision without instances in the runtime waits at zero for a request (it may
+    have failed before), rather than being new or retired."""
+    return row.instances_desired <= 0 and row.serving_state not in ("", ServingState.RETIRED)
 
 
 class Reconciler:
@@ -112,6 +256,7 @@ class Reconciler:
         options: ReconcilerOptions | None = None,
         on_status: StatusListener | None = None,
         elector: Elector | None = None,
+        on_deploy_finished: DeployListener | None = None,
     ) -> None:
         self.engine = engine
         self.runtime = runtime
@@ -119,6 +264,7 @@ class Reconciler:
         self.options = options or ReconcilerOptions()
         self.on_status = on_status
         self.elector = elector
+        self.on_deploy_finished = on_deploy_finished
         self._leading = elector is None
         self._elected = asyncio.Event()
         if self._leading:
@@ -130,10 +276,14 @@ class Reconciler:
         self._queued: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._ready_since: dict[tuple[str, int], float] = {}
+        self._drain_since: dict[str, float] = {}
+        self._shrink_since: dict[tuple[str, int], float] = {}
+        self._applied: dict[str, tuple[int, str]] = {}
+        """Runtimes that own instance counts: the (generation, traffic) last applied."""
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}
         self._pending_polls: dict[str, int] = {}
+        self.stats = ReconcilerStats()
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -195,6 +345,11 @@ class Reconciler:
             self._elected.clear()
 
     @property
+    def queue_depth(self) -> int:
+        """Containers waiting for a pass now (queued or on a timer)."""
+        return len(self._queued) + len(self._timers)
+
+    @property
     def leading(self) -> bool:
         """Whether this process's reconciler acts (always, without an elector)."""
         return self._leading
@@ -228,10 +383,12 @@ class Reconciler:
                 continue  # the leader reconciles; it resyncs everything when it takes over
             try:
                 await self.reconcile(container_id)
+                self.stats.passes += 1
                 self._failures.pop(container_id, None)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.stats.errors += 1
                 failures = self._failures.get(container_id, 0) + 1
                 self._failures[container_id] = failures
                 delay = min(60.0, 0.5 * 2**failures) * random.uniform(0.8, 1.2)
@@ -268,6 +425,7 @@ class Reconciler:
 
     async def resync(self) -> None:
         """Queue every container the database or the runtime knows of."""
+        self.stats.last_resync = time.monotonic()
         known = await asyncio.to_thread(self._all_container_ids)
         try:
             present = set(await self.runtime.list_managed())
@@ -309,9 +467,11 @@ class Reconciler:
                 await self.on_status(container_id, "deleted")
         self._locks.pop(container_id, None)
         self._pending_polls.pop(container_id, None)
+        self._applied.pop(container_id, None)
         self._failures.pop(container_id, None)
-        for key in [key for key in self._ready_since if key[0] == container_id]:
-            del self._ready_since[key]
+        self._drain_since.pop(container_id, None)
+        for key in [key for key in self._shrink_since if key[0] == container_id]:
+            del self._shrink_since[key]
 
     def _purge(self, container_id: str) -> None:
         with Session(self.engine) as session:
@@ -323,19 +483,26 @@ class Reconciler:
             )
             session.commit()
 
+    def _load_revisions(self, container_id: str) -> dict[int, Revision]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            rows = session.exec(
+                select(Revision).where(col(Revision.container_id) == container_id)
+            ).all()
+            return {row.revision_number: row for row in rows}
+
     async def _converge(self, container: Container) -> None:
         generation = container.generation
+        rows = await asyncio.to_thread(self._load_revisions, container.id)
+        kept = {generation}
+        shrinking: dict[int, int] = {}
         try:
-            # A spec the runtime has not seen yet is applied (idempotent) without looking first.
-            if container.observed_generation < generation:
-                await self.runtime.apply(workload_spec(container, self.catalog))
-            states = await self.runtime.observe(container.id)
-            if not any(state.revision == generation for state in states):
-                await self.runtime.apply(workload_spec(container, self.catalog))
-                states = await self.runtime.observe(container.id)
-            observed = derive_status(generation=generation, observations=_observations(states))
+            states = {s.revision: s for s in await self.runtime.observe(container.id)}
+            kept = self._kept(container, rows, states)
+            if await self._scale(container, rows, states, kept, shrinking):
+                states = {s.revision: s for s in await self.runtime.observe(container.id)}
+            observed = self._status(container, rows, states)
         except RuntimeRejected as e:
-            states = []
+            states = {}
             observed = ObservedStatus(
                 "failed", "RuntimeRejected", f"revision {generation}: {e}", container.ready_revision
             )
@@ -343,17 +510,140 @@ class Reconciler:
             # Unavailable or conflicting for now: say so, keep serving the revision that was
             # ready (its route stays), and look again soon.
             log.warning("runtime error for %s: %s", container.id, e)
-            states = []
             unknown = derive_status(generation=generation, observations=[], runtime_reason=str(e))
             observed = ObservedStatus(
-                unknown.status, unknown.reason, unknown.message, container.ready_revision
+                unknown.status,
+                getattr(e, "reason", unknown.reason),  # e.g. NoRuntime: no engine at all
+                unknown.message,
+                container.ready_revision,
             )
+            self._route(container.id, observed, [])
+            if await asyncio.to_thread(self._write_status, container.id, generation, observed):
+                await self._notify(container.id)
             self._requeue_after(container.id, 5.0 if isinstance(e, RuntimeUnavailable) else 2.0)
-        self._route(container.id, observed, states)
+            return
+        self._route(container.id, observed, list(states.values()))
+        routed = routable_revisions(
+            resolve_traffic(traffic_of(container.traffic), latest_ready=observed.ready_revision)
+        )
+        now_ns = time.time_ns()
+        records = {
+            number: revision_record(
+                row,
+                states.get(number),
+                kept=number in kept,
+                shrink_to=shrinking.get(number),
+                now_ns=now_ns,
+                serving=number in routed,
+            )
+            for number, row in rows.items()
+        }
+        rows_changed = await asyncio.to_thread(self._write_revisions, container.id, rows, records)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
-        if changed and self.on_status is not None:
-            await self.on_status(container.id, "status")
-        await self._retire_or_wait(container.id, generation, observed, states)
+        if changed or rows_changed:
+            await self._notify(container.id)
+        await self._retire_or_wait(container.id, observed, states, kept, rows, shrinking)
+
+    async def _notify(self, container_id: str) -> None:
+        if self.on_status is not None:
+            await self.on_status(container_id, "status")
+
+    def _kept(
+        self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
+    ) -> set[int]:
+        """The revisions that must stay: those the traffic routes to, and the newest."""
+        latest = self._latest_ready(container.generation, rows, states)
+        resolved = resolve_traffic(traffic_of(container.traffic), latest_ready=latest)
+        return routable_revisions(resolved) | {container.generation}
+
+    @staticmethod
+    def _latest_ready(
+        generation: int, rows: dict[int, Revision], states: dict[int, RevisionState]
+    ) -> int | None:
+        """The newest revision that serves or waits at zero (a request wakes it)."""
+        candidates = [
+            number
+            for number in rows
+            if number <= generation
+            and (
+                (number in states and states[number].phase is Phase.READY)
+                or (number not in states and at_zero(rows[number]))
+            )
+        ]
+        return max(candidates) if candidates else None
+
+    async def _scale(
+        self,
+        container: Container,
+        rows: dict[int, Revision],
+        states: dict[int, RevisionState],
+        kept: set[int],
+        shrinking: dict[int, int],
+    ) -> bool:
+        """Ask the runtime for each kept revision's instance count; True when it was asked.
+        Removing serving instances waits for the drain period (``shrinking`` says to how many)."""
+        capabilities = self.runtime.capabilities
+        if capabilities.autoscales or not capabilities.scale_to_zero:
+            return await self._apply_owned(container, states)
+        loop = asyncio.get_running_loop()
+        asked = False
+        for number in sorted(kept):
+            row = rows.get(number)
+            if row is None:
+                continue
+            desired = max(row.instances_desired, 0)
+            state = states.get(number)
+            present = state.instances_desired if state is not None else 0
+            key = (container.id, number)
+            if present == desired:
+                self._shrink_since.pop(key, None)
+                continue
+            if present < desired:
+                self._shrink_since.pop(key, None)
+                if state is not None and state.phase is Phase.FAILED:
+                    continue  # not retried until it scales to zero (or a new revision)
+            elif state is not None and state.phase is Phase.READY and state.instances_ready:
+                since = self._shrink_since.setdefault(key, loop.time())
+                if loop.time() - since < self.options.drain_seconds:
+                    shrinking[number] = desired
+                    continue
+                self._shrink_since.pop(key, None)
+            await self.runtime.scale(revision_workload_spec(container, row, self.catalog), desired)
+            asked = True
+        return asked
+
+    async def _apply_owned(self, container: Container, states: dict[int, RevisionState]) -> bool:
+        """Runtimes that own the instance counts (Knative autoscales; a Deployment follows the
+        spec's minInstances and its HorizontalPodAutoscaler) get the newest revision's spec
+        with the container's traffic whenever either changed, or the runtime lacks it."""
+        applied = (container.generation, json.dumps(container.traffic, sort_keys=True))
+        if self._applied.get(container.id) == applied and container.generation in states:
+            return False
+        await self.runtime.scale(workload_spec(container, self.catalog), 1)
+        self._applied[container.id] = applied
+        return True
+
+    def _status(
+        self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
+    ) -> ObservedStatus:
+        generation = container.generation
+        observations = _observations(list(states.values()))
+        for number, row in rows.items():
+            if number in states or not at_zero(row):
+                continue
+            if row.state_reason:  # failed, then scaled to zero: still says why
+                observations.append(
+                    RevisionObservation(
+                        number, Phase.FAILED.value, row.state_reason, row.state_message
+                    )
+                )
+            else:
+                observations.append(RevisionObservation(number, Phase.READY.value))
+        observed = derive_status(generation=generation, observations=observations)
+        latest = self._latest_ready(generation, rows, states)
+        if latest is not None and (observed.ready_revision or 0) < latest:
+            observed = ObservedStatus(observed.status, observed.reason, observed.message, latest)
+        return observed
 
     def _route(
         self, container_id: str, observed: ObservedStatus, states: list[RevisionState]
@@ -368,12 +658,27 @@ class Reconciler:
     async def _retire_or_wait(
         self,
         container_id: str,
-        generation: int,
         observed: ObservedStatus,
-        states: list[RevisionState],
+        states: dict[int, RevisionState],
+        kept: set[int],
+        rows: dict[int, Revision],
+        shrinking: dict[int, int],
     ) -> None:
         loop = asyncio.get_running_loop()
-        if observed.status == "deploying":
+        starting = (
+            observed.status == "deploying"
+            or any(
+                (
+                    state.phase is Phase.PENDING
+                    or state.instances_desired != rows[n].instances_desired
+                )
+                and state.phase is not Phase.FAILED
+                for n, state in states.items()
+                if n in kept and n in rows
+            )
+            or any(rows[n].instances_desired > 0 and n not in states for n in kept if n in rows)
+        )
+        if starting:
             polls = self._pending_polls.get(container_id, 0)
             self._pending_polls[container_id] = polls + 1
             # Most revisions start within a few seconds: look often at first, then back off.
@@ -385,19 +690,89 @@ class Reconciler:
                 else min(self.options.pending_poll, 0.05 * 2 ** (polls - 55))
             )
             self._requeue_after(container_id, delay)
+        else:
+            self._pending_polls.pop(container_id, None)
+        if shrinking:
+            self._requeue_after(container_id, self.options.drain_seconds)
+        if observed.status == "failed" and not any(
+            s.phase is Phase.READY for n, s in states.items() if n in kept
+        ):
             return
-        self._pending_polls.pop(container_id, None)
-        if observed.status == "deployed":
-            others = [s.revision for s in states if s.revision != generation]
-            if not others:
-                return
-            since = self._ready_since.setdefault((container_id, generation), loop.time())
-            remaining = self.options.drain_seconds - (loop.time() - since)
-            if remaining > 0:
-                self._requeue_after(container_id, remaining)
-                return
-            await self.runtime.retire(container_id, keep_revision=generation)
-            self._ready_since.pop((container_id, generation), None)
+        others = [n for n in states if n not in kept]
+        if not others:
+            self._drain_since.pop(container_id, None)
+            return
+        since = self._drain_since.setdefault(container_id, loop.time())
+        remaining = self.options.drain_seconds - (loop.time() - since)
+        if remaining > 0:
+            self._requeue_after(container_id, remaining)
+            return
+        await self.runtime.retire(container_id, keep=kept)
+        self._drain_since.pop(container_id, None)
+        self._requeue_after(container_id, 0.0)  # write the retired revisions' rows
+
+    def _write_revisions(
+        self,
+        container_id: str,
+        rows: dict[int, Revision],
+        records: dict[int, RevisionRecord],
+    ) -> bool:
+        """Store each revision's observed values that changed; True when any did. Only the
+        observed columns are written: ``instances_desired`` and ``last_request_at`` belong to the
+        autoscaler and the activator."""
+        changed = False
+        with Session(self.engine) as session:
+            for number, record in records.items():
+                row = rows[number]
+                current = RevisionRecord(
+                    row.instances_ready,
+                    tuple(row.endpoints or ()),
+                    row.serving_state,
+                    row.state_reason,
+                    row.state_message,
+                    _phase_tuples(row.phases),
+                )
+                if current == record:
+                    continue
+                if self.on_deploy_finished is not None:
+                    self._report_finished(row, current.phases, record.phases)
+                session.execute(
+                    sa.update(Revision)
+                    .where(
+                        col(Revision.container_id) == container_id,
+                        col(Revision.revision_number) == number,
+                    )
+                    .values(
+                        instances_ready=record.instances_ready,
+                        endpoints=list(record.endpoints),
+                        serving_state=record.serving_state,
+                        state_reason=record.state_reason[:128],
+                        state_message=record.state_message,
+                        phases=[
+                            {"phase": phase, "at": at, **({"reason": why} if why else {})}
+                            for phase, at, why in record.phases
+                        ],
+                    )
+                )
+                changed = True
+            session.commit()
+        return changed
+
+    def _report_finished(
+        self,
+        row: Revision,
+        before: tuple[tuple[str, int, str], ...],
+        after: tuple[tuple[str, int, str], ...],
+    ) -> None:
+        """Tell the deploy metrics once, when a revision first serves or first fails."""
+        assert self.on_deploy_finished is not None
+        seen = {phase for phase, _, _ in before}
+        ends = {phase for phase, _, _ in after} & {phases.SERVING, phases.FAILED}
+        if not ends - seen:
+            return
+        stored = [{"phase": phase, "at": at, "reason": why} for phase, at, why in after]
+        timeline = phases.timeline(stored, accepted_ns=to_ns(as_utc(row.date_created)))
+        self.on_deploy_finished(self.runtime.name, timeline)
 
     def _write_status(self, container_id: str, generation: int, observed: ObservedStatus) -> bool:
         """Store the status if it changed and the spec did not move on meanwhile."""

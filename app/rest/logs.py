@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -33,22 +35,35 @@ log = logging.getLogger(__name__)
 MAX_TAIL = 10_000
 _END = "event: end\ndata: {}\n\n"
 _KEEP_ALIVE = ": keep-alive\n\n"
+# Sent when the token that opened the stream expires; the stream then ends. The client
+# reconnects with a fresh token and Last-Event-ID, and continues after its last line.
+REAUTHENTICATE = (
+    'event: reauthenticate\ndata: {"reason":"token expired: reconnect with a fresh token '
+    'and Last-Event-ID"}\n\n'
+)
 _closing: set[asyncio.Task[None]] = set()
 
 
+_SINCE_HELP = "must be RFC 3339 (2024-05-01T12:00:00Z) or whole seconds ago, e.g. 60"
+_SECONDS = re.compile(r"[0-9]{1,30}")  # ASCII digits only: "²" and "٣" are no numbers here
+
+
 def parse_since(value: str | None, *, now: datetime | None = None) -> datetime | None:
-    """RFC 3339 (``2024-05-01T12:00:00Z``) or a whole number of seconds ago."""
+    """RFC 3339 (``2024-05-01T12:00:00Z``) or a whole number of seconds ago; more seconds than
+    since 1970 (``since=99999999999999``) mean "from the start"."""
     if value is None or value == "":
         return None
     now = now or datetime.now(UTC)
-    if value.isdigit():
-        return now - timedelta(seconds=int(value))
+    if _SECONDS.fullmatch(value):
+        epoch = datetime.fromtimestamp(0, UTC)
+        try:
+            return max(epoch, now - timedelta(seconds=int(value)))
+        except OverflowError:
+            return epoch
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValidationFailed(
-            [FieldError("since", "must be RFC 3339 (2024-05-01T12:00:00Z) or seconds ago, e.g. 60")]
-        ) from None
+        raise ValidationFailed([FieldError("since", _SINCE_HELP)]) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -86,7 +101,7 @@ async def _read(
 
 
 async def event_stream(
-    chunks: AsyncGenerator[LogChunk, None], *, heartbeat: float
+    chunks: AsyncGenerator[LogChunk, None], *, heartbeat: float, until: float | None = None
 ) -> AsyncIterator[str]:
     """SSE text of ``chunks``, with keep-alive comments whenever nothing came for ``heartbeat``.
 
@@ -95,6 +110,8 @@ async def event_stream(
     task (cleanup that awaits cannot run inside an already-cancelled request scope). The queue
     between them is short on purpose: lines wait in the hub's bounded subscriber queue, where a
     slow client loses the oldest ones, not here.
+
+    At ``until`` (unix time: the token's expiry) the stream ends with ``event: reauthenticate``.
     """
     queue: asyncio.Queue[LogChunk | None] = asyncio.Queue(maxsize=2)
     reader = asyncio.create_task(_read(chunks, queue), name="sse-reader")
@@ -103,9 +120,16 @@ async def event_stream(
     getter: asyncio.Future[LogChunk | None] | None = None
     try:
         while True:
+            wait = heartbeat
+            if until is not None:
+                remaining = until - time.time()
+                if remaining <= 0:
+                    yield REAUTHENTICATE
+                    return
+                wait = min(wait, remaining)
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait(
-                {getter, reader}, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED
+                {getter, reader}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
             if getter not in done:
                 getter.cancel()
@@ -114,7 +138,8 @@ async def event_stream(
                         log.warning("log stream failed: %s", reader.exception())
                     yield _END
                     return
-                yield _KEEP_ALIVE
+                if wait == heartbeat:
+                    yield _KEEP_ALIVE
                 continue
             # Send whatever else is already waiting in the same chunk: one write per burst.
             burst = [getter.result()]
@@ -180,7 +205,11 @@ async def container_logs(
         id, tail=tail, follow=follow, since=since_time, after=last_event_id or None
     )
     return StreamingResponse(
-        event_stream(chunks, heartbeat=state.settings.sse_heartbeat_seconds),
+        event_stream(
+            chunks,
+            heartbeat=state.settings.sse_heartbeat_seconds,
+            until=principal.valid_until,
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

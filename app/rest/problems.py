@@ -17,9 +17,12 @@ from app.domain.errors import (
     Forbidden,
     MalformedInput,
     NotFound,
+    PayloadTooLarge,
     Unauthenticated,
     ValidationFailed,
+    clip,
 )
+from app.observability.logs import current_request_id
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ STATUS: dict[type[DomainError], int] = {
     Conflict: 409,
     ValidationFailed: 422,
     MalformedInput: 400,
+    PayloadTooLarge: 413,
 }
 TITLES = {
     400: "Bad Request",
@@ -39,8 +43,10 @@ TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    413: "Content Too Large",
     422: "Unprocessable Content",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -61,20 +67,27 @@ def problem(
         "detail": detail,
     }
     if instance:
-        body["instance"] = instance
+        body["instance"] = clip(instance, 200)
+    if (request_id := current_request_id()) is not None:
+        body["requestId"] = request_id
     if errors is not None:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def www_authenticate(detail: str) -> str:
+    """The challenge of a 401: the description reduced to printable ASCII without quotes, so
+    no header can be split (CR/LF), fail to encode (non-Latin-1) or break its quoting."""
+    text = detail.removeprefix("invalid_token: ")
+    description = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)[:200]
+    return f'Bearer error="invalid_token", error_description="{description}"'
 
 
 def domain_problem(error: DomainError, instance: str | None = None) -> JSONResponse:
     status = STATUS.get(type(error), 500)
     headers = None
     if isinstance(error, Unauthenticated):
-        description = error.detail.removeprefix("invalid_token: ").replace('"', "'")
-        headers = {
-            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
-        }
+        headers = {"WWW-Authenticate": www_authenticate(error.detail)}
     errors = error.errors if isinstance(error, ValidationFailed) else None
     return problem(
         status, error.code, error.detail, errors=errors, headers=headers, instance=instance

@@ -11,7 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import Ctx, CurrentPrincipal
 from app.domain.errors import FieldError, MalformedInput
 from app.domain.spec import ContainerInput
+from app.domain.traffic import traffic_from_body
 from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
+from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
 from app.services import containers as svc
 
 router = APIRouter(prefix="/v1")
@@ -25,21 +27,44 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "Invalid input; `errors` names each field"),
     ]
 }
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its local ``#/$defs/...`` references replaced by their targets (such
+    references would point at the root of the OpenAPI document, where there are none)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inlined(value, defs) for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(item, defs) for item in schema]
+    return schema
+
+
+_SPEC_SCHEMA = ContainerInput.model_json_schema(by_alias=True)
 _SPEC_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": ContainerInput.model_json_schema(by_alias=True)}
+            "application/json": {"schema": _inlined(_SPEC_SCHEMA, _SPEC_SCHEMA.get("$defs", {}))}
         },
     }
 }
 
 
-async def json_body(request: Request) -> Any:
-    """The request body parsed as JSON whatever its Content-Type; the domain checks its shape."""
+async def json_body(request: Request, _caller: CurrentPrincipal) -> Any:
+    """The request body parsed as JSON whatever its Content-Type; the domain checks its shape.
+
+    Depends on the caller: nothing of an unauthenticated request's body is read or parsed.
+    """
     raw = await request.body()
     try:
-        return json.loads(raw)
+        return loads_json(raw)
+    except JsonTooDeep:
+        raise MalformedInput(
+            [FieldError("body", f"nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")]
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MalformedInput([FieldError("body", "is not valid JSON")]) from None
 
@@ -158,6 +183,63 @@ async def rollback_container(
         lambda: svc.rollback_container(
             ctx=ctx, principal=principal, container_id=id, revision_number=number
         )
+    )
+
+
+@router.put(
+    "/containers/{id}/traffic",
+    response_model=ContainerView,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["traffic"],
+                        "properties": {
+                            "traffic": {
+                                "type": "array",
+                                "maxItems": 20,
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "revision": {"type": "integer"},
+                                        "latest": {"type": "boolean"},
+                                        "percent": {
+                                            "type": "integer",
+                                            "minimum": 0,
+                                            "maximum": 100,
+                                        },
+                                        "tag": {"type": "string"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def set_traffic(
+    id: str, payload: Json, principal: CurrentPrincipal, ctx: Ctx
+) -> ContainerView:
+    """Where the container's requests go, by percent and tag; makes no new revision."""
+    traffic = traffic_from_body(payload)
+    return await run_in_threadpool(
+        lambda: svc.set_traffic(ctx=ctx, principal=principal, container_id=id, data=traffic)
+    )
+
+
+@router.post("/containers/{id}/redeploy", response_model=ContainerView, responses=_ERRORS)
+async def redeploy_container(id: str, principal: CurrentPrincipal, ctx: Ctx) -> ContainerView:
+    """Run the current spec again as a new revision (a fresh engine container and image pull),
+    e.g. after a failed pull; nothing retries a failed pull by itself. No body is needed."""
+    return await run_in_threadpool(
+        lambda: svc.redeploy_container(ctx=ctx, principal=principal, container_id=id)
     )
 
 

@@ -21,6 +21,14 @@ LABEL_REVISION = "dockyard.dev/revision"
 LABEL_MANAGED_BY = "dockyard.dev/managed-by"
 LABEL_INSTANCE = "dockyard.dev/instance"
 """Which Dockyard installation (database) owns the object, for engines shared by several."""
+LABEL_REPLICA = "dockyard.dev/replica"
+"""Which instance of its revision an engine container is (0 for the first one)."""
+LABEL_GPU = "dockyard.dev/gpu"
+LABEL_SCHEDULED_AT = "dockyard.dev/scheduled-at"
+LABEL_IMAGE_READY_AT = "dockyard.dev/image-ready-at"
+"""Nanoseconds since the epoch when the engine container was asked for and its image was found
+or pulled: the engine keeps no such moments itself, the deploy timeline needs them."""
+"""GPUs of the revision (only on GPU workloads): they get the long start-up budget."""
 MANAGED_BY = "dockyard"
 
 
@@ -124,6 +132,9 @@ class RevisionState:
     """``host:port`` of every ready instance, when the runtime exposes them locally."""
     instances_ready: int = 0
     instances_desired: int = 0
+    moments: tuple[tuple[str, int], ...] = ()
+    """Deploy phases the runtime saw (``app.domain.phases`` names: scheduled, imageReady,
+    started…) with when, in nanoseconds since the epoch."""
     """Instances the runtime is asked to run (or, on Knative, decided to run); a READY revision
     with 0 desired is scaled to zero: healthy, not failed."""
 
@@ -171,12 +182,20 @@ class Runtime(Protocol):
     """A place where revisions of containers run."""
 
     name: str
+    capabilities: Capabilities
+    """What the API may accept for this runtime (scale to zero, traffic split and tags)."""
 
     async def apply(self, spec: WorkloadSpec) -> None:
-        """Make sure this revision is (being) run; idempotent. Older revisions keep running."""
+        """Make sure this revision is (being) run, with at least one instance; idempotent. Other
+        revisions keep running."""
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
-        """Remove every revision of the container except ``keep_revision``; idempotent."""
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        """Run ``instances`` instances of this revision: create the missing ones, remove the
+        surplus (highest instance first; one still starting only when ``urgent``); idempotent.
+        0 leaves no instance of the revision in the runtime."""
+
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
+        """Remove every revision of the container not in ``keep``; idempotent."""
 
     async def remove(self, container_id: str) -> None:
         """Remove every runtime object of the container; idempotent."""

@@ -1,9 +1,13 @@
 """Runtime adapter for the Docker Engine API (Docker, or Podman's Docker-compatible socket).
 
-Mapping: one engine container per revision, named ``dockyard-<container_id>-r<revision>`` and
-labelled with :data:`LABEL_CONTAINER_ID`, :data:`LABEL_REVISION` and ``LABEL_MANAGED_BY=dockyard``.
-The container port is published on ``127.0.0.1`` with an ephemeral host port; the local ingress
-proxy reaches the revision at the ``endpoint`` that :meth:`DockerRuntime.observe` reports.
+Mapping: one engine container per instance of a revision, the first named
+``dockyard-<container_id>-r<revision>``, the others ``…-r<revision>-i<k>``, labelled with
+:data:`LABEL_CONTAINER_ID`, :data:`LABEL_REVISION`, :data:`LABEL_REPLICA` (``k``; a container
+without it is instance 0) and ``LABEL_MANAGED_BY=dockyard``. :meth:`DockerRuntime.scale` creates
+the missing instances and removes the surplus, highest ``k`` first, never one still starting
+unless asked to (a GPU revision may take many minutes to start). Each container port is published
+on ``127.0.0.1`` with an ephemeral host port; the data plane reaches the ready instances at the
+``endpoints`` that :meth:`DockerRuntime.observe` reports (lowest ``k`` first).
 
 The official ``docker`` SDK is synchronous: every call runs in a worker thread
 (``asyncio.to_thread``). The long-lived streams of :meth:`DockerRuntime.watch` and
@@ -30,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -46,10 +52,15 @@ import urllib3.exceptions
 from app.domain.logtime import NS, parse_ns, to_datetime, to_ns
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
+    LABEL_GPU,
+    LABEL_IMAGE_READY_AT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
+    LABEL_REPLICA,
     LABEL_REVISION,
+    LABEL_SCHEDULED_AT,
     MANAGED_BY,
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -70,19 +81,27 @@ LOG_TAIL_ON_FAILURE = 5
 _STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
 
 
-def container_name(container_id: str, revision: int) -> str:
-    return f"dockyard-{container_id}-r{revision}"
+def container_name(container_id: str, revision: int, replica: int = 0) -> str:
+    """The engine name of one instance; the first keeps the name of one-instance revisions."""
+    base = f"dockyard-{container_id}-r{revision}"
+    return base if replica == 0 else f"{base}-i{replica}"
 
 
 def container_labels(
-    spec: WorkloadSpec, instance: str | None = None, extra: Mapping[str, str] | None = None
+    spec: WorkloadSpec,
+    instance: str | None = None,
+    extra: Mapping[str, str] | None = None,
+    replica: int = 0,
 ) -> dict[str, str]:
     labels = {
         **(extra or {}),
         LABEL_CONTAINER_ID: spec.container_id,
         LABEL_REVISION: str(spec.revision),
+        LABEL_REPLICA: str(replica),
         LABEL_MANAGED_BY: MANAGED_BY,
     }
+    if spec.gpu > 0:
+        labels[LABEL_GPU] = str(spec.gpu)
     if instance is not None:
         labels[LABEL_INSTANCE] = instance
     return labels
@@ -95,6 +114,7 @@ def container_create_kwargs(
     enforce_storage: bool = False,
     instance: str | None = None,
     extra_labels: Mapping[str, str] | None = None,
+    replica: int = 0,
 ) -> dict[str, Any]:
     """Keyword arguments of ``client.containers.create`` for one revision; pure.
 
@@ -103,8 +123,8 @@ def container_create_kwargs(
     """
     kwargs: dict[str, Any] = {
         "image": spec.image,
-        "name": container_name(spec.container_id, spec.revision),
-        "labels": container_labels(spec, instance, extra_labels),
+        "name": container_name(spec.container_id, spec.revision, replica),
+        "labels": container_labels(spec, instance, extra_labels, replica),
         "environment": dict(spec.env),
         "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": crashloop_restarts},
@@ -166,12 +186,15 @@ class DockerRuntime:
     """:class:`app.runtime.base.Runtime` on a Docker Engine API socket."""
 
     name = "docker"
+    capabilities = Capabilities(autoscales=False, scale_to_zero=True, traffic_split=True)
+    """Dockyard's own data plane (proxy, activator, autoscaler) does the serverless part."""
 
     def __init__(
         self,
         base_url: str | None = None,
         *,
         readiness_timeout: float = 60.0,
+        gpu_readiness_timeout: float = 1800.0,
         crashloop_restarts: int = 3,
         connect_timeout: float = 0.5,
         api_timeout: float = 60.0,
@@ -183,6 +206,8 @@ class DockerRuntime:
     ) -> None:
         """Create the client without contacting the engine.
 
+        ``gpu_readiness_timeout``: the start-up budget of a GPU revision instead of
+        ``readiness_timeout`` (loading a model can take many minutes).
         ``stop_timeout``: seconds a retired revision gets between SIGTERM and SIGKILL.
         ``enforce_storage``: None probes the engine on first use, True/False forces it.
         ``instance``: when set, containers carry ``dockyard.dev/instance`` and this runtime sees
@@ -195,6 +220,7 @@ class DockerRuntime:
         """
         self.base_url = base_url
         self.readiness_timeout = readiness_timeout
+        self.gpu_readiness_timeout = gpu_readiness_timeout
         self.crashloop_restarts = crashloop_restarts
         self.connect_timeout = connect_timeout
         self._enforce_storage = enforce_storage
@@ -287,32 +313,89 @@ class DockerRuntime:
         except ValueError:
             return None
 
-    # -- apply ----------------------------------------------------------------------------------
+    @classmethod
+    def _replica(cls, c: Any) -> int:
+        """Which instance of its revision; containers made before instances existed are 0."""
+        try:
+            return int(cls._labels(c).get(LABEL_REPLICA, "0"))
+        except ValueError:
+            return 0
+
+    # -- apply / scale -------------------------------------------------------------------------
 
     async def apply(self, spec: WorkloadSpec) -> None:
         await self._call(
-            f"apply {container_name(spec.container_id, spec.revision)}", self._apply_sync, spec
+            f"apply {container_name(spec.container_id, spec.revision)}",
+            self._scale_sync,
+            spec,
+            1,
+            False,
+            False,
         )
 
-    def _apply_sync(self, spec: WorkloadSpec) -> None:
-        name = container_name(spec.container_id, spec.revision)
-        try:
-            existing = self._client.containers.get(name)
-        except docker.errors.NotFound:
-            existing = None
-        if existing is not None:
-            # Idempotent: this revision exists, running or not; never recreate it. Only one that
-            # was created but never started (a failed start before a restart of ours) is started.
-            if existing.status == "created":
-                self._start(spec, existing)
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        await self._call(
+            f"scale {container_name(spec.container_id, spec.revision)} to {instances}",
+            self._scale_sync,
+            spec,
+            max(instances, 0),
+            urgent,
+            True,
+        )
+
+    def _scale_sync(self, spec: WorkloadSpec, instances: int, urgent: bool, shrink: bool) -> None:
+        present = {
+            self._replica(c): c
+            for c in self._list(spec.container_id)
+            if self._revision(c) == spec.revision
+        }
+        for replica, c in sorted(present.items()):
+            if replica < instances and c.status == "created":
+                # created but never started (a failed start before a restart of ours)
+                self._start(spec, c)
+        if len(present) < instances:
+            free = (k for k in range(instances + len(present)) if k not in present)
+            for _ in range(instances - len(present)):
+                if not self._create_instance(spec, next(free)):
+                    return
             return
+        if not shrink or len(present) <= instances:
+            return
+        if instances == 0:
+            self._failures.pop((spec.container_id, spec.revision), None)
+        surplus = len(present) - instances
+        for c in self._victims(spec.container_id, spec.revision, present, urgent)[:surplus]:
+            self._remove_container(c, graceful=True)
+
+    def _victims(
+        self, container_id: str, revision: int, present: dict[int, Any], urgent: bool
+    ) -> list[Any]:
+        """Instances to remove when shrinking, in order: failed ones, then ready ones from the
+        highest instance down (the data plane is told the lowest ones first), then, only when
+        urgent, those still starting."""
+        failed, ready, starting = [], [], []
+        for _, c in sorted(present.items(), reverse=True):
+            phase = self._state_of(container_id, revision, c).phase
+            if phase is Phase.FAILED:
+                failed.append(c)
+            elif phase is Phase.READY:
+                ready.append(c)
+            elif urgent:
+                starting.append(c)
+        return failed + ready + starting
+
+    def _create_instance(self, spec: WorkloadSpec, replica: int) -> bool:
+        """Create and start one instance; False when the revision cannot run (image, GPUs)."""
+        name = container_name(spec.container_id, spec.revision, replica)
+        scheduled = time.time_ns()
         if not self._ensure_image(spec):
-            return
+            return False
+        moments = {LABEL_SCHEDULED_AT: str(scheduled), LABEL_IMAGE_READY_AT: str(time.time_ns())}
         try:
-            container = self._create(spec)
+            container = self._create(spec, replica, moments)
         except docker.errors.APIError as e:
             if e.status_code == 409:
-                return  # created concurrently by another apply
+                return True  # created concurrently by another apply
             if spec.gpu > 0:
                 raise RuntimeRejected(
                     f"{name}: the container engine refused {spec.gpu} GPU(s): {_api_error_text(e)}"
@@ -328,6 +411,7 @@ class DockerRuntime:
                 "(no GPU support on this engine); not running it without GPUs"
             )
         self._start(spec, container)
+        return True
 
     def _start(self, spec: WorkloadSpec, container: Any) -> None:
         key = (spec.container_id, spec.revision)
@@ -374,14 +458,17 @@ class DockerRuntime:
         )
         return False
 
-    def _create(self, spec: WorkloadSpec) -> Any:
+    def _create(
+        self, spec: WorkloadSpec, replica: int = 0, moments: Mapping[str, str] | None = None
+    ) -> Any:
         wants_storage = spec.ephemeral_storage_bytes > 0 and self._enforce_storage is not False
         kwargs = container_create_kwargs(
             spec,
             crashloop_restarts=self.crashloop_restarts,
             enforce_storage=wants_storage,
             instance=self.instance,
-            extra_labels=self.labels,
+            extra_labels={**self.labels, **(moments or {})},
+            replica=replica,
         )
         kwargs.pop("detach", None)
         try:
@@ -401,30 +488,33 @@ class DockerRuntime:
 
     # -- retire / remove / list -----------------------------------------------------------------
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
-        await self._call(f"retire {container_id}", self._remove_sync, container_id, keep_revision)
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
+        await self._call(f"retire {container_id}", self._remove_sync, container_id, set(keep))
 
     async def remove(self, container_id: str) -> None:
         await self._call(f"remove {container_id}", self._remove_sync, container_id, None)
 
-    def _remove_sync(self, container_id: str, keep_revision: int | None) -> None:
+    def _remove_sync(self, container_id: str, keep: set[int] | None) -> None:
         for key in list(self._failures):
-            if key[0] == container_id and key[1] != keep_revision:
+            if key[0] == container_id and (keep is None or key[1] not in keep):
                 self._failures.pop(key, None)
         for c in self._list(container_id, sparse=True):
-            if keep_revision is not None and self._revision(c) == keep_revision:
+            if keep is not None and self._revision(c) in keep:
                 continue
-            try:
-                if keep_revision is not None:
-                    # graceful for a retired revision still serving (SIGTERM, then SIGKILL)
-                    c.stop(timeout=self.stop_timeout)
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as e:
-                # Podman answers 500 "removal already in progress" for concurrent removes.
-                if "in progress" not in _api_error_text(e).lower():
-                    raise
+            # graceful for a retired revision still serving (SIGTERM, then SIGKILL)
+            self._remove_container(c, graceful=keep is not None)
+
+    def _remove_container(self, c: Any, *, graceful: bool) -> None:
+        try:
+            if graceful:
+                c.stop(timeout=self.stop_timeout)
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            # Podman answers 500 "removal already in progress" for concurrent removes.
+            if "in progress" not in _api_error_text(e).lower():
+                raise
 
     async def list_managed(self) -> dict[str, set[int]]:
         return await self._call("list managed containers", self._list_managed_sync)
@@ -444,17 +534,24 @@ class DockerRuntime:
         return await self._call(f"observe {container_id}", self._observe_sync, container_id)
 
     def _observe_sync(self, container_id: str) -> list[RevisionState]:
-        states: dict[int, RevisionState] = {}
+        instances: dict[int, list[tuple[int, RevisionState]]] = {}
         for c in self._list(container_id):
             revision = self._revision(c)
             if revision is not None:
-                states[revision] = self._state_of(container_id, revision, c)
+                state = self._state_of(container_id, revision, c)
+                instances.setdefault(revision, []).append((self._replica(c), state))
+        states = {
+            revision: _revision_state(container_id, revision, found)
+            for revision, found in instances.items()
+        }
         for (cid, revision), failure in list(self._failures.items()):
             if cid == container_id and (
                 revision not in states
                 or states[revision].reason in ("ContainerCreating", "StartError")
             ):
-                states[revision] = failure
+                states[revision] = dataclasses.replace(
+                    failure, instances_desired=len(instances.get(revision, ()))
+                )
         return [states[r] for r in sorted(states)]
 
     def _state_of(self, container_id: str, revision: int, c: Any) -> RevisionState:
@@ -465,11 +562,18 @@ class DockerRuntime:
         exit_code = state.get("ExitCode")
         endpoint = self._endpoint(attrs)
         started_at = parse_engine_time(str(state.get("StartedAt") or ""))
+        budget = (
+            self.gpu_readiness_timeout if self._labels(c).get(LABEL_GPU) else self.readiness_timeout
+        )
         now = datetime.now(UTC)
         since_start = (now - started_at).total_seconds() if started_at else 0.0
 
+        moments = engine_moments(self._labels(c), started_at)
+
         def result(phase: Phase, reason: str = "", message: str = "") -> RevisionState:
-            return RevisionState(container_id, revision, phase, reason, message, endpoint)
+            return RevisionState(
+                container_id, revision, phase, reason, message, endpoint, moments=moments
+            )
 
         if status == "running":
             if restarts > self.crashloop_restarts:
@@ -480,12 +584,12 @@ class DockerRuntime:
                 return result(Phase.FAILED, "NoPort", "the engine published no host port")
             if self._port_open(endpoint):
                 return result(Phase.READY)
-            if since_start > self.readiness_timeout:
+            if since_start > budget:
                 return result(
                     Phase.FAILED,
                     "ReadinessTimeout",
                     f"the container port did not accept connections within "
-                    f"{self.readiness_timeout:g}s of start (running for {since_start:.0f}s)",
+                    f"{budget:g}s of start (running for {since_start:.0f}s)",
                 )
             return result(
                 Phase.PENDING,
@@ -510,7 +614,7 @@ class DockerRuntime:
             will_restart = (
                 exit_code not in (0, None)
                 and restarts < self.crashloop_restarts
-                and since_start <= self.readiness_timeout
+                and since_start <= budget
             )
             if will_restart:
                 return result(
@@ -526,13 +630,13 @@ class DockerRuntime:
         if (
             status == "created"
             and created_at is not None
-            and (now - created_at).total_seconds() > self.readiness_timeout
+            and (now - created_at).total_seconds() > budget
         ):
             # The engine keeps no error for a failed start (Podman): report it anyway.
             return result(
                 Phase.FAILED,
                 "StartError",
-                f"the container was created but not started within {self.readiness_timeout:g}s",
+                f"the container was created but not started within {budget:g}s",
             )
         return result(Phase.PENDING, "ContainerCreating", f"container is {status or 'unknown'}")
 
@@ -634,3 +738,46 @@ class DockerRuntime:
     async def close(self) -> None:
         await self._engine_streams.close()
         await asyncio.to_thread(self._client.close)
+
+
+def engine_moments(
+    labels: Mapping[str, str], started_at: datetime | None
+) -> tuple[tuple[str, int], ...]:
+    """The deploy moments one engine container tells (pure): scheduled and image ready from the
+    labels Dockyard stamped at creation, started from the engine's ``State.StartedAt``."""
+    found: list[tuple[str, int]] = []
+    for phase, label in (("scheduled", LABEL_SCHEDULED_AT), ("imageReady", LABEL_IMAGE_READY_AT)):
+        value = labels.get(label, "")
+        if value.isdigit():
+            found.append((phase, int(value)))
+    if started_at is not None and started_at.year > 1970:
+        found.append(("started", to_ns(started_at)))
+    return tuple(found)
+
+
+def _revision_state(
+    container_id: str, revision: int, instances: list[tuple[int, RevisionState]]
+) -> RevisionState:
+    """One revision's state from its instances' (lowest instance first): ready when one is ready,
+    failed when all failed, else starting."""
+    ordered = [state for _, state in sorted(instances, key=lambda item: item[0])]
+    ready = [state for state in ordered if state.phase is Phase.READY]
+    endpoints = tuple(state.endpoint for state in ready if state.endpoint)
+    if ready:
+        return RevisionState(
+            container_id,
+            revision,
+            Phase.READY,
+            endpoint=endpoints[0] if endpoints else None,
+            endpoints=endpoints,
+            instances_ready=len(ready),
+            instances_desired=len(ordered),
+            moments=ordered[0].moments,
+        )
+    failed = [state for state in ordered if state.phase is Phase.FAILED]
+    first = (
+        failed[0]
+        if len(failed) == len(ordered)
+        else next(state for state in ordered if state.phase is not Phase.FAILED)
+    )
+    return dataclasses.replace(first, instances_desired=len(ordered))

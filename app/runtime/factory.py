@@ -1,15 +1,20 @@
-"""Pick the runtime the settings ask for (``auto``: Kubernetes, then Docker/Podman, then none)."""
+"""Pick the runtime the settings ask for.
+
+``auto``: on Kubernetes (a kubeconfig, or in a cluster) Knative Serving when the cluster serves
+``serving.knative.dev/v1`` (API discovery at start-up), else plain Deployments; then
+Docker/Podman; then none. Set ``knative`` or ``kubernetes`` to skip the discovery.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from app.runtime.base import Runtime
+from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_manifests import KubernetesConfig
 
 log = logging.getLogger(__name__)
@@ -28,64 +33,84 @@ def _kubernetes_configured() -> bool:
     return any(Path(part).is_file() for part in kubeconfig.split(os.pathsep) if part)
 
 
-def _socket_answers(url: str) -> bool:
-    if not url.startswith("unix://"):
-        return True  # tcp:// engines are taken as configured; errors surface as status reasons
-    path = url.removeprefix("unix://")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            probe.connect(path)
-    except OSError:
-        return False
-    return True
+def kubernetes_runtime(
+    deployments: KubernetesRuntime,
+    config: KubernetesConfig | None,
+    *,
+    knative: bool | None = None,
+) -> Runtime:
+    """The Knative runtime on the same client when ``knative`` (None: when the cluster serves
+    ``serving.knative.dev/v1``), else the Deployment runtime."""
+    from app.runtime.knative import KnativeRuntime, serves_knative
 
-
-def _docker_url(configured: str | None) -> str | None:
-    if configured:
-        return configured
-    for path in LOCAL_SOCKETS:
-        if _socket_answers(f"unix://{path}"):
-            return f"unix://{path}"
-    return None
+    if knative is None:
+        try:
+            knative = serves_knative(deployments.api_client)
+        except Exception as error:  # discovery failed: say so and run the plain path
+            log.warning(
+                "could not ask the cluster whether it serves Knative Serving (%s); using "
+                "Deployments. Set DOCKYARD_RUNTIME=knative to use Knative regardless.",
+                error,
+            )
+            knative = False
+        log.info("Kubernetes runtime: %s", "Knative Serving" if knative else "Deployments")
+    if knative:
+        return KnativeRuntime(deployments.api_client, config)
+    return deployments
 
 
 def make_runtime(
-    kind: Literal["auto", "docker", "kubernetes", "none"],
+    kind: Literal["auto", "docker", "kubernetes", "knative", "none"],
     *,
     docker_host: str | None,
     readiness_timeout: float,
+    gpu_readiness_timeout: float = 1800.0,
     stop_timeout: int = 10,
     instance: str | None = None,
     docker_labels: Mapping[str, str] | None = None,
     kubernetes_config: KubernetesConfig | None = None,
+    data_dir: Path | None = None,
+    start_podman: bool = True,
 ) -> Runtime | None:
-    """The runtime to use, or None (with a warning) when nothing can run containers."""
+    """The runtime to use, or None for ``none`` (an API without a runtime).
+
+    ``auto`` and ``docker`` give a :class:`app.runtime.local.LocalEngine`: it uses the configured
+    socket, else the first usual one that answers, else a ``podman system service`` it starts
+    under ``data_dir`` (``start_podman``); and it looks again whenever none answers, so an engine
+    that starts later is picked up without a restart.
+    """
     if kind == "none":
         return None
-    if kind == "kubernetes" or (kind == "auto" and _kubernetes_configured()):
+    if kind in ("kubernetes", "knative") or (kind == "auto" and _kubernetes_configured()):
         from app.runtime.k8s import KubernetesRuntime
 
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return KubernetesRuntime.in_cluster(kubernetes_config)
-        return KubernetesRuntime.from_kubeconfig(kubernetes_config)
-    url = _docker_url(docker_host)
-    if url is not None and (kind == "docker" or _socket_answers(url)):
-        from app.runtime.docker import DockerRuntime
+            deployments = KubernetesRuntime.in_cluster(kubernetes_config)
+        else:
+            deployments = KubernetesRuntime.from_kubeconfig(kubernetes_config)
+        if kind == "kubernetes":
+            return deployments
+        return kubernetes_runtime(
+            deployments, kubernetes_config, knative=True if kind == "knative" else None
+        )
+    from app.runtime.local import local_engine
 
-        return DockerRuntime(
-            url,
-            readiness_timeout=readiness_timeout,
-            stop_timeout=stop_timeout,
-            instance=instance,
-            labels=docker_labels,
-        )
-    if kind == "docker":
-        raise ValueError(
-            "DOCKYARD_RUNTIME=docker but no engine socket was found; set DOCKYARD_DOCKER_HOST"
-        )
-    log.warning(
-        "no container runtime found (no kubeconfig, no Docker/Podman socket): the API works, "
-        "but containers stay 'deploying' until a runtime is configured"
+    engine = local_engine(
+        docker_host=docker_host,
+        data_dir=data_dir or Path(".dockyard"),
+        candidates=LOCAL_SOCKETS,
+        readiness_timeout=readiness_timeout,
+        gpu_readiness_timeout=gpu_readiness_timeout,
+        stop_timeout=stop_timeout,
+        instance=instance,
+        labels=docker_labels,
+        start_podman=start_podman,
     )
-    return None
+    if docker_host:
+        where = f"the engine at {docker_host}"
+    else:
+        where = "the first engine socket that answers among " + ", ".join(LOCAL_SOCKETS)
+        if engine.supervisor is not None:
+            where += f", else a podman system service on {engine.supervisor.url}"
+    log.info("local runtime: %s (chosen at first use, again whenever it stops answering)", where)
+    return engine

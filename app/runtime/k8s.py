@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import kubernetes.client
@@ -33,6 +33,7 @@ from app.domain.logtime import parse_ns
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
     LABEL_REVISION,
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -47,6 +48,7 @@ from app.runtime.k8s_manifests import (
     ANNOTATION_GPU_MODELS,
     CONTAINER_NAME,
     KubernetesConfig,
+    make_autoscaler,
     make_deployment,
     make_ingress,
     make_namespace,
@@ -115,6 +117,8 @@ class KubernetesRuntime:
     """Runs revisions of containers as Deployments on a Kubernetes cluster."""
 
     name = "kubernetes"
+    capabilities = Capabilities(autoscales=False, scale_to_zero=False, traffic_split=False)
+    """Plain Deployments: a fixed replica count, one revision serving at a time."""
 
     def __init__(
         self,
@@ -128,6 +132,7 @@ class KubernetesRuntime:
         self._apps: Any = kubernetes.client.AppsV1Api(api_client)
         self._core: Any = kubernetes.client.CoreV1Api(api_client)
         self._networking: Any = kubernetes.client.NetworkingV1Api(api_client)
+        self._autoscaling: Any = kubernetes.client.AutoscalingV2Api(api_client)
         self._namespaces_ready: set[str] = set()
 
     @property
@@ -203,6 +208,10 @@ class KubernetesRuntime:
                 self._networking.list_namespaced_ingress,
                 self._networking.list_ingress_for_all_namespaces,
             ),
+            "horizontalpodautoscalers": (
+                self._autoscaling.list_namespaced_horizontal_pod_autoscaler,
+                self._autoscaling.list_horizontal_pod_autoscaler_for_all_namespaces,
+            ),
             "pods": (self._core.list_namespaced_pod, self._core.list_pod_for_all_namespaces),
         }[kind]
         if self._shared:
@@ -224,6 +233,15 @@ class KubernetesRuntime:
     # --- Runtime protocol ---
 
     async def apply(self, spec: WorkloadSpec) -> None:
+        await self._apply(spec)
+
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        """Replicas follow the revision's scaling, not ``instances``: ``minInstances`` (at least
+        1; a plain Deployment cannot hold a request at zero: scale to zero needs Knative) and a
+        CPU HorizontalPodAutoscaler up to ``maxInstances``."""
+        await self._apply(spec)
+
+    async def _apply(self, spec: WorkloadSpec) -> None:
         namespace = namespace_for(spec.owner, self._config)
         if not self._shared and namespace not in self._namespaces_ready:
             await self._call(
@@ -250,13 +268,31 @@ class KubernetesRuntime:
                 force=True,
                 _content_type=_APPLY,
             )
+        autoscaler = make_autoscaler(spec, self._config)
+        if autoscaler is None:
+            await self._call_or_none(
+                self._autoscaling.delete_namespaced_horizontal_pod_autoscaler, name, namespace
+            )
+        else:
+            await self._call(
+                self._autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+                name,
+                namespace,
+                autoscaler,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=_APPLY,
+            )
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
         """Nothing to do: the Deployment's rolling update removes the old revision's pods."""
 
     async def remove(self, container_id: str) -> None:
         selector = f"{LABEL_CONTAINER_ID}={container_id}"
         deleters = {
+            "horizontalpodautoscalers": (
+                self._autoscaling.delete_namespaced_horizontal_pod_autoscaler
+            ),
             "ingresses": self._networking.delete_namespaced_ingress,
             "services": self._core.delete_namespaced_service,
             "deployments": self._apps.delete_namespaced_deployment,
@@ -355,6 +391,9 @@ class KubernetesRuntime:
             waiting = container.state.waiting if container.state else None
             if waiting is not None and waiting.reason in FAILING_WAITING_REASONS:
                 message = waiting.message or f"container {container.name}: {waiting.reason}"
+                last = container.last_state.terminated if container.last_state else None
+                if waiting.reason == "CrashLoopBackOff" and last is not None:
+                    message = f"{message} (exit code {last.exit_code})"
                 if waiting.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
                     image = container.image or ""
                     if image and image not in message:
@@ -408,8 +447,10 @@ class KubernetesRuntime:
                     loop.call_soon_threadsafe(queue.put_nowait, RuntimeEvent(container_id))
 
         workers = [
-            asyncio.create_task(asyncio.to_thread(self._watch_kind, kind, emit, stop, streams))
-            for kind in ("deployments", "pods")
+            asyncio.create_task(
+                asyncio.to_thread(self._watch_kind, kind, function, args, emit, stop, streams)
+            )
+            for kind, function, args in self._watch_sources()
         ]
         try:
             while True:
@@ -421,22 +462,37 @@ class KubernetesRuntime:
                     stream.shutdown()
             await asyncio.gather(*workers, return_exceptions=True)
 
+    def _watch_sources(self) -> list[tuple[str, Callable[..., Any], tuple[str, ...]]]:
+        """What ``watch`` lists and watches: (kind, list function, its positional arguments)."""
+        args = (self._config.namespace,) if self._shared else ()
+        return [
+            (
+                "deployments",
+                self._apps.list_namespaced_deployment
+                if self._shared
+                else self._apps.list_deployment_for_all_namespaces,
+                args,
+            ),
+            (
+                "pods",
+                self._core.list_namespaced_pod
+                if self._shared
+                else self._core.list_pod_for_all_namespaces,
+                args,
+            ),
+        ]
+
     def _watch_kind(
         self,
         kind: str,
+        list_function: Callable[..., Any],
+        args: tuple[str, ...],
         emit: Callable[[dict[str, Any]], None],
         stop: threading.Event,
         streams: set[Any],
     ) -> None:
         """List, then watch from the list's version; relist on ``410 Gone``. Runs in a thread."""
         api = self._api_client
-        list_function = {
-            ("deployments", True): self._apps.list_namespaced_deployment,
-            ("deployments", False): self._apps.list_deployment_for_all_namespaces,
-            ("pods", True): self._core.list_namespaced_pod,
-            ("pods", False): self._core.list_pod_for_all_namespaces,
-        }[(kind, self._shared)]
-        args = (self._config.namespace,) if self._shared else ()
         selector = managed_selector()
         version: str | None = None
         backoff = 0.5
@@ -448,8 +504,13 @@ class KubernetesRuntime:
                         label_selector=selector,
                         _request_timeout=self._config.request_timeout_seconds,
                     )
-                    version = listed.metadata.resource_version
-                    for item in listed.items:
+                    if isinstance(listed, dict):  # custom objects come as plain JSON
+                        version = listed.get("metadata", {}).get("resourceVersion")
+                        items = listed.get("items") or []
+                    else:
+                        version = listed.metadata.resource_version
+                        items = listed.items
+                    for item in items:
                         emit(api.sanitize_for_serialization(item))
                 version = self._watch_once(
                     list_function, args, selector, version, emit, stop, streams
@@ -525,19 +586,12 @@ class KubernetesRuntime:
         tail: int | None = 100,
         since: datetime.datetime | None = None,
     ) -> AsyncIterator[list[LogLine]]:
-        deployment = await self._deployment(container_id)
-        if deployment is None:
+        target = await self._log_target(container_id, revision)
+        if target is None:
             return
-        if revision is None:
-            revision = _revision_of(deployment.spec.template.metadata.labels)
-        pods = await self._call(
-            self._core.list_namespaced_pod,
-            deployment.metadata.namespace,
-            label_selector=f"{LABEL_CONTAINER_ID}={container_id},{LABEL_REVISION}={revision}",
-        )
-        names = sorted(pod.metadata.name for pod in pods.items)
-        if not names or revision is None:
-            return
+        namespace, revision = target
+        selector = f"{LABEL_CONTAINER_ID}={container_id},{LABEL_REVISION}={revision}"
+        names = await self._pod_names(namespace, selector)
         options: dict[str, Any] = {
             "container": CONTAINER_NAME,
             "timestamps": True,
@@ -548,7 +602,6 @@ class KubernetesRuntime:
         if since is not None:
             elapsed = datetime.datetime.now(datetime.UTC) - since
             options["since_seconds"] = max(1, math.ceil(elapsed.total_seconds()))
-        namespace = deployment.metadata.namespace
         if not follow:
             lines = [
                 line
@@ -560,8 +613,36 @@ class KubernetesRuntime:
             if lines:
                 yield sorted(lines, key=lambda line: line.ns)
             return
-        async for batch in self._follow_logs(namespace, names, options, revision):
+
+        async def alive() -> bool:
+            return await self._log_revision_alive(container_id, namespace, revision)
+
+        async for batch in self._follow_logs(namespace, selector, names, options, revision, alive):
             yield batch
+
+    async def _log_target(self, container_id: str, revision: int | None) -> tuple[str, int] | None:
+        """The namespace of the container and the revision whose logs to read (default: the
+        Deployment's current one), or None when the container has no Deployment."""
+        deployment = await self._deployment(container_id)
+        if deployment is None:
+            return None
+        if revision is None:
+            revision = _revision_of(deployment.spec.template.metadata.labels)
+        if revision is None:
+            return None
+        return deployment.metadata.namespace, revision
+
+    async def _log_revision_alive(self, container_id: str, namespace: str, revision: int) -> bool:
+        """Whether pods of the revision may still start: it is the Deployment's current one."""
+        deployment = await self._deployment(container_id)
+        return (
+            deployment is not None
+            and _revision_of(deployment.spec.template.metadata.labels) == revision
+        )
+
+    async def _pod_names(self, namespace: str, selector: str) -> list[str]:
+        pods = await self._call(self._core.list_namespaced_pod, namespace, label_selector=selector)
+        return sorted(pod.metadata.name for pod in pods.items)
 
     def _read_log(
         self, namespace: str, pod: str, options: dict[str, Any], revision: int
@@ -591,22 +672,33 @@ class KubernetesRuntime:
                 yield LogLine(ns, line, "stdout", revision)
 
     async def _follow_logs(
-        self, namespace: str, pods: list[str], options: dict[str, Any], revision: int
+        self,
+        namespace: str,
+        selector: str,
+        pods: list[str],
+        options: dict[str, Any],
+        revision: int,
+        alive: Callable[[], Awaitable[bool]],
     ) -> AsyncIterator[list[LogLine]]:
+        """Follow the logs of ``pods`` and of every pod of ``selector`` that starts later (an
+        autoscaler adding instances, a crashed pod replaced, a revision waking from zero), until
+        no pod streams and ``alive`` says no pod of the revision can start any more."""
         queue: asyncio.Queue[LogLine | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         streams: set[Any] = set()
+        # A pod found later is read from its first line: all of it is new to the reader.
+        later = {k: v for k, v in options.items() if k not in ("tail_lines", "since_seconds")}
 
         def put(item: LogLine | BaseException | None) -> None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        def follow(pod: str) -> None:
+        def follow(pod: str, pod_options: dict[str, Any]) -> None:
             try:
                 # No read timeout: a quiet container is not an error; ``shutdown`` ends the read.
                 response = self._core.read_namespaced_pod_log(
-                    pod, namespace, _preload_content=False, **options
+                    pod, namespace, _preload_content=False, **pod_options
                 )
                 streams.add(response)
                 try:
@@ -621,7 +713,11 @@ class KubernetesRuntime:
                     response.release_conn()
             except Exception as error:
                 if not stop.is_set():
-                    if _is_client_error(error):
+                    if isinstance(error, ApiException) and error.status in (400, 404):
+                        # Not started yet (or gone): look at it again at the next poll.
+                        with contextlib.suppress(RuntimeError):
+                            loop.call_soon_threadsafe(followed.discard, pod)
+                    elif _is_client_error(error):
                         translated = translate_error(error)
                         translated.__cause__ = error
                         put(translated)
@@ -630,11 +726,25 @@ class KubernetesRuntime:
             finally:
                 put(None)
 
-        workers = [asyncio.create_task(asyncio.to_thread(follow, pod)) for pod in pods]
+        followed: set[str] = set()
+        workers: list[asyncio.Task[None]] = []
+
+        def start(pod: str, pod_options: dict[str, Any]) -> None:
+            followed.add(pod)
+            workers.append(asyncio.create_task(asyncio.to_thread(follow, pod, pod_options)))
+
+        for pod in pods:
+            start(pod, options)
         running = len(workers)
+        poll = self._config.log_pod_poll_seconds
+        next_poll = loop.time() + poll
         try:
-            while running:
-                items = [await queue.get()]
+            while True:
+                try:
+                    timeout = max(0.0, next_poll - loop.time())
+                    items = [await asyncio.wait_for(queue.get(), timeout)]
+                except TimeoutError:
+                    items = []
                 while not queue.empty():  # one batch: whatever arrived meanwhile
                     items.append(queue.get_nowait())
                 batch: list[LogLine] = []
@@ -649,6 +759,19 @@ class KubernetesRuntime:
                         batch.append(item)
                 if batch:
                     yield batch
+                if running and loop.time() < next_poll:
+                    continue
+                # Every stream ended, or time to look for pods started since.
+                next_poll = loop.time() + poll
+                current = await self._pod_names(namespace, selector)
+                for pod in current:
+                    if pod not in followed:
+                        start(pod, later)
+                        running += 1
+                # A pod that ended is forgotten, so a pod recreated under its name is followed.
+                followed.intersection_update(current)
+                if not running and not await alive():
+                    return
         finally:
             stop.set()
             for stream in list(streams):

@@ -82,6 +82,16 @@ class KubernetesConfig:
     watch_timeout_seconds: int = 300
     """Server-side timeout of one watch request; the driver re-watches from the last version."""
     request_timeout_seconds: float = 30.0
+    log_pod_poll_seconds: float = 2.0
+    """How often a followed log stream looks for pods started since (new instances)."""
+    hpa_cpu_utilization: int = 80
+    """Deployment runtime: average CPU use (% of requests) the HorizontalPodAutoscaler aims at."""
+    knative_namespace: str = "knative-serving"
+    """Knative runtime: where Knative Serving's ConfigMaps (``config-features``) live."""
+    knative_stable_window_seconds: int = 60
+    """Knative runtime: the cluster's ``config-autoscaler`` ``stable-window``."""
+    knative_gpu_progress_deadline_seconds: int = 1800
+    """Knative runtime: how long a GPU revision may wait for a node before it fails."""
 
 
 def _dns_label(text: str) -> str:
@@ -153,7 +163,7 @@ def _cpu_quantity(cpu: float) -> str:
     return f"{max(1, round(cpu * 1000))}m"
 
 
-def _resources(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
+def container_resources(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
     # requests == limits: the pod gets the Guaranteed QoS class for what the user pays for.
     amounts = {
         "cpu": _cpu_quantity(spec.cpu),
@@ -165,7 +175,7 @@ def _resources(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _affinity(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest | None:
+def gpu_affinity(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest | None:
     """Any of the desired GPU models is required; earlier ones in the list are preferred."""
     if spec.gpu <= 0 or not spec.desired_gpus:
         return None
@@ -212,7 +222,7 @@ def _container(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
         "image": spec.image,
         "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
         "env": [{"name": key, "value": value} for key, value in sorted(spec.env.items())],
-        "resources": _resources(spec, cfg),
+        "resources": container_resources(spec, cfg),
         "readinessProbe": {
             "tcpSocket": {"port": spec.port},
             "periodSeconds": 5,
@@ -227,8 +237,23 @@ def _container(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
     return container
 
 
+def min_replicas(spec: WorkloadSpec) -> int:
+    """Replicas of the Deployment: ``minInstances``, at least 1 (no scale to zero without
+    Knative: nothing would hold the first request while a pod starts)."""
+    return max(1, spec.scaling.min_instances)
+
+
+def autoscaled(spec: WorkloadSpec) -> bool:
+    """Whether a HorizontalPodAutoscaler owns the replica count (``maxInstances`` above min)."""
+    return spec.scaling.max_instances > min_replicas(spec)
+
+
 def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
-    """One Deployment per container; a new revision rolls out with zero unavailable pods."""
+    """One Deployment per container; a new revision rolls out with zero unavailable pods.
+
+    ``replicas`` is left out when a HorizontalPodAutoscaler owns it, so the server-side apply of
+    the next revision does not reset what the autoscaler decided.
+    """
     pod_security: Manifest = {"seccompProfile": {"type": "RuntimeDefault"}}
     if cfg.run_as_non_root:
         pod_security["runAsNonRoot"] = True
@@ -241,7 +266,7 @@ def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
     }
     if spec.gpu > 0:
         pod_spec["tolerations"] = [toleration.to_dict() for toleration in cfg.gpu_tolerations]
-        affinity = _affinity(spec, cfg)
+        affinity = gpu_affinity(spec, cfg)
         if affinity is not None:
             pod_spec["affinity"] = affinity
     if cfg.image_pull_secrets:
@@ -251,12 +276,15 @@ def make_deployment(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
         template_annotations[ANNOTATION_GPU_MODELS] = ", ".join(
             gpu.name for gpu in spec.desired_gpus
         )
+    deployment_spec: Manifest = {}
+    if not autoscaled(spec):
+        deployment_spec["replicas"] = min_replicas(spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {**_metadata(spec, cfg), "annotations": {LABEL_REVISION: str(spec.revision)}},
         "spec": {
-            "replicas": 1,
+            **deployment_spec,
             "revisionHistoryLimit": cfg.revision_history_limit,
             "progressDeadlineSeconds": cfg.progress_deadline_seconds,
             "selector": {"matchLabels": selector_labels(spec.container_id)},
@@ -334,4 +362,42 @@ def make_ingress(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
         "kind": "Ingress",
         "metadata": metadata,
         "spec": ingress_spec,
+    }
+
+
+def make_autoscaler(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest | None:
+    """A CPU HorizontalPodAutoscaler between ``minInstances`` (at least 1) and ``maxInstances``,
+    or None when they are equal (the Deployment's fixed ``replicas`` then applies).
+
+    Without Knative there is no request-driven scaling: CPU use is the closest signal the
+    cluster offers out of the box (metrics-server); ``concurrency`` and scale to zero need
+    Knative (``docs/knative.md``).
+    """
+    if not autoscaled(spec):
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(spec, cfg),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": object_name(spec.container_id),
+            },
+            "minReplicas": min_replicas(spec),
+            "maxReplicas": spec.scaling.max_instances,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": cfg.hpa_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
     }

@@ -20,11 +20,25 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, func, select
 
 from app.db import session_scope
-from app.domain.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from app.domain.errors import (
+    Conflict,
+    FieldError,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+    clip,
+)
 from app.domain.models import Container, ContainerStatus, Revision, utcnow
 from app.domain.principal import Principal
-from app.domain.spec import ContainerSpec, spec_for_create, spec_for_update
+from app.domain.spec import (
+    KNATIVE_REQUIRED,
+    ContainerSpec,
+    fit_to_runtime,
+    spec_for_create,
+    spec_for_update,
+)
 from app.domain.status import mark_spec_changed
+from app.domain.traffic import TrafficEntry, parse_traffic, traffic_json
 from app.domain.views import (
     ContainerView,
     GpuModelView,
@@ -32,11 +46,16 @@ from app.domain.views import (
     RevisionView,
     container_view,
     revision_view,
+    traffic_shares,
 )
 from app.services.context import ServiceContext
 
 DEFAULT_ROWS_PER_PAGE = 10
 MAX_ROWS_PER_PAGE = 100
+# Numbers from clients are bounded to what every database column and GraphQL's Int hold
+# (beyond 64 bits SQLite raised OverflowError: a 500).
+MAX_PAGE = 2**31 - 1
+MAX_REVISION_NUMBER = 2**31 - 1
 MAX_WRITE_ATTEMPTS = 60
 SLUG_LENGTH = 26
 
@@ -52,13 +71,13 @@ def _parse_id(container_id: str) -> str:
     try:
         return str(uuid.UUID(container_id))
     except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"container {container_id!r} not found") from None
+        raise NotFound(f"container {clip(str(container_id), 80)!r} not found") from None
 
 
 def _check_paging(page: int, rows_per_page: int) -> None:
     errors = []
-    if page < 1:
-        errors.append(FieldError("page", "must be 1 or more"))
+    if not 1 <= page <= MAX_PAGE:
+        errors.append(FieldError("page", f"must be from 1 to {MAX_PAGE}"))
     if not 1 <= rows_per_page <= MAX_ROWS_PER_PAGE:
         errors.append(FieldError("rowsPerPage", f"must be from 1 to {MAX_ROWS_PER_PAGE}"))
     if errors:
@@ -143,7 +162,12 @@ def _write_revision(
 
 def create_container(*, ctx: ServiceContext, principal: Principal, data: object) -> ContainerView:
     """Validate a spec, store the container with revision 1 and start deploying it."""
-    spec = spec_for_create(data, limits=ctx.limits, catalog=ctx.catalog)
+    spec = spec_for_create(
+        data,
+        limits=ctx.limits,
+        catalog=ctx.catalog,
+        scale_to_zero=ctx.capabilities.scale_to_zero,
+    )
 
     def write() -> Container:
         with session_scope(ctx.engine) as session:
@@ -254,7 +278,11 @@ def update_container(
         principal=principal,
         container_id=container_id,
         new_spec=lambda _session, current: spec_for_update(
-            current, data, limits=ctx.limits, catalog=ctx.catalog
+            current,
+            data,
+            limits=ctx.limits,
+            catalog=ctx.catalog,
+            scale_to_zero=ctx.capabilities.scale_to_zero,
         ),
     )
 
@@ -263,8 +291,18 @@ def rollback_container(
     *, ctx: ServiceContext, principal: Principal, container_id: str, revision_number: object
 ) -> ContainerView:
     """Write a new revision that copies the spec of an earlier one, and deploy it."""
-    if isinstance(revision_number, bool) or not isinstance(revision_number, int):
-        raise ValidationFailed([FieldError("revisionNumber", "must be a whole number, e.g. 1")])
+    if (
+        isinstance(revision_number, bool)
+        or not isinstance(revision_number, int)
+        or not 1 <= revision_number <= MAX_REVISION_NUMBER
+    ):
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "revisionNumber", f"must be a whole number from 1 to {MAX_REVISION_NUMBER}"
+                )
+            ]
+        )
 
     def old_spec(session: Session, _current: ContainerSpec) -> ContainerSpec:
         revision = session.exec(
@@ -277,9 +315,78 @@ def rollback_container(
             raise ValidationFailed(
                 [FieldError("revisionNumber", f"revision {revision_number} does not exist")]
             )
-        return ContainerSpec.model_validate(revision.spec)
+        old = ContainerSpec.model_validate(revision.spec)
+        return fit_to_runtime(old, scale_to_zero=ctx.capabilities.scale_to_zero)
 
     return _change_spec(ctx=ctx, principal=principal, container_id=container_id, new_spec=old_spec)
+
+
+def _check_traffic_capability(entries: list[TrafficEntry], *, traffic_split: bool) -> None:
+    """Without Knative only ``[{latest: true, percent: 100}]`` can be honoured: a Deployment
+    runs the newest revision only, so a pinned revision would be silently ignored."""
+    if traffic_split:
+        return
+    errors: list[FieldError] = []
+    for index, entry in enumerate(entries):
+        if entry.revision is not None:
+            errors.append(
+                FieldError(
+                    f"traffic[{index}].revision",
+                    f"pinning a revision is not available: {KNATIVE_REQUIRED}; "
+                    "use latest: true, or roll back to that revision",
+                )
+            )
+        if entry.tag is not None:
+            errors.append(
+                FieldError(f"traffic[{index}].tag", f"tags are not available: {KNATIVE_REQUIRED}")
+            )
+    if len(entries) > 1:
+        errors.insert(
+            0,
+            FieldError(
+                "traffic",
+                f"only one target with 100 % is possible, a split is not: {KNATIVE_REQUIRED}",
+            ),
+        )
+    if errors:
+        raise ValidationFailed(errors)
+
+
+def set_traffic(
+    *, ctx: ServiceContext, principal: Principal, container_id: str, data: object
+) -> ContainerView:
+    """Replace the container's traffic targets; makes no new revision."""
+
+    def write() -> Container:
+        with session_scope(ctx.engine) as session:
+            container = _load(session, container_id, principal, lock=True)
+            numbers = session.exec(
+                select(Revision.revision_number).where(Revision.container_id == container.id)
+            ).all()
+            entries = parse_traffic(data, revisions=set(numbers), slug=container.slug)
+            _check_traffic_capability(entries, traffic_split=ctx.capabilities.traffic_split)
+            container.traffic = traffic_json(entries)
+            container.date_updated = utcnow()
+            session.add(container)
+            return container
+
+    container = _retrying(write)
+    ctx.notify(container.id, "traffic")
+    return container_view(container, ingress_domain=ctx.ingress_domain)
+
+
+def redeploy_container(
+    *, ctx: ServiceContext, principal: Principal, container_id: str
+) -> ContainerView:
+    """Run the current spec again as a new revision: a fresh engine container (and a fresh image
+    pull), e.g. after the image was pushed or the registry came back. Nothing retries a failed
+    pull by itself; this is the explicit way."""
+    return _change_spec(
+        ctx=ctx,
+        principal=principal,
+        container_id=container_id,
+        new_spec=lambda _session, current: current,
+    )
 
 
 def delete_container(*, ctx: ServiceContext, principal: Principal, container_id: str) -> None:
@@ -312,7 +419,8 @@ def list_revisions(
             .offset((page - 1) * rows_per_page)
             .limit(rows_per_page)
         ).all()
-    items = [revision_view(row) for row in rows]
+    shares = traffic_shares(container)
+    items = [revision_view(row, traffic_percent=shares.get(row.revision_number, 0)) for row in rows]
     return Page[RevisionView](items=items, total=total, page=page, rowsPerPage=rows_per_page)
 
 
@@ -321,14 +429,11 @@ def revisions_of(
 ) -> dict[str, list[RevisionView]]:
     """Revisions (newest first) of several containers in one query, for batched loaders."""
     with session_scope(ctx.engine) as session:
-        owners = dict(
-            session.exec(
-                select(Container.id, Container.created_by).where(
-                    col(Container.id).in_(container_ids)
-                )
-            ).all()
-        )
-        allowed = [cid for cid, owner in owners.items() if principal.may_manage(owner)]
+        containers = session.exec(
+            select(Container).where(col(Container.id).in_(container_ids))
+        ).all()
+        allowed = [c.id for c in containers if principal.may_manage(c.created_by)]
+        shares = {c.id: traffic_shares(c) for c in containers}
         rows = session.exec(
             select(Revision)
             .where(col(Revision.container_id).in_(allowed))
@@ -336,7 +441,8 @@ def revisions_of(
         ).all()
     grouped: dict[str, list[RevisionView]] = {cid: [] for cid in container_ids}
     for row in rows:
-        grouped[row.container_id].append(revision_view(row))
+        share = shares[row.container_id].get(row.revision_number, 0)
+        grouped[row.container_id].append(revision_view(row, traffic_percent=share))
     return grouped
 
 

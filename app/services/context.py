@@ -10,10 +10,12 @@ from sqlalchemy.engine import Engine
 
 from app.domain.gpus import GpuCatalog
 from app.domain.spec import Limits
+from app.runtime.base import Capabilities
 
-ChangeKind = Literal["spec", "deleted"]
+ChangeKind = Literal["spec", "traffic", "deleted"]
 ChangeListener = Callable[[str, ChangeKind], None]
-"""Called with the container id and what changed, from the worker thread that committed."""
+"""Called with the container id and what changed, from the worker thread that committed:
+``spec`` (a new revision), ``traffic`` (targets changed, no new revision) or ``deleted``."""
 
 
 @dataclass
@@ -24,6 +26,10 @@ class ServiceContext:
     catalog: GpuCatalog
     limits: Limits
     ingress_domain: str
+    capabilities: Capabilities = field(
+        default_factory=lambda: Capabilities(scale_to_zero=True, traffic_split=True)
+    )
+    """Of the runtime in use (set by the server); decides which scaling and traffic to accept."""
     listeners: list[ChangeListener] = field(default_factory=list)
 
     def notify(self, container_id: str, kind: ChangeKind = "spec") -> None:

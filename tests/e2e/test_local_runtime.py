@@ -23,6 +23,7 @@ from app.auth import LocalKeys
 from app.db import installation_id, make_engine
 from app.settings import Settings
 from tests.support.podman import (
+    CRASH,
     ECHO,
     HTTPD_V1,
     HTTPD_V2,
@@ -271,3 +272,42 @@ def test_ingress_passes_methods_headers_and_bodies(server: Server) -> None:
             assert "HTTP_X_FORWARDED_PROTO=http" in text
             if method == "POST":  # busybox hands only POST bodies to CGI scripts
                 assert echoed == body
+
+
+def test_phase_timeline_adds_up_to_the_deploy_time(server: Server) -> None:
+    """Each revision records when it entered each phase; on real Podman the phases of a served
+    revision add up to what a client observes from POST to `deployed`, within 5 %.
+
+    The client brackets the two moments: acceptance happened while the POST ran, and serving
+    between the start of the last read that still said `deploying` and the end of the read that
+    said `deployed`; request overheads are outside the timeline, so they widen the bracket
+    instead of counting as error."""
+    before_post = time.monotonic()
+    created = server.api("POST", "/v1/containers", json={"name": "timed", "image": HTTPD_V1})
+    after_post = last_deploying = time.monotonic()
+    cid = created.json()["id"]
+    while True:
+        read_start = time.monotonic()
+        status = server.api("GET", f"/v1/containers/{cid}").json()["status"]
+        read_end = time.monotonic()
+        if status == "deployed":
+            break
+        assert read_end - before_post < 60, status
+        last_deploying = read_start
+        time.sleep(0.005)
+    revision = server.api("GET", f"/v1/containers/{cid}/revisions").json()["items"][0]
+    phases = revision["phases"]
+    names = [p["phase"] for p in phases]
+    assert names == ["accepted", "scheduled", "imageReady", "started", "ready", "serving"]
+    assert all(p["durationMs"] >= 0 for p in phases[:-1]) and phases[-1]["durationMs"] is None
+    total = sum(p["durationMs"] for p in phases[:-1]) / 1000
+    shortest, longest = last_deploying - after_post, read_end - before_post
+    slack = 0.05 * longest
+    assert shortest - slack <= total <= longest + slack, (shortest, total, longest, phases)
+
+    crashed = server.api("POST", "/v1/containers", json={"name": "crashy", "image": CRASH})
+    crash_id = crashed.json()["id"]
+    server.wait_for(crash_id, lambda c: c["status"] == "failed")
+    timeline = server.api("GET", f"/v1/containers/{crash_id}/revisions").json()["items"][0]
+    last = timeline["phases"][-1]
+    assert last["phase"] == "failed" and last["reason"].startswith("started: "), timeline

@@ -323,3 +323,43 @@ def test_clients_that_go_away_release_tasks_connections_and_engine_streams(
         time.sleep(0.2)
     # No thread per stream: only the worker pool may have grown (its size is bounded).
     assert psutil.Process(server.process.pid).num_threads() <= max(threads, 1) + 8
+
+
+SERVE_AND_LOG = [
+    "/bin/sh",
+    "-c",
+    "httpd -p 8080 -h /www; i=0; while true; do i=$((i+1)); echo line $i; sleep 0.2; done",
+]
+"""A revision that serves (busybox httpd in the background) and prints a numbered line every
+0.2 s, so it becomes ready and an update makes a real switch with a drain."""
+
+
+def test_a_follower_sees_every_line_of_both_revisions_across_a_switch(server: Server) -> None:
+    body = {"name": "switch", "image": HTTPD_V1, "port": 8080, "command": SERVE_AND_LOG}
+    created = server.api("POST", "/v1/containers", json=body)
+    assert created.status_code == 201, created.text
+    container_id = created.json()["id"]
+    server.wait_for(container_id, lambda c: c["status"] == "deployed")
+    received: list[dict[str, Any]] = []
+    with open_logs(server, container_id, tail=0) as response:
+        events = events_of(response)
+        received += [e.json() for e in take_lines(events, 5)]
+        updated = server.api("PUT", f"/v1/containers/{container_id}", json={"env": {"R": "2"}})
+        assert updated.status_code == 200, updated.text
+        # Read until revision 1 was drained and stopped, and revision 2 printed on for a while.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            received += [e.json() for e in take_lines(events, 1)]
+            r2 = [e for e in received if e["revision"] == 2]
+            if len(r2) >= 40:
+                break
+    by_revision: dict[int, list[int]] = {1: [], 2: []}
+    for event in received:
+        by_revision[event["revision"]].append(int(event["line"].split()[1]))
+    one, two = by_revision[1], by_revision[2]
+    assert two[:3] == [1, 2, 3], two  # the new revision's first lines are not lost
+    assert two == list(range(1, len(two) + 1))
+    assert one == list(range(one[0], one[0] + len(one)))  # no gap in the old one either
+    # Both were followed at once during the drain: revision 1 printed after revision 2 began.
+    order = [event["revision"] for event in received]
+    assert order.index(2) < len(order) - 1 - order[::-1].index(1), order

@@ -14,8 +14,14 @@ from fastapi.testclient import TestClient
 CONTAINER_FIELDS = """
     id name createdBy image cpu ram gpu ephemeralStorage command arguments env port
     dateCreated dateUpdated status statusReason urls desiredGPUs revision readyRevision
+    scaling { minInstances maxInstances concurrency scaleToZeroAfterSeconds }
+    traffic { revision latest percent tag url }
 """
-REVISION_FIELDS = "containerID revisionNumber image dateCreated createdBy spec"
+REVISION_FIELDS = """
+    containerID revisionNumber image dateCreated createdBy spec
+    instancesDesired instancesReady servingState stateReason stateMessage trafficPercent
+    phases { phase at durationMs reason }
+"""
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class ApiClient(Protocol):
         self, container_id: str, *, page: int = 1, rows_per_page: int = 10
     ) -> Outcome: ...
     def rollback(self, container_id: str, revision_number: int) -> Outcome: ...
+    def set_traffic(self, container_id: str, traffic: Any) -> Outcome: ...
+    def redeploy(self, container_id: str) -> Outcome: ...
     def delete(self, container_id: str) -> Outcome: ...
     def gpu_models(self) -> Outcome: ...
 
@@ -84,6 +92,20 @@ class RestClient:
                 json={"revisionNumber": revision_number},
                 headers=self.headers,
             )
+        )
+
+    def set_traffic(self, container_id: str, traffic: Any) -> Outcome:
+        return self._outcome(
+            self.http.put(
+                f"/v1/containers/{container_id}/traffic",
+                json={"traffic": traffic},
+                headers=self.headers,
+            )
+        )
+
+    def redeploy(self, container_id: str) -> Outcome:
+        return self._outcome(
+            self.http.post(f"/v1/containers/{container_id}/redeploy", headers=self.headers)
         )
 
     def delete(self, container_id: str) -> Outcome:
@@ -160,6 +182,19 @@ class GraphQLClient:
             "mutation($id: ID!, $n: Int!) { "
             f"rollbackContainer(id: $id, revisionNumber: $n) {{ {CONTAINER_FIELDS} }} }}",
             {"id": container_id, "n": revision_number},
+        )
+
+    def set_traffic(self, container_id: str, traffic: Any) -> Outcome:
+        return self._outcome(
+            "mutation($id: ID!, $traffic: [TrafficTargetInput!]!) { "
+            f"setTraffic(id: $id, traffic: $traffic) {{ {CONTAINER_FIELDS} }} }}",
+            {"id": container_id, "traffic": traffic},
+        )
+
+    def redeploy(self, container_id: str) -> Outcome:
+        return self._outcome(
+            f"mutation($id: ID!) {{ redeployContainer(id: $id) {{ {CONTAINER_FIELDS} }} }}",
+            {"id": container_id},
         )
 
     def delete(self, container_id: str) -> Outcome:

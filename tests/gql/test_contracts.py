@@ -91,6 +91,10 @@ def test_queries_and_mutations_execute(client: TestClient, auth: Header) -> None
     assert run("containers")["items"][0]["revisions"][0]["revisionNumber"] == 2
     assert run("containerRevisions", id=container_id)["total"] == 2
     assert run("rollbackContainer", id=container_id, revisionNumber=1)["revision"] == 3
+    split = [{"revision": 1, "percent": 90}, {"latest": True, "percent": 10, "tag": "canary"}]
+    routed = run("setTraffic", id=container_id, traffic=split)
+    assert [target["percent"] for target in routed["traffic"]] == [90, 10]
+    assert run("redeployContainer", id=container_id)["revision"] == 4
     assert run("gpuModels")["total"] > 0
     assert run("viewer") == {"subject": "alice", "roles": []}
     assert run("deleteContainer", id=container_id) == container_id

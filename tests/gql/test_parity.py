@@ -18,7 +18,7 @@ from tests.gql.clients import CLIENTS, ApiClient, Outcome
 from tests.support.bodies import HELLO
 
 Header = Callable[..., dict[str, str]]
-RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
 def make(kind: str, client: TestClient, headers: dict[str, str]) -> ApiClient:
@@ -40,6 +40,8 @@ def normalise(value: Any, *, ids: dict[str, str], subject: str) -> Any:
             return "<time>"
         if re.fullmatch(r"[a-z2-7]{26}\.localhost:8000", value):
             return "<slug>.localhost:8000"
+        if tagged := re.fullmatch(r"([a-z0-9-]+)---[a-z2-7]{26}\.localhost:8000", value):
+            return f"{tagged[1]}---<slug>.localhost:8000"
     return value
 
 
@@ -149,3 +151,26 @@ def test_reads_are_identical_json(client: TestClient, auth: Header) -> None:
         lambda api: api.gpu_models(),
     ):
         assert read(graphql) == read(rest)
+
+
+def test_redeploy_agrees(client: TestClient, auth: Header) -> None:
+    transcripts = {}
+    for kind in CLIENTS:
+        subject = f"redeploy-{kind}"
+        api = make(kind, client, auth(subject))
+        container_id = api.create(HELLO).data["id"]
+        steps = [
+            api.redeploy(container_id),
+            make(kind, client, auth(f"{subject}-intruder")).redeploy(container_id),
+            make(kind, client, {}).redeploy(container_id),
+            api.redeploy(str(uuid.uuid4())),
+        ]
+        assert [s.code for s in steps] == [None, "FORBIDDEN", "UNAUTHENTICATED", "NOT_FOUND"]
+        assert steps[0].data["revision"] == 2
+        transcripts[kind] = [
+            normalise(
+                {"data": s.data, "code": s.code}, ids={container_id: "<id>"}, subject=subject
+            )
+            for s in steps
+        ]
+    assert transcripts["graphql"] == transcripts["rest"]

@@ -7,6 +7,7 @@ scenarios run against real Podman containers in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,8 @@ from app.domain.models import Container, Revision
 from app.domain.principal import Principal
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.runtime.base import (
+    LATEST_ONLY,
+    Capabilities,
     LogLine,
     Phase,
     RevisionState,
@@ -25,6 +28,8 @@ from app.runtime.base import (
     RuntimeConflict,
     RuntimeEvent,
     RuntimeUnavailable,
+    Scaling,
+    TrafficTarget,
     WorkloadSpec,
 )
 from app.server import build_state
@@ -39,10 +44,12 @@ class MemoryRuntime:
     """Revisions live in a dict; tests decide their phase."""
 
     name = "memory"
+    capabilities = Capabilities(scale_to_zero=True, traffic_split=True)
 
     def __init__(self) -> None:
         self.revisions: dict[str, dict[int, RevisionState]] = {}
         self.applied: list[WorkloadSpec] = []
+        self.scaled: list[tuple[int, int]] = []
         self.available = True
         self.failure: Exception | None = None
         self.events: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
@@ -58,7 +65,15 @@ class MemoryRuntime:
     ) -> None:
         endpoint = f"127.0.0.1:{40000 + revision}" if phase is Phase.READY else None
         self.revisions[container_id][revision] = RevisionState(
-            container_id, revision, phase, reason, message, endpoint
+            container_id,
+            revision,
+            phase,
+            reason,
+            message,
+            endpoint,
+            endpoints=(endpoint,) if endpoint else (),
+            instances_ready=1 if endpoint else 0,
+            instances_desired=1,
         )
 
     async def apply(self, spec: WorkloadSpec) -> None:
@@ -68,10 +83,26 @@ class MemoryRuntime:
             spec.revision, RevisionState(spec.container_id, spec.revision, Phase.PENDING)
         )
 
-    async def retire(self, container_id: str, *, keep_revision: int) -> None:
+    async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
+        self._check()
+        self.applied.append(spec)
+        self.scaled.append((spec.revision, instances))
+        revisions = self.revisions.setdefault(spec.container_id, {})
+        if instances == 0:
+            revisions.pop(spec.revision, None)
+        elif spec.revision not in revisions:
+            revisions[spec.revision] = RevisionState(
+                spec.container_id, spec.revision, Phase.PENDING, instances_desired=instances
+            )
+        else:
+            revisions[spec.revision] = dataclasses.replace(
+                revisions[spec.revision], instances_desired=instances
+            )
+
+    async def retire(self, container_id: str, *, keep: set[int]) -> None:
         self._check()
         revisions = self.revisions.get(container_id, {})
-        for revision in [r for r in revisions if r != keep_revision]:
+        for revision in [r for r in revisions if r not in keep]:
             del revisions[revision]
 
     async def remove(self, container_id: str) -> None:
@@ -320,3 +351,29 @@ async def test_a_runtime_error_keeps_the_ready_revision_serving(
     runtime.failure = None
     await reconciler.reconcile(container_id)
     assert status(ctx, container_id) == ("deployed", None, 1)
+
+
+async def test_applied_spec_carries_scaling_and_the_desired_traffic(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    container_id = create(ctx, scaling={"minInstances": 1, "concurrency": 10})
+    await reconciler.reconcile(container_id)
+    (first,) = runtime.applied
+    assert first.scaling == Scaling(
+        min_instances=1, max_instances=100, concurrency=10, scale_to_zero_after_seconds=900
+    )
+    assert first.traffic == LATEST_ONLY
+    svc.update_container(ctx=ctx, principal=ALICE, container_id=container_id, data={"env": {}})
+    svc.set_traffic(
+        ctx=ctx,
+        principal=ALICE,
+        container_id=container_id,
+        data=[{"revision": 1, "percent": 90}, {"latest": True, "percent": 10, "tag": "canary"}],
+    )
+    await reconciler.reconcile(container_id)
+    second = runtime.applied[-1]
+    assert second.revision == 2
+    assert second.traffic == (
+        TrafficTarget(percent=90, revision=1),
+        TrafficTarget(percent=10, latest=True, tag="canary"),
+    )

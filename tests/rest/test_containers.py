@@ -197,6 +197,21 @@ def test_rollback_writes_a_new_revision_with_the_old_spec(client: TestClient, au
     assert wrong.status_code == 422
 
 
+def test_redeploy_writes_a_new_revision_with_the_same_spec(
+    client: TestClient, auth: Any
+) -> None:
+    created = create(client, auth)
+    response = client.post(f"/v1/containers/{created['id']}/redeploy", headers=auth())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["revision"] == 2 and body["status"] == "deploying"
+    assert body["image"] == created["image"] and body["env"] == created["env"]
+    revisions = client.get(f"/v1/containers/{created['id']}/revisions", headers=auth()).json()
+    assert revisions["items"][0]["spec"] == revisions["items"][1]["spec"]
+    other = client.post(f"/v1/containers/{created['id']}/redeploy", headers=auth("bob"))
+    assert other.status_code == 403
+
+
 def test_delete_then_get_is_404(client: TestClient, auth: Any) -> None:
     created = create(client, auth)
     response = client.delete(f"/v1/containers/{created['id']}", headers=auth())
@@ -238,6 +253,7 @@ def test_desired_gpus_by_code_or_name(client: TestClient, auth: Any) -> None:
         ("delete", "/v1/containers/{id}"),
         ("get", "/v1/containers/{id}/revisions"),
         ("post", "/v1/containers/{id}/rollback"),
+        ("post", "/v1/containers/{id}/redeploy"),
     ],
 )
 def test_unknown_and_malformed_ids_are_404(

@@ -15,7 +15,9 @@ import pytest
 
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
+    LABEL_GPU,
     LABEL_MANAGED_BY,
+    LABEL_REPLICA,
     LABEL_REVISION,
     LogLine,
     Phase,
@@ -73,6 +75,8 @@ def test_container_create_kwargs_maps_the_spec() -> None:
     assert kwargs["labels"] == {
         LABEL_CONTAINER_ID: "abc",
         LABEL_REVISION: "3",
+        LABEL_REPLICA: "0",
+        LABEL_GPU: "2",
         LABEL_MANAGED_BY: "dockyard",
     }
     assert kwargs["nano_cpus"] == 1_500_000_000
@@ -97,6 +101,13 @@ def test_container_create_kwargs_defaults() -> None:
     assert kwargs["entrypoint"] == ["/bin/x"] and kwargs["command"] == []
     kwargs = container_create_kwargs(make_spec("abc", arguments=("-v",)))
     assert "entrypoint" not in kwargs and kwargs["command"] == ["-v"]
+
+
+def test_further_instances_get_their_own_name_and_replica_label() -> None:
+    kwargs = container_create_kwargs(make_spec("abc", revision=3), replica=2)
+    assert kwargs["name"] == "dockyard-abc-r3-i2"
+    assert kwargs["labels"][LABEL_REPLICA] == "2"
+    assert LABEL_GPU not in kwargs["labels"]
 
 
 def test_parse_engine_time() -> None:
@@ -275,8 +286,8 @@ async def test_second_revision_runs_beside_the_first_until_retired(
         assert (await http.get(f"http://{second.endpoint}/", timeout=5)).text == PAGE_V2
     assert (await runtime.list_managed())[container_id] == {1, 2}
 
-    await runtime.retire(container_id, keep_revision=2)
-    await runtime.retire(container_id, keep_revision=2)  # idempotent
+    await runtime.retire(container_id, keep={2})
+    await runtime.retire(container_id, keep={2})  # idempotent
     states = await runtime.observe(container_id)
     assert [(s.revision, s.phase) for s in states] == [(2, Phase.READY)]
     assert (await runtime.list_managed())[container_id] == {2}
@@ -527,3 +538,84 @@ async def test_start_failure_is_reported_even_by_a_fresh_runtime(
         assert state.reason == "StartError" and "could not start" in state.message
     finally:
         await fresh.close()
+
+
+@pytest.mark.podman
+async def test_scale_runs_several_instances_and_shrinks_from_the_highest(
+    runtime: DockerRuntime, container_id: str, podman_url: str
+) -> None:
+    spec = make_spec(container_id)
+    await runtime.scale(spec, 3)
+    state, _ = await wait_for_state(
+        runtime, container_id, 1, lambda s: s.instances_ready == 3, within=30
+    )
+    assert state.phase is Phase.READY and state.instances_desired == 3
+    assert len(set(state.endpoints)) == 3 and state.endpoint == state.endpoints[0]
+    async with httpx.AsyncClient() as http:
+        for endpoint in state.endpoints:
+            assert (await http.get(f"http://{endpoint}/", timeout=5)).text == PAGE_V1
+    client = engine(podman_url)
+    try:
+        names = {
+            c.name
+            for c in client.containers.list(
+                all=True, filters={"label": f"{LABEL_CONTAINER_ID}={container_id}"}
+            )
+        }
+        assert names == {f"dockyard-{container_id}-r1{s}" for s in ("", "-i1", "-i2")}
+        await runtime.scale(spec, 3)  # idempotent
+        await runtime.scale(spec, 1)
+        [left] = client.containers.list(
+            all=True, filters={"label": f"{LABEL_CONTAINER_ID}={container_id}"}
+        )
+        assert left.name == f"dockyard-{container_id}-r1"
+        [state] = await runtime.observe(container_id)
+        assert (state.instances_ready, state.endpoints) == (1, state.endpoints[:1])
+        await runtime.scale(spec, 0)
+        assert await runtime.observe(container_id) == []
+        assert container_id not in await runtime.list_managed()
+    finally:
+        client.close()
+
+
+@pytest.mark.podman
+async def test_shrinking_keeps_an_instance_still_starting_unless_urgent(
+    podman_url: str, container_id: str
+) -> None:
+    # an instance whose port never opens stays "starting" for the whole readiness budget
+    rt = DockerRuntime(podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS)
+    try:
+        spec = make_spec(container_id, arguments=("sleep", "60"))
+        await rt.scale(spec, 2)
+        [state] = await rt.observe(container_id)
+        assert state.phase is Phase.PENDING and state.instances_desired == 2
+        await rt.scale(spec, 0)
+        [state] = await rt.observe(container_id)
+        assert state.instances_desired == 2  # nothing reaped while starting
+        await rt.scale(spec, 1, urgent=True)
+        [state] = await rt.observe(container_id)
+        assert state.instances_desired == 1
+    finally:
+        await rt.close()
+
+
+@pytest.mark.podman
+async def test_a_gpu_labelled_instance_gets_the_long_start_up_budget(
+    podman_url: str, container_id: str
+) -> None:
+    # Podman cannot run GPUs; a container carrying the GPU label stands in for one.
+    rt = DockerRuntime(
+        podman_url,
+        readiness_timeout=1,
+        gpu_readiness_timeout=600,
+        stop_timeout=1,
+        labels={**RUN_LABELS, LABEL_GPU: "1"},
+    )
+    try:
+        await rt.apply(make_spec(container_id, arguments=("sleep", "60")))
+        await asyncio.sleep(2.5)
+        [state] = await rt.observe(container_id)
+        assert state.phase is Phase.PENDING, state
+        assert state.reason == "ContainerStarting"
+    finally:
+        await rt.close()

@@ -8,10 +8,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from app.runtime.base import GpuSelector, WorkloadSpec
+from app.runtime.base import GpuSelector, Scaling, WorkloadSpec
 from app.runtime.k8s_manifests import (
     KubernetesConfig,
     Toleration,
+    make_autoscaler,
     make_deployment,
     make_ingress,
     make_namespace,
@@ -77,7 +78,6 @@ LABELS = {
         (("metadata", "name"), "dy-c0ffee"),
         (("metadata", "namespace"), "dockyard-workloads"),
         (("metadata", "labels"), LABELS),
-        (("spec", "replicas"), 1),
         (
             ("spec", "selector", "matchLabels"),
             {"dockyard.dev/container-id": "c0ffee", "dockyard.dev/managed-by": "dockyard"},
@@ -315,3 +315,39 @@ def test_object_name_is_dns_label() -> None:
 def test_image_pull_secrets() -> None:
     spec = pod_spec(BASE, dataclasses.replace(CFG, image_pull_secrets=("regcred",)))
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+@pytest.mark.parametrize(
+    ("scaling", "replicas", "hpa_range"),
+    [
+        (Scaling(min_instances=2, max_instances=2), 2, None),
+        (Scaling(min_instances=0, max_instances=1), 1, None),  # no scale to zero without Knative
+        (Scaling(min_instances=1, max_instances=5), None, (1, 5)),
+        (Scaling(min_instances=0, max_instances=100), None, (1, 100)),
+        (Scaling(min_instances=3, max_instances=4), None, (3, 4)),
+    ],
+)
+def test_scaling_maps_to_replicas_or_a_cpu_autoscaler(
+    scaling: Scaling, replicas: int | None, hpa_range: tuple[int, int] | None
+) -> None:
+    spec = dataclasses.replace(BASE, scaling=scaling)
+    deployment = make_deployment(spec, CFG)
+    validate(deployment)
+    assert deployment["spec"].get("replicas") == replicas
+    hpa = make_autoscaler(spec, CFG)
+    if hpa_range is None:
+        assert hpa is None
+        return
+    assert hpa is not None
+    validate(hpa)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == hpa_range
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "dy-c0ffee",
+    }
+    assert hpa["spec"]["metrics"][0]["resource"]["target"] == {
+        "type": "Utilization",
+        "averageUtilization": 80,
+    }
+    assert hpa["metadata"]["namespace"] == deployment["metadata"]["namespace"]

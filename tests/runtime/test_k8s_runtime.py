@@ -367,7 +367,7 @@ async def test_remove_cascades_and_list_managed(
     assert policy == "Foreground"
     assert await runtime.list_managed() == {"c2": {1}}
     assert await runtime.observe("c1") == []
-    await runtime.retire("c2", keep_revision=1)  # a no-op by design
+    await runtime.retire("c2", keep={1})  # a no-op by design
     assert k8s.get("deployments", NS, "dy-c2") is not None
 
 
@@ -498,3 +498,60 @@ async def test_errors_over_http(runtime: KubernetesRuntime, k8s: EmulatorThread)
         offline = KubernetesRuntime(client, KubernetesConfig(request_timeout_seconds=2))
         with pytest.raises(RuntimeUnavailable):
             await offline.observe("c1")
+
+
+async def test_follow_picks_up_pods_started_later(
+    api_client: kubernetes.client.ApiClient, k8s: EmulatorThread
+) -> None:
+    runtime = KubernetesRuntime(api_client, KubernetesConfig(log_pod_poll_seconds=0.2))
+    await runtime.apply(SPEC)
+    await asyncio.to_thread(make_pod, k8s, "dy-c1-1-a", 1)
+    k8s.append_log(NS, "dy-c1-1-a", "old")
+    async with contextlib.aclosing(lines_of(runtime.log_batches("c1", tail=0))) as stream:
+        pending = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.5)  # following pod a only
+        await asyncio.to_thread(make_pod, k8s, "dy-c1-1-b", 1)  # a second instance starts
+        k8s.append_log(NS, "dy-c1-1-b", "from the new pod")
+        line = await asyncio.wait_for(pending, 5)
+        assert (line.line, line.revision) == ("from the new pod", 1)
+
+
+async def test_follow_ends_when_the_revision_is_replaced(
+    api_client: kubernetes.client.ApiClient, k8s: EmulatorThread
+) -> None:
+    runtime = KubernetesRuntime(api_client, KubernetesConfig(log_pod_poll_seconds=0.2))
+    await runtime.apply(SPEC)
+    await asyncio.to_thread(make_pod, k8s, "dy-c1-1-a", 1)
+    k8s.append_log(NS, "dy-c1-1-a", "hello")
+
+    async def read_all() -> list[str]:
+        return [line.line async for line in lines_of(runtime.log_batches("c1"))]
+
+    reading = asyncio.ensure_future(read_all())
+    await asyncio.sleep(0.3)
+    await runtime.apply(dataclasses.replace(SPEC, revision=2))
+    await asyncio.to_thread(core(k8s).delete_namespaced_pod, "dy-c1-1-a", NS)
+    assert await asyncio.wait_for(reading, 5) == ["hello"]
+
+
+async def test_scaling_applies_an_autoscaler_and_removes_it(
+    runtime: KubernetesRuntime, k8s: EmulatorThread
+) -> None:
+    from app.runtime.base import Scaling
+
+    await runtime.apply(
+        dataclasses.replace(SPEC, scaling=Scaling(min_instances=2, max_instances=6))
+    )
+    hpa = k8s.get("horizontalpodautoscalers", NS, "dy-c1")
+    assert hpa is not None
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    deployment = k8s.get("deployments", NS, "dy-c1")
+    assert deployment is not None and "replicas" not in deployment["spec"]
+    fixed = Scaling(min_instances=3, max_instances=3)
+    await runtime.apply(dataclasses.replace(SPEC, revision=2, scaling=fixed))
+    assert k8s.get("horizontalpodautoscalers", NS, "dy-c1") is None
+    deployment = k8s.get("deployments", NS, "dy-c1")
+    assert deployment is not None and deployment["spec"]["replicas"] == 3
+    await runtime.apply(dataclasses.replace(SPEC, revision=3))
+    await runtime.remove("c1")
+    assert k8s.get("horizontalpodautoscalers", NS, "dy-c1") is None

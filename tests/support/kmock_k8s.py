@@ -60,7 +60,13 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("apps", "v1", "replicasets"): ("ReplicaSet", True),
     ("networking.k8s.io", "v1", "ingresses"): ("Ingress", True),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True),
+    ("autoscaling", "v2", "horizontalpodautoscalers"): ("HorizontalPodAutoscaler", True),
+    ("serving.knative.dev", "v1", "services"): ("Service", True),
+    ("serving.knative.dev", "v1", "configurations"): ("Configuration", True),
+    ("serving.knative.dev", "v1", "revisions"): ("Revision", True),
+    ("serving.knative.dev", "v1", "routes"): ("Route", True),
 }
+KNATIVE = "serving.knative.dev"
 NAMESPACES = kmock.resource(group="", version="v1", plural="namespaces")
 PODS = kmock.resource(group="", version="v1", plural="pods")
 # Resources whose status is written only through the ``status`` subresource.
@@ -71,6 +77,11 @@ _WITH_STATUS_SUBRESOURCE = {
     "replicasets",
     "ingresses",
     "namespaces",
+    "horizontalpodautoscalers",
+    # Knative Serving's resources (CRDs with the status subresource)
+    "configurations",
+    "revisions",
+    "routes",
 }
 # The official client decodes these deletions as the object itself, the others as a Status.
 _DELETE_RETURNS_OBJECT = {"pods", "services", "namespaces"}
@@ -325,8 +336,10 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
         self._closing = True
         await self._notify()
 
-    def get(self, plural: str, namespace: str | None, name: str) -> Obj | None:
-        resource = self._resource_by_plural(plural)
+    def get(
+        self, plural: str, namespace: str | None, name: str, group: str | None = None
+    ) -> Obj | None:
+        resource = self._resource_by_plural(plural, group)
         key = (resource, namespace, name)
         if key not in self.objects or self.objects[key].deleted:
             return None
@@ -334,9 +347,9 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
 
     # --- internals ---
 
-    def _resource_by_plural(self, plural: str) -> Any:
+    def _resource_by_plural(self, plural: str, wanted_group: str | None = None) -> Any:
         for group, version, known in RESOURCES:
-            if known == plural:
+            if known == plural and (wanted_group is None or group == wanted_group):
                 return kmock.resource(group=group, version=version, plural=plural)
         raise KeyError(plural)
 
@@ -711,9 +724,12 @@ class DockyardKubernetesEmulator(kmock.KubernetesEmulator):  # type: ignore[misc
 class EmulatorThread:
     """The emulator on its own event loop in a background thread, for synchronous clients."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, knative: bool = True) -> None:
         self.loop = asyncio.new_event_loop()
         self.emulator = DockyardKubernetesEmulator()
+        if not knative:  # a cluster without Knative Serving: discovery does not list it
+            for key in [key for key in self.emulator.resources if key.group == KNATIVE]:
+                del self.emulator.resources[key]
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="kmock-k8s")
         self._stack = contextlib.AsyncExitStack()
         self.port = 0
@@ -764,9 +780,11 @@ class EmulatorThread:
 
         self.call(compact())
 
-    def get(self, plural: str, namespace: str | None, name: str) -> Obj | None:
+    def get(
+        self, plural: str, namespace: str | None, name: str, group: str | None = None
+    ) -> Obj | None:
         async def read() -> Obj | None:
-            return self.emulator.get(plural, namespace, name)
+            return self.emulator.get(plural, namespace, name, group)
 
         return self.call(read())
 

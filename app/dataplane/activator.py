@@ -1,0 +1,353 @@
+"""The activator: where the proxy sends requests for a revision that has no ready instance.
+
+Every ``dockyard serve`` runs one. For each such revision it listens on a unix socket of its own
+(``address(container_id, revision)``, Caddy's ``unix//path`` dial syntax), so the socket a
+request arrives on says which revision it is for. All sockets share one aiohttp ``AppRunner``
+(aiohttp is already a dependency; its server streams bodies both ways, which is all we need).
+
+A request is *held* (at most ``max_held`` per revision, at most ``max_wait_seconds``, else 503
+with ``Retry-After``) while one waker per revision asks for instances through ``wake`` (a service
+function writing ``revisions.instances_desired``: the leader's reconciler hears of it from any
+replica through the database and the bus) and watches the revision through ``serving`` until it
+has a ready endpoint. A burst asks for one instance, or for ceil(held / concurrency) when the
+revision's concurrency target asks for more. The held requests are then forwarded to the ready
+instances (round robin), streamed, with their headers and ``X-Forwarded-*``. A revision that
+fails while waking answers 503 and the reason, which the reconciler also keeps on the revision.
+
+Once the revision is ready the proxy is reprogrammed to reach its instances directly; a socket
+nobody asked for since ``idle_close_seconds`` and that holds nothing is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from app.services.scaling import RevisionKey, RevisionServing
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+MAX_SOCKET_PATH = 100
+"""``sun_path`` holds 108 bytes on Linux; keep a margin."""
+
+Wake = Callable[[str, int, int], Awaitable[object]]
+"""(container_id, revision, instances) -> ask for at least that many instances."""
+Serving = Callable[[str, int], Awaitable[RevisionServing]]
+"""(container_id, revision) -> where the revision stands (from the database)."""
+
+
+@dataclass(frozen=True)
+class ActivatorOptions:
+    max_held: int = 1000
+    """Requests held per revision; more are answered 503 at once."""
+    max_wait_seconds: float = 120.0
+    """How long a request waits for an instance before a 503 (``Retry-After``)."""
+    poll_seconds: float = 0.02
+    """How often a waking revision is looked at."""
+    retry_after_seconds: int = 5
+    idle_close_seconds: float = 600.0
+    upstream_timeout_seconds: float = 300.0
+
+
+class RevisionUnavailable(Exception):
+    """The revision cannot be served now; ``reason`` says why (answered as 503)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Cold:
+    """One revision the activator serves."""
+
+    site: web.UnixSite | None = None
+    held: int = 0
+    forwarding: int = 0
+    waker: asyncio.Task[tuple[str, ...]] | None = None
+    last_used: float = 0.0
+    concurrency: int = 80
+
+
+def socket_dir_for(data_dir: Path) -> Path:
+    """A private directory for this process's sockets, short enough for ``sun_path``."""
+    preferred = data_dir.resolve() / "activator" / str(os.getpid())
+    longest_name = 36 + len("-r") + 10 + len(".sock") + 1
+    if len(str(preferred)) + longest_name <= MAX_SOCKET_PATH:
+        return preferred
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"dockyard-act-{digest}" / str(os.getpid())
+
+
+class Activator:
+    def __init__(
+        self,
+        socket_dir: Path,
+        *,
+        wake: Wake,
+        serving: Serving,
+        options: ActivatorOptions | None = None,
+    ) -> None:
+        self.socket_dir = socket_dir
+        self.wake = wake
+        self.serving = serving
+        self.options = options or ActivatorOptions()
+        self._cold: dict[RevisionKey, _Cold] = {}
+        self._paths: dict[str, RevisionKey] = {}
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._round_robin = itertools.count()
+        self._opening: dict[RevisionKey, asyncio.Task[str]] = {}
+        self.started_waking = 0
+        """Wakers started since the process started (one per burst at zero)."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=5, sock_read=self.options.upstream_timeout_seconds
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def stop(self) -> None:
+        for task in list(self._opening.values()):
+            task.cancel()
+        for cold in self._cold.values():
+            if cold.waker is not None:
+                cold.waker.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._cold.clear()
+        self._paths.clear()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    # -- sockets --------------------------------------------------------------------------------
+
+    def socket_path(self, container_id: str, revision: int) -> Path:
+        return self.socket_dir / f"{container_id}-r{revision}.sock"
+
+    def address(self, container_id: str, revision: int) -> str:
+        """The proxy's dial address for the revision (``unix//…sock``); its socket is opened
+        if it is not yet (the routing table of every replica calls this)."""
+        key = (container_id, revision)
+        cold = self._cold.get(key)
+        if cold is None or cold.site is None:
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                try:
+                    running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+                except RuntimeError:
+                    running = None
+                if running is loop:
+                    self._open_soon(key)
+                else:
+                    loop.call_soon_threadsafe(self._open_soon, key)
+        else:
+            cold.last_used = time.monotonic()
+        return f"unix/{self.socket_path(container_id, revision)}"
+
+    def _open_soon(self, key: RevisionKey) -> None:
+        if key in self._opening or (key in self._cold and self._cold[key].site is not None):
+            return
+        task = asyncio.create_task(self.open(*key), name=f"activator-open-{key[0]}-r{key[1]}")
+        self._opening[key] = task
+        task.add_done_callback(lambda _t: self._opening.pop(key, None))
+
+    async def open(self, container_id: str, revision: int) -> str:
+        """Listen for the revision (idempotent); returns its dial address."""
+        assert self._runner is not None, "start() first"
+        key = (container_id, revision)
+        cold = self._cold.setdefault(key, _Cold())
+        cold.last_used = time.monotonic()
+        path = self.socket_path(container_id, revision)
+        if cold.site is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # left over by a process of ours that died
+            site = web.UnixSite(self._runner, str(path))
+            await site.start()
+            cold.site = site
+            self._paths[str(path)] = key
+        return f"unix/{path}"
+
+    async def close_idle(self) -> None:
+        """Close the sockets nobody asked for lately and that hold no request."""
+        now = time.monotonic()
+        for key, cold in list(self._cold.items()):
+            busy = cold.held or cold.forwarding
+            if busy or now - cold.last_used < self.options.idle_close_seconds:
+                continue
+            if cold.site is not None:
+                await cold.site.stop()
+            self._paths.pop(str(self.socket_path(*key)), None)
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path(*key).unlink()
+            del self._cold[key]
+
+    def held(self) -> dict[RevisionKey, int]:
+        """Requests the activator holds or forwards, per revision (for the autoscaler)."""
+        return {
+            key: cold.held + cold.forwarding
+            for key, cold in self._cold.items()
+            if cold.held or cold.forwarding
+        }
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _unavailable(self, reason: str) -> web.Response:
+        return web.Response(
+            status=503,
+            text=f"service unavailable: {reason}\n",
+            headers={"Retry-After": str(self.options.retry_after_seconds)},
+        )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        key = self._paths.get(str(sockname))
+        if key is None:
+            return self._unavailable("unknown revision")
+        cold = self._cold[key]
+        cold.last_used = time.monotonic()
+        if cold.held >= self.options.max_held:
+            return self._unavailable("too many requests waiting for an instance")
+        cold.held += 1
+        try:
+            endpoints = await asyncio.wait_for(
+                asyncio.shield(self._waker(key, cold)), self.options.max_wait_seconds
+            )
+        except TimeoutError:
+            return self._unavailable(f"no instance ready within {self.options.max_wait_seconds:g}s")
+        except RevisionUnavailable as e:
+            return self._unavailable(e.reason)
+        finally:
+            cold.held -= 1
+        cold.forwarding += 1
+        try:
+            return await self._forward(request, key, endpoints)
+        finally:
+            cold.forwarding -= 1
+
+    def _waker(self, key: RevisionKey, cold: _Cold) -> asyncio.Task[tuple[str, ...]]:
+        if cold.waker is None or cold.waker.done():
+            cold.waker = asyncio.create_task(self._wake(key, cold), name=f"activator-wake-{key}")
+            self.started_waking += 1
+        return cold.waker
+
+    async def _wake(self, key: RevisionKey, cold: _Cold) -> tuple[str, ...]:
+        """Ask for instances until the revision has ready endpoints; one task per burst."""
+        container_id, revision = key
+        asked = 0
+        deadline = time.monotonic() + self.options.max_wait_seconds
+        while True:
+            state = await self.serving(container_id, revision)
+            if not state.exists:
+                raise RevisionUnavailable("the revision no longer exists")
+            if state.endpoints:
+                return state.endpoints
+            if state.failed:
+                raise RevisionUnavailable(
+                    f"revision {revision} failed: {state.state_reason}: {state.state_message}"
+                )
+            cold.concurrency = state.concurrency or cold.concurrency
+            wanted = max(1, math.ceil(cold.held / max(cold.concurrency, 1)))
+            if state.max_instances:
+                wanted = min(wanted, state.max_instances)
+            if wanted > asked:
+                await self.wake(container_id, revision, wanted)
+                asked = wanted
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(self.options.poll_seconds)
+
+    async def _forward(
+        self, request: web.Request, key: RevisionKey, endpoints: tuple[str, ...]
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in HOP_BY_HOP
+        )
+        headers.setdefault("X-Forwarded-Host", request.host)
+        headers.setdefault("X-Forwarded-Proto", request.scheme)
+        if request.remote:
+            headers.setdefault("X-Forwarded-For", request.remote)
+        body = request.content if request.can_read_body else None
+        if body is not None and "Content-Length" not in headers:
+            headers["Transfer-Encoding"] = "chunked"
+        for attempt in range(2):
+            endpoint = endpoints[next(self._round_robin) % len(endpoints)]
+            try:
+                upstream = await self._session.request(
+                    request.method,
+                    f"http://{endpoint}{request.rel_url}",
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                )
+            except aiohttp.ClientConnectorError:
+                if attempt == 0 and body is None:
+                    # the instance went away meanwhile: ask where the revision stands now
+                    state = await self.serving(*key)
+                    if state.endpoints:
+                        endpoints = state.endpoints
+                        continue
+                return self._unavailable("the instance could not be reached")
+            break
+        try:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()

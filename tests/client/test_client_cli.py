@@ -1,0 +1,223 @@
+"""The client commands against a real `dockyard serve` subprocess deploying on real Podman."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from app.auth import LocalKeys
+from app.client.cli import client
+from app.settings import Settings
+from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2, PodmanService
+from tests.support.server import Server, free_port
+
+pytestmark = pytest.mark.podman
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
+    env = {
+        **os.environ,
+        "DOCKYARD_DATA_DIR": str(tmp_path / "data"),
+        "DOCKYARD_DATABASE_URL": database_url,
+        "DOCKYARD_RUNTIME": "docker",
+        "DOCKYARD_DOCKER_HOST": podman_service.base_url,
+        "DOCKYARD_READINESS_TIMEOUT_SECONDS": "30",
+        "DOCKYARD_STOP_TIMEOUT_SECONDS": "1",
+        "DOCKYARD_RECONCILE_INTERVAL_SECONDS": "5",
+    }
+    (tmp_path / "data").mkdir()
+    server = Server(env=env, port=free_port(), log_path=tmp_path / "server.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def token(tmp_path: Path, server: Server) -> str:
+    keys = LocalKeys(Settings(data_dir=tmp_path / "data"))
+    return keys.mint(subject="alice", roles=[], ttl_seconds=900)
+
+
+@pytest.fixture
+def cli_env(
+    tmp_path: Path, server: Server, token: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The client's environment: the server and token from DOCKYARD_URL/DOCKYARD_TOKEN, and a
+    private config directory."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("DOCKYARD_URL", server.url)
+    monkeypatch.setenv("DOCKYARD_TOKEN", token)
+    server.headers = {"Authorization": f"Bearer {token}"}
+    return {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "DOCKYARD_URL": server.url,
+        "DOCKYARD_TOKEN": token,
+    }
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(client, list(args), catch_exceptions=False)
+
+
+def page_at(server: Server, url: str) -> httpx.Response:
+    host = url.removeprefix("http://").rstrip("/")
+    return httpx.get(f"{server.url}/", headers={"Host": host}, timeout=10)
+
+
+def test_login_stores_url_and_token_0600_and_refuses_a_bad_token(
+    tmp_path: Path, server: Server, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("DOCKYARD_URL", raising=False)
+    monkeypatch.delenv("DOCKYARD_TOKEN", raising=False)
+    refused = run("login", "--url", server.url, "--token", "not-a-token")
+    assert refused.exit_code == 1 and "login refused" in refused.stderr
+    path = tmp_path / "config" / "dockyard" / "config.json"
+    assert not path.exists()
+    done = run("login", "--url", server.url, "--token", token)
+    assert done.exit_code == 0, done.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text()) == {"url": server.url, "token": token}
+    listed = run("ls", "--json")
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == []
+    # the environment wins over the file
+    monkeypatch.setenv("DOCKYARD_TOKEN", "expired")
+    denied = run("ls")
+    assert denied.exit_code == 1 and "DOCKYARD_TOKEN" in denied.stderr
+
+
+def test_deploy_update_rollback_redeploy_rm(
+    tmp_path: Path, server: Server, cli_env: dict[str, str]
+) -> None:
+    spec = tmp_path / "web.yaml"
+    spec.write_text(f"name: web\nimage: {HTTPD_V1}\nport: 8080\nram: 64Mi\nenv:\n  A: '1'\n")
+    created = run("deploy", str(spec))
+    assert created.exit_code == 0, created.output
+    assert "created web" in created.stderr
+    # plain progress lines when not a terminal, then the URL
+    assert "revision 1: deploying" in created.stdout
+    last = created.stdout.strip().splitlines()[-1]
+    assert last.startswith("deployed web at http://") and last.endswith(
+        f".localhost:{server.port}/"
+    )
+    url = last.split(" at ")[1]
+    assert page_at(server, url).text == PAGE_V1
+
+    updated = run("deploy", str(spec), "--image", HTTPD_V2, "--json")  # flags override the file
+    assert updated.exit_code == 0, updated.output
+    body = json.loads(updated.stdout)
+    assert body["revision"] == 2 and body["status"] == "deployed" and body["image"] == HTTPD_V2
+    assert body["env"] == {"A": "1"}
+    assert page_at(server, url).text == PAGE_V2
+
+    listed = json.loads(run("ls", "--json").stdout)
+    assert [c["name"] for c in listed] == ["web"]
+    table = run("ls").stdout
+    assert "web" in table and "deployed" in table and url in table
+
+    shown = run("status", "web")
+    assert shown.exit_code == 0 and "deployed" in shown.stdout and HTTPD_V2 in shown.stdout
+
+    rolled = run("rollback", "web", "1")
+    assert rolled.exit_code == 0, rolled.output
+    assert page_at(server, url).text == PAGE_V1
+    redeployed = run("redeploy", body["id"], "--json")
+    assert redeployed.exit_code == 0, redeployed.output
+    assert json.loads(redeployed.stdout)["revision"] == 4
+
+    revisions = run("revisions", "web", "--json")
+    assert [r["revisionNumber"] for r in json.loads(revisions.stdout)] == [4, 3, 2, 1]
+    assert run("revisions", "web").stdout.count(HTTPD_V1) == 3
+
+    removed = run("rm", "web")
+    assert removed.exit_code == 0 and "removed web" in removed.stdout
+    missing = run("status", "web")
+    assert missing.exit_code == 1 and "no container named 'web'" in missing.stderr
+
+
+def test_a_failed_deploy_exits_non_zero_with_the_reason(cli_env: dict[str, str]) -> None:
+    result = run("deploy", "--name", "crash", "--image", CRASH, "--port", "8080")
+    assert result.exit_code == 1, result.output
+    assert "crash revision 1 failed:" in result.stderr
+    assert "exited with code 3" in result.stderr
+    bad = run("deploy", "--name", "Bad_Name", "--image", "nope")
+    assert bad.exit_code == 1 and "name:" in bad.stderr and "image:" in bad.stderr
+
+
+def test_the_dockyard_command_dispatches_client_commands(cli_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ls", "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    helped = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    for command in ("serve", "token", "deploy", "logs", "rollback", "redeploy", "login"):
+        assert command in helped.stdout
+
+
+def _read_lines(process: subprocess.Popen[str], into: list[dict[str, Any]]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        into.append(json.loads(line))
+
+
+def _wait_count(events: list[dict[str, Any]], count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(events) >= count, events[-5:]
+
+
+def test_logs_follow_resumes_after_the_server_drops_the_connection(
+    server: Server, cli_env: dict[str, str]
+) -> None:
+    deployed = run("deploy", "--name", "logger", "--image", LOGGER, "--port", "8080", "--no-wait")
+    assert deployed.exit_code == 0, deployed.output
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "logs", "-f", "logger", "--json", "--tail", "0"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    events: list[dict[str, Any]] = []
+    reader = threading.Thread(target=_read_lines, args=(process, events), daemon=True)
+    reader.start()
+    try:
+        _wait_count(events, 6)
+        server.kill()  # the connection drops; the client retries until the server is back
+        time.sleep(2)
+        server.start()
+        before = len(events)
+        _wait_count(events, before + 20)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        reader.join(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+    stdout = [int(e["line"].split()[1]) for e in events if e["stream"] == "stdout"]
+    assert stdout == list(range(stdout[0], stdout[0] + len(stdout))), stdout  # no gap, no repeat
+    assert all(e["revision"] == 1 for e in events)
+    ids = [e["id"] for e in events]
+    assert len(set(ids)) == len(ids)

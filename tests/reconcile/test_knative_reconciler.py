@@ -1,0 +1,126 @@
+"""The reconcile loop driving the Knative runtime over real HTTP to the Kubernetes emulator, with
+``KnativeController`` playing Knative Serving: the container's status as users see it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes.client
+import pytest
+from sqlmodel import Session
+
+from app.domain.models import Container
+from app.domain.principal import Principal
+from app.reconcile import Reconciler, ReconcilerOptions
+from app.runtime.k8s_manifests import KubernetesConfig
+from app.runtime.knative import KnativeRuntime
+from app.server import build_state
+from app.services import containers as svc
+from app.services.context import ServiceContext
+from app.settings import Settings
+from tests.support.kmock_k8s import EmulatorThread
+from tests.support.knative import KnativeController
+
+ALICE = Principal("alice")
+NS = "dockyard-workloads"
+KN = "serving.knative.dev"
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Iterator[ServiceContext]:
+    context = build_state(settings).ctx
+    yield context
+    context.engine.dispose()
+
+
+@pytest.fixture
+def reconciler(ctx: ServiceContext, api_client: kubernetes.client.ApiClient) -> Reconciler:
+    return Reconciler(
+        engine=ctx.engine,
+        runtime=KnativeRuntime(api_client, KubernetesConfig()),
+        catalog=ctx.catalog,
+        options=ReconcilerOptions(drain_seconds=0.0),
+    )
+
+
+def status(ctx: ServiceContext, container_id: str) -> tuple[str, str | None, int | None]:
+    view = svc.get_container(ctx=ctx, principal=ALICE, container_id=container_id)
+    return view.status, view.statusReason, view.readyRevision
+
+
+def crash_looping_pod(k8s: EmulatorThread, container_id: str, revision: int) -> None:
+    labels = {
+        "dockyard.dev/container-id": container_id,
+        "dockyard.dev/revision": str(revision),
+        "dockyard.dev/managed-by": "dockyard",
+    }
+    api: Any = kubernetes.client.CoreV1Api(k8s.api_client())
+    name = f"crash-{revision}"
+    api.create_namespaced_pod(
+        NS,
+        {
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "app", "image": "localhost/web:v2"}]},
+        },
+    )
+    container_status = {
+        "name": "app",
+        "image": "localhost/web:v2",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 5,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m"}},
+        "lastState": {"terminated": {"exitCode": 2, "reason": "Error"}},
+    }
+    api.patch_namespaced_pod_status(name, NS, {"status": {"containerStatuses": [container_status]}})
+
+
+async def test_deploy_scale_to_zero_fail_and_delete_through_knative(
+    ctx: ServiceContext, reconciler: Reconciler, k8s: EmulatorThread
+) -> None:
+    knative = KnativeController(k8s)
+    body = {"name": "web", "image": "localhost/web:v1", "port": 8080}
+    container_id = svc.create_container(ctx=ctx, principal=ALICE, data=body).id
+    service = f"dy-{container_id}"
+    await reconciler.reconcile(container_id)
+    applied = k8s.get("services", NS, service, group=KN)
+    assert applied is not None
+    assert applied["spec"]["template"]["metadata"]["name"] == f"{service}-r1"
+    assert status(ctx, container_id)[0] == "deploying"
+
+    first = await asyncio.to_thread(knative.sync, service)
+    await asyncio.to_thread(knative.revision_status, first, "True", actual=1, desired=1)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == ("deployed", None, 1)
+
+    # Idle: scaled to zero is still deployed.
+    await asyncio.to_thread(knative.revision_status, first, "True", actual=0, desired=0)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == ("deployed", None, 1)
+
+    svc.update_container(
+        ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/web:v2"}
+    )
+    await reconciler.reconcile(container_id)
+    second = await asyncio.to_thread(knative.sync, service)
+    await asyncio.to_thread(crash_looping_pod, k8s, container_id, 2)
+    await reconciler.reconcile(container_id)
+    state, reason, ready = status(ctx, container_id)
+    assert (state, ready) == ("failed", 1)
+    assert reason is not None and "CrashLoopBackOff" in reason and "exit code 2" in reason
+    assert "revision 1 keeps serving" in reason
+
+    # Knative gives up on revision 2, scales it to zero and forgets why; Dockyard does not.
+    pods: Any = kubernetes.client.CoreV1Api(k8s.api_client())
+    await asyncio.to_thread(pods.delete_namespaced_pod, "crash-2", NS)
+    await asyncio.to_thread(knative.revision_status, second, "True", actual=0, desired=0)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id) == (state, reason, ready)
+
+    svc.delete_container(ctx=ctx, principal=ALICE, container_id=container_id)
+    await reconciler.reconcile(container_id)
+    assert k8s.get("services", NS, service, group=KN) is None
+    with Session(ctx.engine) as session:
+        assert session.get(Container, container_id) is None
