@@ -245,6 +245,22 @@ def test_console_deploys_watches_updates_rolls_back_and_deletes(
     )
     tab.shot("container-revisions")
 
+    # Traffic (no new revision): a bad tag is refused beside its target, then a tagged 0 % target.
+    page.get_by_role("button", name="Change traffic").click()
+    page.get_by_label("Tag", exact=True).first.fill("Bad_Tag")
+    page.get_by_role("button", name="Save traffic").click()
+    expect(page.locator('[data-field="traffic-0"]')).to_contain_text("traffic[0].tag")
+    page.get_by_label("Tag", exact=True).first.fill("")
+    page.get_by_role("button", name="Add target").click()
+    page.get_by_label("Serve").nth(1).select_option("2")
+    page.get_by_label("Tag", exact=True).nth(1).fill("old")
+    page.get_by_role("button", name="Save traffic").click()
+    traffic = page.locator("table.traffic tbody tr")
+    expect(traffic).to_have_count(2)
+    expect(traffic.nth(1)).to_contain_text("revision 2")
+    expect(traffic.nth(1).locator("a.url")).to_contain_text("old---")
+    expect(page.locator('.revisions tr[data-revision="4"]')).to_have_count(0)
+
     # A failed deploy shows its reason, live.
     page.goto(f"{server.url}/console/#/new")
     page.get_by_label("Name").fill("crash")
@@ -261,7 +277,7 @@ def test_console_deploys_watches_updates_rolls_back_and_deletes(
     rows = page.locator("table.containers tbody tr")
     expect(rows).to_have_count(2)
     expect(page.locator(f'tr[data-id="{web_id}"] .badge')).to_have_text("deployed")
-    expect(page.locator(f'tr[data-id="{web_id}"] a.url')).to_have_count(1)
+    expect(page.locator(f'tr[data-id="{web_id}"] a.url')).to_have_count(2)  # + the tag's
     page.get_by_label("Filter").fill("cra")  # the API's name search, before paging
     expect(rows).to_have_count(1)
     expect(rows).to_contain_text("crash")

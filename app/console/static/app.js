@@ -23,6 +23,8 @@ const CONTAINER = `query Container($id: ID!) {
   container(id: $id) {
     id name createdBy image cpu ram gpu ephemeralStorage command arguments env port
     dateCreated dateUpdated status statusReason urls desiredGPUs revision readyRevision
+    scaling { minInstances maxInstances concurrency scaleToZeroAfterSeconds }
+    traffic { revision latest percent tag url }
     revisions { revisionNumber image dateCreated createdBy spec }
   } }`;
 const STATUS = `subscription ContainerStatus($id: ID!) {
@@ -36,6 +38,8 @@ const UPDATE = `mutation UpdateContainer($id: ID!, $input: UpdateContainerInput!
   updateContainer(id: $id, input: $input) { id revision } }`;
 const ROLLBACK = `mutation RollbackContainer($id: ID!, $revisionNumber: Int!) {
   rollbackContainer(id: $id, revisionNumber: $revisionNumber) { id revision } }`;
+const SET_TRAFFIC = `mutation SetTraffic($id: ID!, $traffic: [TrafficTargetInput!]!) {
+  setTraffic(id: $id, traffic: $traffic) { id traffic { revision latest percent tag url } } }`;
 const DELETE = `mutation DeleteContainer($id: ID!) { deleteContainer(id: $id) }`;
 
 // ---------------------------------------------------------------- routing
@@ -264,6 +268,13 @@ const FIELDS = [
   { name: "env", label: "Environment", multiline: true, help: "One KEY=value per line." },
 ];
 
+const SCALING = [
+  { name: "minInstances", label: "Min instances", help: "0 allows scale to zero." },
+  { name: "maxInstances", label: "Max instances", help: "Upper bound of instances." },
+  { name: "concurrency", label: "Concurrency", help: "Target in-flight requests per instance." },
+  { name: "scaleToZeroAfterSeconds", label: "Idle seconds", help: "Before dropping to min instances." },
+];
+
 function toForm(container) {
   const lines = (list) => (list || []).join("\n");
   return {
@@ -278,6 +289,9 @@ function toForm(container) {
     arguments: lines(container?.arguments),
     env: Object.entries(container?.env || {}).map(([k, v]) => `${k}=${v}`).join("\n"),
     desiredGPUs: container?.desiredGPUs || [],
+    scaling: Object.fromEntries(
+      SCALING.map((f) => [f.name, container?.scaling?.[f.name] != null ? String(container.scaling[f.name]) : ""])
+    ),
   };
 }
 
@@ -309,6 +323,14 @@ function toInput(form) {
   });
   input.env = env;
   if (form.desiredGPUs.length) input.desiredGPUs = form.desiredGPUs;
+  const scaling = {};
+  for (const { name } of SCALING) {
+    const value = form.scaling[name].trim();
+    if (!value) continue;
+    scaling[name] = Number(value);
+    if (!Number.isInteger(scaling[name])) (errors.scaling ||= []).push(`${name}: must be a whole number`);
+  }
+  if (Object.keys(scaling).length) input.scaling = scaling;
   return { input, errors };
 }
 
@@ -317,7 +339,7 @@ function groupFieldErrors(fields) {
   const grouped = {};
   for (const { field, message } of fields) {
     const key = String(field || "").split(/[.[]/)[0];
-    const known = key === "desiredGPUs" || FIELDS.some((f) => f.name === key);
+    const known = key === "desiredGPUs" || key === "scaling" || FIELDS.some((f) => f.name === key);
     const target = known ? key : "_";
     (grouped[target] ||= []).push(known && field !== key ? `${field}: ${message}` : message);
   }
@@ -382,7 +404,7 @@ function ContainerForm({ container, onDone, onCancel }) {
       const changed = {};
       for (const key of new Set([...Object.keys(input), ...Object.keys(before)])) {
         if (JSON.stringify(input[key]) !== JSON.stringify(before[key])) {
-          changed[key] = input[key] ?? (key === "env" ? {} : key === "desiredGPUs" ? [] : null);
+          changed[key] = input[key] ?? (key === "env" || key === "scaling" ? {} : key === "desiredGPUs" ? [] : null);
         }
       }
       if (!Object.keys(changed).length) {
@@ -441,6 +463,21 @@ function ContainerForm({ container, onDone, onCancel }) {
     </div>
     <${GpuPicker} value=${form.desiredGPUs} models=${models} errors=${errors.desiredGPUs}
       onChange=${(desiredGPUs) => setForm({ ...form, desiredGPUs })} />
+    <fieldset class="field" aria-describedby=${errors.scaling ? "scaling-error" : undefined}>
+      <legend>Scaling</legend>
+      <div class="grid">
+        ${SCALING.map(
+          (f) => html`<div class="field">
+            <label for=${`scaling-${f.name}`}>${f.label}</label>
+            <input id=${`scaling-${f.name}`} type="number" step="1" min="0" value=${form.scaling[f.name]}
+              aria-describedby=${`scaling-${f.name}-help`}
+              onInput=${(e) => setForm({ ...form, scaling: { ...form.scaling, [f.name]: e.currentTarget.value } })} />
+            <p id=${`scaling-${f.name}-help`} class="help">${f.help}</p>
+          </div>`
+        )}
+      </div>
+      ${errors.scaling && html`<p id="scaling-error" class="field-error" data-field="scaling">${errors.scaling.join("; ")}</p>`}
+    </fieldset>
     <div class="actions">
       <button type="submit" class="primary" disabled=${busy}>${updating ? "Deploy new revision" : "Deploy"}</button>
       ${onCancel && html`<button type="button" onClick=${onCancel}>Cancel</button>`}
@@ -528,6 +565,92 @@ function Revisions({ container, onRollback }) {
           (row) => html`<tr key=${row.key}><th scope="row">${row.key}</th>
             <td class="removed"><code>${row.before}</code></td><td class="added"><code>${row.after}</code></td></tr>`
         )}</tbody></table>`}
+  </section>`;
+}
+
+// ---------------------------------------------------------------- traffic
+function Traffic({ container, onSaved }) {
+  const fromContainer = () =>
+    (container.traffic || []).map((t) => ({
+      target: t.latest ? "latest" : String(t.revision),
+      percent: String(t.percent),
+      tag: t.tag || "",
+    }));
+  const [rows, setRows] = useState(fromContainer);
+  const [editing, setEditing] = useState(false);
+  const [error, setError] = useState(null);
+  const [fieldErrors, setFieldErrors] = useState({});
+
+  async function save(event) {
+    event.preventDefault();
+    setError(null);
+    setFieldErrors({});
+    const traffic = rows.map((row) => {
+      const entry = row.target === "latest" ? { latest: true } : { revision: Number(row.target) };
+      entry.percent = Number(row.percent);
+      if (row.tag.trim()) entry.tag = row.tag.trim();
+      return entry;
+    });
+    try {
+      await gql(SET_TRAFFIC, { id: container.id, traffic });
+      setEditing(false);
+      onSaved();
+    } catch (e) {
+      setError(e);
+      const grouped = {};
+      for (const { field, message } of e.fields || []) {
+        const match = /^traffic\[(\d+)\]/.exec(field);
+        const key = match ? match[1] : "_";
+        (grouped[key] ||= []).push(`${field}: ${message}`);
+      }
+      setFieldErrors(grouped);
+    }
+  }
+
+  const set = (index, key) => (e) =>
+    setRows(rows.map((row, i) => (i === index ? { ...row, [key]: e.currentTarget.value } : row)));
+
+  return html`<section aria-labelledby="traffic-heading">
+    <h2 id="traffic-heading">Traffic</h2>
+    <table class="traffic">
+      <thead><tr><th scope="col">Target</th><th scope="col">Percent</th><th scope="col">Tag</th><th scope="col">Tag URL</th></tr></thead>
+      <tbody>${(container.traffic || []).map(
+        (t, i) => html`<tr key=${i}>
+          <td data-label="Target">${t.latest ? `latest (revision ${t.revision ?? "none yet"})` : `revision ${t.revision}`}</td>
+          <td data-label="Percent">${t.percent} %</td>
+          <td data-label="Tag">${t.tag || "—"}</td>
+          <td data-label="Tag URL">${t.url ? html`<${UrlLinks} urls=${[t.url]} />` : "—"}</td>
+        </tr>`
+      )}</tbody>
+    </table>
+    ${!editing &&
+    html`<p><button type="button" onClick=${() => {
+      setRows(fromContainer());
+      setEditing(true);
+    }}>Change traffic</button></p>`}
+    ${editing &&
+    html`<form class="traffic-form" onSubmit=${save}>
+      ${error && !Object.keys(fieldErrors).some((k) => k !== "_") && html`<${ErrorBox} error=${error} />`}
+      ${fieldErrors._ && html`<p class="field-error" role="alert">${fieldErrors._.join("; ")}</p>`}
+      ${rows.map(
+        (row, i) => html`<fieldset class="traffic-row" key=${i}>
+          <legend>Target ${i + 1}</legend>
+          <label>Serve <select value=${row.target} onChange=${set(i, "target")}>
+            <option value="latest">the latest ready revision</option>
+            ${(container.revisions || []).map((r) => html`<option value=${String(r.revisionNumber)}>revision ${r.revisionNumber}</option>`)}
+          </select></label>
+          <label>Percent <input type="number" min="0" max="100" step="1" value=${row.percent} onInput=${set(i, "percent")} /></label>
+          <label>Tag <input value=${row.tag} onInput=${set(i, "tag")} placeholder="optional, e.g. preview" /></label>
+          <button type="button" class="small" onClick=${() => setRows(rows.filter((_, j) => j !== i))}>Remove target ${i + 1}</button>
+          ${fieldErrors[i] && html`<p class="field-error" role="alert" data-field=${`traffic-${i}`}>${fieldErrors[i].join("; ")}</p>`}
+        </fieldset>`
+      )}
+      <div class="actions">
+        <button type="button" onClick=${() => setRows([...rows, { target: "latest", percent: "0", tag: "" }])}>Add target</button>
+        <button type="submit" class="primary">Save traffic</button>
+        <button type="button" onClick=${() => setEditing(false)}>Cancel</button>
+      </div>
+    </form>`}
   </section>`;
 }
 
@@ -677,6 +800,13 @@ function ContainerPage({ id }) {
     ["Created", formatTime(container.dateCreated)],
     ["Updated", formatTime(container.dateUpdated)],
     ["Revision", `${container.revision} (serving: ${container.readyRevision ?? "none"})`],
+    [
+      "Scaling",
+      container.scaling
+        ? `${container.scaling.minInstances}–${container.scaling.maxInstances} instances, ` +
+          `${container.scaling.concurrency} requests each, idle after ${container.scaling.scaleToZeroAfterSeconds} s`
+        : "—",
+    ],
     ["ID", html`<code>${container.id}</code>`],
   ];
 
@@ -715,6 +845,7 @@ function ContainerPage({ id }) {
       <dl class="details">${details.map(([k, v]) => html`<dt>${k}</dt><dd>${v}</dd>`)}</dl>
     </section>
     <${Revisions} container=${container} onRollback=${load} />
+    <${Traffic} container=${container} onSaved=${load} />
     <${Logs} id=${id} />
   </main>`;
 }
