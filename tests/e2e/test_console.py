@@ -243,6 +243,8 @@ def test_console_deploys_watches_updates_rolls_back_and_deletes(
     expect(page.locator('.revisions tr[data-revision="3"] .tag')).to_have_text(
         "serving", timeout=LIVE
     )
+    # the traffic table follows the status live: latest now resolves to the serving revision 3
+    expect(page.locator("table.traffic tbody tr").first).to_contain_text("latest (revision 3)")
     tab.shot("container-revisions")
 
     # Traffic (no new revision): a bad tag is refused beside its target, then a tagged 0 % target.

@@ -28,7 +28,9 @@ const CONTAINER = `query Container($id: ID!) {
     revisions { revisionNumber image dateCreated createdBy spec }
   } }`;
 const STATUS = `subscription ContainerStatus($id: ID!) {
-  containerStatus(id: $id) { id status statusReason revision readyRevision urls } }`;
+  containerStatus(id: $id) {
+    id status statusReason revision readyRevision urls traffic { revision latest percent tag url }
+  } }`;
 const LOGS = `subscription ContainerLogs($id: ID!, $tail: Int, $follow: Boolean!) {
   containerLogs(id: $id, tail: $tail, follow: $follow) { timestamp stream revision line } }`;
 const GPU_MODELS = `query GpuModels { gpuModels { items { code name } } }`;
