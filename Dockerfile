@@ -1,10 +1,18 @@
 # syntax=docker/dockerfile:1
+# The console's browser files, from npm by the lock file (scripts/build-console.sh).
+FROM node:20-bookworm-slim AS console
+WORKDIR /src
+COPY console ./console
+COPY scripts/build-console.sh ./scripts/
+RUN mkdir -p app/console && bash scripts/build-console.sh
+
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/dockyard
 COPY pyproject.toml README.md* ./
 COPY app ./app
+COPY --from=console /src/app/console/dist ./app/console/dist
 RUN /opt/dockyard/bin/pip install .
 
 FROM python:3.11-slim

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
@@ -51,8 +52,32 @@ def authenticate(state: AppState, authorization: str | None) -> Principal:
     return state.verifier.verify(bearer_token(authorization))
 
 
+SESSION_COOKIE = "dockyard_session"
+"""The console's session after an OIDC sign-in (``app.console.oidc``): an access token."""
+
+
+def authorization_of(connection: HTTPConnection) -> str | None:
+    """The ``Authorization`` header, or else the console's session cookie as a bearer token.
+
+    The cookie is Secure, HttpOnly and SameSite=Strict, so other sites cannot make a browser
+    send it; its token is verified exactly as a header's. Other origins of the same site can
+    (a container's page on ``<slug>.<ingress domain>``), so a request or WebSocket whose
+    ``Origin`` is not Dockyard's own gets no credentials from the cookie.
+    """
+    header = connection.headers.get("authorization")
+    if header:
+        return header
+    token = connection.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    origin = connection.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != connection.headers.get("host"):
+        return None
+    return f"Bearer {token}"
+
+
 def current_principal(request: Request) -> Principal:
-    return authenticate(app_state(request), request.headers.get("authorization"))
+    return authenticate(app_state(request), authorization_of(request))
 
 
 def service_context(request: Request) -> ServiceContext:

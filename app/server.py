@@ -18,10 +18,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app import logsafe
+from app import console, logsafe
 from app.auth import make_verifier
 from app.autoscale import Autoscaler, AutoscalerOptions
 from app.bus import Bus
+from app.console import oidc as console_oidc
 from app.dataplane.activator import Activator, ActivatorOptions, socket_dir_for
 from app.dataplane.caddy import ProxyOptions
 from app.dataplane.controller import DataPlane
@@ -318,6 +319,8 @@ def create_app(
         version="0.1.0",
         description="Serverless containers on Kubernetes or Docker/Podman. GraphQL at /graphql.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI is served by app.console from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.dockyard = state
     app.state.dataplane = dataplane
@@ -340,6 +343,11 @@ def create_app(
     # Bounds API requests only; traffic to containers goes through Caddy, never through here.
     app.add_middleware(RequestBodyLimit, limit=settings.max_request_body_bytes)
 
+    console.install(
+        app,
+        dist_dir=settings.console_dir,
+        login_path=console_oidc.install(app, settings, state.verifier),
+    )
     observability.install(
         app, settings=settings, metrics=state.metrics, hub=hub, reconciler=reconciler
     )

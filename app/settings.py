@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     auth_issuer: str | None = Field(
         None, description="OIDC issuer URL; when set, tokens are verified with its JWKS."
     )
+    auth_client_id: str | None = Field(
+        None,
+        description="OIDC client id of the console's sign-in (authorization code + PKCE); "
+        "with AUTH_ISSUER, enables /console/auth/login.",
+    )
+    auth_client_secret: str | None = Field(
+        None, description="OIDC client secret of the console, if the client is confidential."
+    )
+    auth_scopes: str = Field(
+        "openid profile email", description="Scopes the console asks the OIDC issuer for."
+    )
     auth_audience: str = Field("dockyard", description="Required `aud` claim of tokens.")
     auth_roles_claim: str = Field(
         "roles", description="Claim holding the roles (dotted path, e.g. realm_access.roles)."
@@ -76,6 +87,11 @@ class Settings(BaseSettings):
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
+    )
+    console_dir: Path | None = Field(
+        None,
+        description="Folder with the built console assets (vendor/); default app/console/dist, "
+        "filled by scripts/build-console.sh.",
     )
     broadcast_url: str = Field(
         "memory://", description="Event fan-out: memory://, redis://…, postgres://…"

@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 
-from app.deps import AppState, app_state, authenticate
+from app.deps import AppState, app_state, authenticate, authorization_of
 from app.domain.errors import Unauthenticated
 from app.domain.principal import Principal
 from app.domain.views import RevisionView
@@ -74,6 +74,7 @@ async def make_context(connection: HTTPConnection) -> Context:
     """FastAPI dependency building the context of an HTTP request or a WebSocket connection.
 
     WebSockets carry the token in the ``connection_init`` payload instead of a header;
-    ``GraphQLRouter.on_ws_connect`` sets it.
+    ``GraphQLRouter.on_ws_connect`` sets it. The console's session cookie stands in for a
+    missing header on both (``app.deps.authorization_of``).
     """
-    return Context(app_state(connection), connection.headers.get("authorization"))
+    return Context(app_state(connection), authorization_of(connection))

@@ -23,6 +23,7 @@ from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from fastapi import Request, Response, WebSocket
+from fastapi.responses import HTMLResponse
 from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
 from starlette.websockets import WebSocketState
 from strawberry.exceptions import ConnectionRejectionError
@@ -31,6 +32,7 @@ from strawberry.http import GraphQLRequestData
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
+from app.console import graphiql_page
 from app.domain.errors import FieldError, MalformedInput, Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
@@ -42,6 +44,10 @@ WS_TOKEN_EXPIRED_REASON = "token expired: reconnect with a fresh token"
 
 
 class DockyardGraphQLRouter(GraphQLRouter[Context, None]):
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        # Strawberry's own page loads GraphiQL from a CDN; ours from Dockyard (app.console).
+        return graphiql_page()
+
     def decode_json(self, data: str | bytes) -> object:
         """Request bodies and WebSocket messages, with nesting depth bounded: too deep is
         reported as unparsable JSON (HTTP 400; WebSocket close 4400) instead of a 500."""

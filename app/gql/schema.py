@@ -24,6 +24,7 @@ from app.gql.types import (
     PORT_SCALAR,
     Container,
     ContainerPage,
+    ContainerStatus,
     CreateContainerInput,
     GpuModelPage,
     LogLine,
@@ -58,9 +59,22 @@ class Query:
             bool,
             strawberry.argument(name="all", description="Every user's containers (ADMIN only)."),
         ] = False,
+        search: Annotated[
+            str | None,
+            strawberry.argument(description="Only containers whose name contains this."),
+        ] = None,
+        status: Annotated[
+            ContainerStatus | None,
+            strawberry.argument(description="Only containers with this status."),
+        ] = None,
     ) -> ContainerPage:
         result = await info.context.call(
-            svc.list_containers, page=page, rows_per_page=rows_per_page, all_users=all_users
+            svc.list_containers,
+            page=page,
+            rows_per_page=rows_per_page,
+            all_users=all_users,
+            search=search,
+            status=status.value if status is not None else None,
         )
         return ContainerPage.from_page(result)
 

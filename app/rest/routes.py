@@ -227,10 +227,23 @@ async def list_containers(
     page: PageParam = 1,
     rows_per_page: RowsParam = 10,
     all: Annotated[bool, Query(description="Every user's containers (ADMIN only)")] = False,
+    search: Annotated[
+        str | None, Query(description="Only containers whose name contains this")
+    ] = None,
+    status: Annotated[
+        str | None,
+        Query(description="Only containers with this status (deploying, deployed, failed)"),
+    ] = None,
 ) -> Page[ContainerView]:
     return await run_in_threadpool(
         lambda: svc.list_containers(
-            ctx=ctx, principal=principal, page=page, rows_per_page=rows_per_page, all_users=all
+            ctx=ctx,
+            principal=principal,
+            page=page,
+            rows_per_page=rows_per_page,
+            all_users=all,
+            search=search,
+            status=status,
         )
     )
 

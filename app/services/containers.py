@@ -84,6 +84,20 @@ def _check_paging(page: int, rows_per_page: int) -> None:
         raise ValidationFailed(errors)
 
 
+STATUSES = (ContainerStatus.DEPLOYING, ContainerStatus.DEPLOYED, ContainerStatus.FAILED)
+MAX_SEARCH_LENGTH = 63
+
+
+def _check_filters(search: str | None, status: str | None) -> None:
+    errors = []
+    if search is not None and len(search) > MAX_SEARCH_LENGTH:
+        errors.append(FieldError("search", f"must be at most {MAX_SEARCH_LENGTH} characters"))
+    if status is not None and status not in STATUSES:
+        errors.append(FieldError("status", f"must be one of {', '.join(STATUSES)}"))
+    if errors:
+        raise ValidationFailed(errors)
+
+
 def _load(
     session: Session, container_id: str, principal: Principal, *, lock: bool = False
 ) -> Container:
@@ -208,14 +222,25 @@ def list_containers(
     page: int = 1,
     rows_per_page: int = DEFAULT_ROWS_PER_PAGE,
     all_users: bool = False,
+    search: str | None = None,
+    status: str | None = None,
 ) -> Page[ContainerView]:
-    """The caller's containers (everyone's with ``all_users``, ADMIN only), newest first."""
+    """The caller's containers (everyone's with ``all_users``, ADMIN only), newest first;
+    only those whose name contains ``search`` and whose status is ``status``, when given."""
     _check_paging(page, rows_per_page)
+    _check_filters(search, status)
     if all_users and not principal.is_admin:
         raise Forbidden("all: listing every user's containers needs the ADMIN role")
     condition: Any = col(Container.deleted_at).is_(None)
     if not all_users:
         condition = sa.and_(condition, col(Container.created_by) == principal.subject)
+    if search:
+        # names are lower-case DNS labels; autoescape keeps % and _ literal
+        condition = sa.and_(
+            condition, col(Container.name).contains(search.strip().lower(), autoescape=True)
+        )
+    if status:
+        condition = sa.and_(condition, col(Container.status) == status)
     with session_scope(ctx.engine) as session:
         total = session.exec(select(func.count()).select_from(Container).where(condition)).one()
         rows = session.exec(
