@@ -5,6 +5,16 @@ directory signs tokens minted by ``dockyard token``. OIDC (``DOCKYARD_AUTH_ISSUE
 from the issuer's discovery document and JWKS, cached and refreshed when a token names an unknown
 ``kid``. Either way joserfc checks the signature against an algorithm allow-list and the claims
 registry checks ``exp``, ``nbf``, ``iss`` and ``aud``.
+
+Verified tokens are cached (``TokenCache``): a console polls with the same token many times a
+second, and an ES256/RS256 check costs far more than the rest of a small request. An entry is a
+token that passed every check; it is served at most ``TOKEN_CACHE_SECONDS`` and never past the
+token's ``exp`` (after that the token goes through the full check again, leeway included), and the
+cache holds at most ``TOKEN_CACHE_SIZE`` tokens (least recently used dropped first). In OIDC mode
+the JWKS is fetched again when older than ``JWKS_MAX_AGE_SECONDS``; so a key the issuer removed
+from its JWKS stops being accepted at most ``JWKS_MAX_AGE_SECONDS + TOKEN_CACHE_SECONDS`` (330 s)
+after its removal (if the issuer cannot be reached then, the old keys stay in use and the fetch is
+retried every ``JWKS_REFRESH_MIN_INTERVAL`` seconds).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,13 +41,57 @@ from app.settings import Settings
 LOCAL_ISSUER = "dockyard-local"
 KEY_FILE = "signing-key.json"
 JWKS_REFRESH_MIN_INTERVAL = 10.0
+JWKS_MAX_AGE_SECONDS = 300.0
 MAX_TOKEN_LENGTH = 16 * 1024
+TOKEN_CACHE_SECONDS = 30.0
+TOKEN_CACHE_SIZE = 4096
 
 log = logging.getLogger(__name__)
 
 
 class TokenVerifier(Protocol):
     def verify(self, token: str) -> Principal: ...
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified recently and still valid; None otherwise.
+
+        Never blocks (no I/O): the async request path asks it first and only runs ``verify`` in a
+        thread when it answers None.
+        """
+        ...
+
+
+class TokenCache:
+    """Verified tokens and their principals, bounded in size and in time (see the module doc)."""
+
+    def __init__(self, *, size: int = TOKEN_CACHE_SIZE, seconds: float = TOKEN_CACHE_SECONDS):
+        self._size = size
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+
+    def get(self, token: str) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                return None
+            if time.time() >= entry[0]:
+                del self._entries[token]
+                return None
+            self._entries.move_to_end(token)
+            return entry[1]
+
+    def put(self, token: str, principal: Principal, *, exp: float) -> None:
+        until = min(exp, time.time() + self._seconds)
+        with self._lock:
+            self._entries[token] = (until, principal)
+            self._entries.move_to_end(token)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def roles_from_claims(claims: dict[str, Any], claim: str) -> frozenset[str]:
@@ -65,11 +120,18 @@ class _JwtVerifier:
             sub={"essential": True},
             exp={"essential": True},
         )
+        self._cache = TokenCache()
 
     def _keys(self, *, refresh: bool) -> KeySet:
         raise NotImplementedError
 
+    def cached(self, token: str) -> Principal | None:
+        return self._cache.get(token)
+
     def verify(self, token: str) -> Principal:
+        principal = self._cache.get(token)
+        if principal is not None:
+            return principal
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise Unauthenticated("invalid_token: the bearer token is empty or too long")
         try:
@@ -85,10 +147,14 @@ class _JwtVerifier:
         subject = decoded.claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("invalid_token: the sub claim must be a non-empty string")
-        return Principal(
+        principal = Principal(
             subject=subject,
             roles=roles_from_claims(decoded.claims, self._settings.auth_roles_claim),
         )
+        exp = decoded.claims["exp"]
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            self._cache.put(token, principal, exp=float(exp))
+        return principal
 
 
 class LocalKeys(_JwtVerifier):
@@ -167,11 +233,27 @@ class OidcVerifier(_JwtVerifier):
 
     def _keys(self, *, refresh: bool) -> KeySet:
         with self._lock:
-            stale = time.monotonic() - self._fetched_at > JWKS_REFRESH_MIN_INTERVAL
-            if self._keyset is None or (refresh and stale):
+            age = time.monotonic() - self._fetched_at
+            if self._keyset is None:
                 self._keyset = self._fetch()
                 self._fetched_at = time.monotonic()
+            elif (refresh and age > JWKS_REFRESH_MIN_INTERVAL) or age > JWKS_MAX_AGE_SECONDS:
+                try:
+                    self._keyset = self._fetch()
+                except Unauthenticated:
+                    if refresh:
+                        raise
+                    # Issuer unreachable: keep the keys we have, try again a little later.
+                    log.warning("cannot refresh the issuer's JWKS; keeping the cached keys")
+                    self._fetched_at = age_limit_retry()
+                else:
+                    self._fetched_at = time.monotonic()
             return self._keyset
+
+
+def age_limit_retry() -> float:
+    """A fetch time that makes the next JWKS refresh due ``JWKS_REFRESH_MIN_INTERVAL`` from now."""
+    return time.monotonic() - JWKS_MAX_AGE_SECONDS + JWKS_REFRESH_MIN_INTERVAL
 
 
 def make_verifier(settings: Settings) -> TokenVerifier:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from app.auth import TokenVerifier, bearer_token
@@ -43,11 +44,23 @@ def authenticate(state: AppState, authorization: str | None) -> Principal:
     return state.verifier.verify(bearer_token(authorization))
 
 
-def current_principal(request: Request) -> Principal:
-    return authenticate(app_state(request), request.headers.get("authorization"))
+async def authenticate_async(state: AppState, authorization: str | None) -> Principal:
+    """``authenticate`` for the event loop: a recently verified token costs a dict lookup; any
+    other goes through ``verify`` in a worker thread (OIDC may fetch the issuer's keys)."""
+    token = bearer_token(authorization)
+    principal = state.verifier.cached(token)
+    if principal is None:
+        principal = await run_in_threadpool(state.verifier.verify, token)
+    return principal
 
 
-def service_context(request: Request) -> ServiceContext:
+# Both dependencies are async on purpose: FastAPI runs a sync dependency in the threadpool, and
+# that extra thread hop per request cost more than the work it did.
+async def current_principal(request: Request) -> Principal:
+    return await authenticate_async(app_state(request), request.headers.get("authorization"))
+
+
+async def service_context(request: Request) -> ServiceContext:
     return app_state(request).ctx
 
 

@@ -1,7 +1,7 @@
 """The per-request (per-WebSocket) GraphQL context: app state, the caller and the loaders.
 
 The caller is authenticated lazily, on the first resolver that needs it, with the same function
-as REST (``app.deps.authenticate``): introspection and the GraphiQL page work without a token,
+as REST (``app.deps.authenticate_async``): introspection and the GraphiQL page work without a token,
 and an operation that touches data without one fails with ``UNAUTHENTICATED``.
 """
 
@@ -14,7 +14,7 @@ from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 
-from app.deps import AppState, app_state, authenticate
+from app.deps import AppState, app_state, authenticate_async
 from app.domain.principal import Principal
 from app.domain.views import RevisionView
 from app.services import containers as svc
@@ -44,8 +44,8 @@ class Context(BaseContext):
     async def principal(self) -> Principal:
         """The authenticated caller; raises Unauthenticated without a valid bearer token."""
         if self._principal is None:
-            # Verification may fetch the issuer's keys over HTTP: keep it off the event loop.
-            self._principal = await run_in_threadpool(authenticate, self.state, self.authorization)
+            # Verification may fetch the issuer's keys over HTTP: off the event loop unless cached.
+            self._principal = await authenticate_async(self.state, self.authorization)
         return self._principal
 
     async def call(self, service: Callable[..., T], /, **kwargs: Any) -> T:

@@ -12,7 +12,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 import strawberry
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 
 from app.gql.context import Context
 from app.gql.errors import ErrorCodes, Unavailable, masking
@@ -51,9 +58,19 @@ class Query:
             bool,
             strawberry.argument(name="all", description="Every user's containers (ADMIN only)."),
         ] = False,
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="Continue after this position: `nextCursor` of the previous page."
+            ),
+        ] = None,
     ) -> ContainerPage:
         result = await info.context.call(
-            svc.list_containers, page=page, rows_per_page=rows_per_page, all_users=all_users
+            svc.list_containers,
+            page=page,
+            rows_per_page=rows_per_page,
+            all_users=all_users,
+            after=after,
         )
         return ContainerPage.from_page(result)
 
@@ -158,14 +175,24 @@ class Subscription:
                 yield Container.from_view(current)
 
 
+# A console sends the same few documents over and over: Strawberry's parser and validation caches
+# (LRU, bounded, shared by all requests) skip parsing and validating them again. The validation
+# cache is keyed by the rule classes, and the depth and alias limiters build a new rule class per
+# instance; so the rules are built once here and every request adds these same classes.
+DEPTH_LIMIT = QueryDepthLimiter(max_depth=MAX_DEPTH)
+ALIAS_LIMIT = MaxAliasesLimiter(max_alias_count=MAX_ALIASES)
+COST_RULES = [*DEPTH_LIMIT.validation_rules, *ALIAS_LIMIT.validation_rules]
+DOCUMENT_CACHE_SIZE = 256
+
 schema = strawberry.Schema(
     query=Query,
     mutation=Mutation,
     subscription=Subscription,
     extensions=[
-        functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
-        functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        functools.partial(AddValidationRules, COST_RULES),
         functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        functools.partial(ParserCache, maxsize=DOCUMENT_CACHE_SIZE),
+        functools.partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
         ErrorCodes,
         masking,
     ],

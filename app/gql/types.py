@@ -14,7 +14,7 @@ from strawberry.scalars import JSON
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
-from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
+from app.domain.views import ContainerView, CursorPage, GpuModelView, Page, RevisionView
 
 if TYPE_CHECKING:
     from app.gql.context import Context
@@ -137,10 +137,17 @@ class ContainerPage:
     total: int
     page: int
     rows_per_page: int
+    next_cursor: str | None = strawberry.field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
 
     @classmethod
-    def from_page(cls, page: Page[ContainerView]) -> ContainerPage:
-        return cls(items=[Container.from_view(item) for item in page.items], **_paging(page))
+    def from_page(cls, page: CursorPage[ContainerView]) -> ContainerPage:
+        return cls(
+            items=[Container.from_view(item) for item in page.items],
+            next_cursor=page.nextCursor,
+            **_paging(page),
+        )
 
 
 @strawberry.type

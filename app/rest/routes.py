@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import Ctx, CurrentPrincipal
 from app.domain.errors import FieldError, MalformedInput
 from app.domain.spec import ContainerInput
-from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
+from app.domain.views import ContainerView, CursorPage, GpuModelView, Page, RevisionView
 from app.services import containers as svc
 
 router = APIRouter(prefix="/v1")
@@ -49,17 +49,26 @@ PageParam = Annotated[int, Query(description="1-based page number")]
 RowsParam = Annotated[int, Query(alias="rowsPerPage", description="Items per page, at most 100")]
 
 
-@router.get("/containers", response_model=Page[ContainerView], responses=_ERRORS)
+@router.get("/containers", response_model=CursorPage[ContainerView], responses=_ERRORS)
 async def list_containers(
     principal: CurrentPrincipal,
     ctx: Ctx,
     page: PageParam = 1,
     rows_per_page: RowsParam = 10,
     all: Annotated[bool, Query(description="Every user's containers (ADMIN only)")] = False,
-) -> Page[ContainerView]:
+    after: Annotated[
+        str | None,
+        Query(description="Continue after this position: the `nextCursor` of the previous page"),
+    ] = None,
+) -> CursorPage[ContainerView]:
     return await run_in_threadpool(
         lambda: svc.list_containers(
-            ctx=ctx, principal=principal, page=page, rows_per_page=rows_per_page, all_users=all
+            ctx=ctx,
+            principal=principal,
+            page=page,
+            rows_per_page=rows_per_page,
+            all_users=all,
+            after=after,
         )
     )
 
