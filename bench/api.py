@@ -358,21 +358,16 @@ def bench_database(label: str, database_url: str | None, seconds: int) -> list[t
 
 
 def deep_cursors(server: Server, own_total: int, all_total: int) -> tuple[str, str] | None:
-    """Cursors pointing near the end of the own and the all=true lists, if the API has them."""
-    with server.client(BIG_OWNER) as api:
-        first = api.get("/v1/containers?rowsPerPage=100").json()
-        if "nextCursor" not in first:
-            return None
+    """Cursors pointing near the end of the own and the all=true lists, if the API has them:
+    the nextCursor of the last-but-one page of 100."""
     found = []
     for who, query, total in [(BIG_OWNER, "", own_total), ("root", "&all=true", all_total)]:
         with server.client(who) as api:
-            cursor = None
-            for _ in range(total // 100 - 1):
-                after = f"&after={cursor}" if cursor else ""
-                cursor = api.get(f"/v1/containers?rowsPerPage=100{query}{after}").json()[
-                    "nextCursor"
-                ]
-            found.append(cursor or "")
+            page = api.get(f"/v1/containers?rowsPerPage=100&page={total // 100 - 1}{query}")
+            cursor = page.json().get("nextCursor")
+            if cursor is None:
+                return None
+            found.append(cursor)
     return found[0], found[1]
 
 

@@ -14,7 +14,14 @@ from strawberry.scalars import JSON
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
-from app.domain.views import ContainerView, CursorPage, GpuModelView, Page, RevisionView
+from app.domain.views import (
+    ContainerView,
+    CursorPage,
+    GpuModelView,
+    Page,
+    RevisionView,
+    rfc3339,
+)
 
 if TYPE_CHECKING:
     from app.gql.context import Context
@@ -44,12 +51,11 @@ class Revision:
 
     @classmethod
     def from_view(cls, view: RevisionView) -> Revision:
-        data = view.model_dump(mode="json")
         return cls(
             container_id=strawberry.ID(view.containerID),
             revision_number=view.revisionNumber,
             image=view.image,
-            date_created=data["dateCreated"],
+            date_created=rfc3339(view.dateCreated),  # as REST serializes it
             created_by=view.createdBy,
             spec=view.spec,
         )
@@ -91,7 +97,6 @@ class Container:
 
     @classmethod
     def from_view(cls, view: ContainerView) -> Container:
-        data = view.model_dump(mode="json")
         return cls(
             id=strawberry.ID(view.id),
             name=view.name,
@@ -105,8 +110,8 @@ class Container:
             arguments=view.arguments,
             env=view.env,
             port=view.port,
-            date_created=data["dateCreated"],
-            date_updated=data["dateUpdated"],
+            date_created=rfc3339(view.dateCreated),  # as REST serializes them
+            date_updated=rfc3339(view.dateUpdated),
             status=ContainerStatus(view.status),
             status_reason=view.statusReason,
             urls=view.urls,
