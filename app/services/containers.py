@@ -70,20 +70,23 @@ def _check_paging(page: int, rows_per_page: int) -> None:
         raise ValidationFailed(errors)
 
 
-def _encode_cursor(date_created: datetime, container_id: str) -> str:
-    """An opaque keyset position: the (date_created, id) of the last item of a page."""
-    raw = json.dumps([as_utc(date_created).isoformat(), container_id], separators=(",", ":"))
+def _encode_cursor(date_created: datetime, container_id: str, page: int) -> str:
+    """An opaque keyset position: the (date_created, id) of the last item of a page, and the
+    number of the page that follows it."""
+    raw = json.dumps([as_utc(date_created).isoformat(), container_id, page], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str) -> tuple[datetime, str, int]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        moment_text, container_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        moment_text, container_id, page = json.loads(
+            base64.urlsafe_b64decode(padded.encode("ascii"))
+        )
         moment = datetime.fromisoformat(moment_text)
-        if moment.tzinfo is None:
-            raise ValueError("naive")
-        return as_utc(moment), str(uuid.UUID(container_id))
+        if moment.tzinfo is None or type(page) is not int or page < 2:
+            raise ValueError("not a cursor")
+        return as_utc(moment), str(uuid.UUID(container_id)), page
     except (ValueError, TypeError, AttributeError, UnicodeError, binascii.Error):
         raise ValidationFailed(
             [FieldError("after", "is not a cursor this API returned (take nextCursor of a page)")]
@@ -202,13 +205,15 @@ def list_containers(
     """The caller's containers (everyone's with ``all_users``, ADMIN only), newest first.
 
     Pages by number (``page``) or from a keyset position (``after``, the ``nextCursor`` of the
-    previous page), which costs the same however deep the list is walked. Reads through Core, not
+    previous page), which costs the same however deep the list is walked. A cursor page's
+    ``page`` is its number along the walk (the cursor carries it): rows created or deleted
+    meanwhile do not renumber it. Reads through Core, not
     the ORM, from the partial indexes of migration 0004: the count and the page's ids come from the
     index alone, and only the rows of the page are read from the table.
     """
     _check_paging(page, rows_per_page)
-    position = _decode_cursor(after) if after is not None else None
-    if position is not None and page != 1:
+    cursor = _decode_cursor(after) if after is not None else None
+    if cursor is not None and page != 1:
         raise ValidationFailed([FieldError("page", "must be left out when after is given")])
     if all_users and not principal.is_admin:
         raise Forbidden("all: listing every user's containers needs the ADMIN role")
@@ -225,25 +230,21 @@ def list_containers(
     key = sa.tuple_(table.c.date_created, table.c.id)
     order = (table.c.date_created.desc(), table.c.id.desc())
     ids = sa.select(table.c.id).where(condition).order_by(*order).limit(rows_per_page + 1)
-    if position is None:
+    if cursor is None:
         ids = ids.offset((page - 1) * rows_per_page)
-        count = sa.select(sa.func.count()).where(condition)
     else:
-        ids = ids.where(key < position)
-        before = sa.func.sum(sa.case((key >= position, 1), else_=0))
-        count = sa.select(sa.func.count(), sa.func.coalesce(before, 0)).where(condition)
+        moment, last_id, page = cursor
+        ids = ids.where(key < (moment, last_id))
+    count = sa.select(sa.func.count()).where(condition)
     with ctx.engine.connect() as connection:
-        counted: Any = connection.execute(count.select_from(table)).one()
+        total = connection.execute(count.select_from(table)).scalar_one()
         rows = connection.execute(
             sa.select(table).where(table.c.id.in_(ids.scalar_subquery())).order_by(*order)
         ).all()
-    total = int(counted[0])
-    if position is not None:
-        page = int(counted[1]) // rows_per_page + 1
     next_cursor = None
     if len(rows) > rows_per_page:
         rows = rows[:rows_per_page]
-        next_cursor = _encode_cursor(rows[-1].date_created, rows[-1].id)
+        next_cursor = _encode_cursor(rows[-1].date_created, rows[-1].id, page + 1)
     items = [
         container_view(cast(Container, row), ingress_domain=ctx.ingress_domain) for row in rows
     ]
