@@ -19,6 +19,7 @@ retried every ``JWKS_REFRESH_MIN_INTERVAL`` seconds).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -62,36 +63,36 @@ class TokenVerifier(Protocol):
 
 
 class TokenCache:
-    """Verified tokens and their principals, bounded in size and in time (see the module doc)."""
+    """Verified tokens and their principals, bounded in size and in time (see the module doc).
+
+    Keyed by the SHA-256 of the token, so memory stays bounded however long tokens are."""
 
     def __init__(self, *, size: int = TOKEN_CACHE_SIZE, seconds: float = TOKEN_CACHE_SECONDS):
         self._size = size
         self._seconds = seconds
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
 
     def get(self, token: str) -> Principal | None:
+        key = hashlib.sha256(token.encode()).digest()
         with self._lock:
-            entry = self._entries.get(token)
+            entry = self._entries.get(key)
             if entry is None:
                 return None
             if time.time() >= entry[0]:
-                del self._entries[token]
+                del self._entries[key]
                 return None
-            self._entries.move_to_end(token)
+            self._entries.move_to_end(key)
             return entry[1]
 
     def put(self, token: str, principal: Principal, *, exp: float) -> None:
+        key = hashlib.sha256(token.encode()).digest()
         until = min(exp, time.time() + self._seconds)
         with self._lock:
-            self._entries[token] = (until, principal)
-            self._entries.move_to_end(token)
+            self._entries[key] = (until, principal)
+            self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 def roles_from_claims(claims: dict[str, Any], claim: str) -> frozenset[str]:
@@ -245,13 +246,13 @@ class OidcVerifier(_JwtVerifier):
                         raise
                     # Issuer unreachable: keep the keys we have, try again a little later.
                     log.warning("cannot refresh the issuer's JWKS; keeping the cached keys")
-                    self._fetched_at = age_limit_retry()
+                    self._fetched_at = _due_again_soon()
                 else:
                     self._fetched_at = time.monotonic()
             return self._keyset
 
 
-def age_limit_retry() -> float:
+def _due_again_soon() -> float:
     """A fetch time that makes the next JWKS refresh due ``JWKS_REFRESH_MIN_INTERVAL`` from now."""
     return time.monotonic() - JWKS_MAX_AGE_SECONDS + JWKS_REFRESH_MIN_INTERVAL
 
