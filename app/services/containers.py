@@ -84,7 +84,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str, int]:
             base64.urlsafe_b64decode(padded.encode("ascii"))
         )
         moment = datetime.fromisoformat(moment_text)
-        if moment.tzinfo is None or type(page) is not int or page < 2:
+        if moment.tzinfo is None or type(page) is not int or not 2 <= page < 2**31:
             raise ValueError("not a cursor")
         return as_utc(moment), str(uuid.UUID(container_id)), page
     except (ValueError, TypeError, AttributeError, UnicodeError, binascii.Error):
