@@ -5,15 +5,27 @@ directory signs tokens minted by ``dockyard token``. OIDC (``DOCKYARD_AUTH_ISSUE
 from the issuer's discovery document and JWKS, cached and refreshed when a token names an unknown
 ``kid``. Either way joserfc checks the signature against an algorithm allow-list and the claims
 registry checks ``exp``, ``nbf``, ``iss`` and ``aud``.
+
+Verified tokens are cached (``TokenCache``): a console polls with the same token many times a
+second, and an ES256/RS256 check costs far more than the rest of a small request. An entry is a
+token that passed every check; it is served at most ``TOKEN_CACHE_SECONDS`` and never past the
+token's ``exp`` (after that the token goes through the full check again, leeway included), and the
+cache holds at most ``TOKEN_CACHE_SIZE`` tokens (least recently used dropped first). In OIDC mode
+the JWKS is fetched again when older than ``JWKS_MAX_AGE_SECONDS``; so a key the issuer removed
+from its JWKS stops being accepted at most ``JWKS_MAX_AGE_SECONDS + TOKEN_CACHE_SECONDS`` (330 s)
+after its removal (if the issuer cannot be reached then, the old keys stay in use and the fetch is
+retried every ``JWKS_REFRESH_MIN_INTERVAL`` seconds).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,13 +48,57 @@ from app.settings import Settings
 LOCAL_ISSUER = "dockyard-local"
 KEY_FILE = "signing-key.json"
 JWKS_REFRESH_MIN_INTERVAL = 10.0
+JWKS_MAX_AGE_SECONDS = 300.0
 MAX_TOKEN_LENGTH = 16 * 1024
+TOKEN_CACHE_SECONDS = 30.0
+TOKEN_CACHE_SIZE = 4096
 
 log = logging.getLogger(__name__)
 
 
 class TokenVerifier(Protocol):
     def verify(self, token: str) -> Principal: ...
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified recently and still valid; None otherwise.
+
+        Never blocks (no I/O): the async request path asks it first and only runs ``verify`` in a
+        thread when it answers None.
+        """
+        ...
+
+
+class TokenCache:
+    """Verified tokens and their principals, bounded in size and in time (see the module doc).
+
+    Keyed by the SHA-256 of the token, so memory stays bounded however long tokens are."""
+
+    def __init__(self, *, size: int = TOKEN_CACHE_SIZE, seconds: float = TOKEN_CACHE_SECONDS):
+        self._size = size
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+
+    def get(self, token: str) -> Principal | None:
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if time.time() >= entry[0]:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, token: str, principal: Principal, *, exp: float) -> None:
+        key = hashlib.sha256(token.encode()).digest()
+        until = min(exp, time.time() + self._seconds)
+        with self._lock:
+            self._entries[key] = (until, principal)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 def roles_from_claims(claims: dict[str, Any], claim: str) -> frozenset[str]:
@@ -71,13 +127,20 @@ class _JwtVerifier:
             sub={"essential": True},
             exp={"essential": True},
         )
+        self._cache = TokenCache()
 
     unknown_key_hint = "the token was signed with a key this server does not know"
 
     def _keys(self, *, refresh: bool) -> KeySet:
         raise NotImplementedError
 
+    def cached(self, token: str) -> Principal | None:
+        return self._cache.get(token)
+
     def verify(self, token: str) -> Principal:
+        principal = self._cache.get(token)
+        if principal is not None:
+            return principal
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise Unauthenticated("invalid_token: the bearer token is empty or too long")
         try:
@@ -99,11 +162,15 @@ class _JwtVerifier:
         subject = decoded.claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("invalid_token: the sub claim must be a non-empty string")
-        return Principal(
+        principal = Principal(
             subject=subject,
             roles=roles_from_claims(decoded.claims, self._settings.auth_roles_claim),
             valid_until=float(decoded.claims["exp"]) + self._settings.auth_leeway_seconds,
         )
+        exp = decoded.claims["exp"]
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            self._cache.put(token, principal, exp=float(exp))
+        return principal
 
 
 class LocalKeys(_JwtVerifier):
@@ -206,11 +273,27 @@ class OidcVerifier(_JwtVerifier):
 
     def _keys(self, *, refresh: bool) -> KeySet:
         with self._lock:
-            stale = time.monotonic() - self._fetched_at > JWKS_REFRESH_MIN_INTERVAL
-            if self._keyset is None or (refresh and stale):
+            age = time.monotonic() - self._fetched_at
+            if self._keyset is None:
                 self._keyset = self._fetch()
                 self._fetched_at = time.monotonic()
+            elif (refresh and age > JWKS_REFRESH_MIN_INTERVAL) or age > JWKS_MAX_AGE_SECONDS:
+                try:
+                    self._keyset = self._fetch()
+                except Unauthenticated:
+                    if refresh:
+                        raise
+                    # Issuer unreachable: keep the keys we have, try again a little later.
+                    log.warning("cannot refresh the issuer's JWKS; keeping the cached keys")
+                    self._fetched_at = _due_again_soon()
+                else:
+                    self._fetched_at = time.monotonic()
             return self._keyset
+
+
+def _due_again_soon() -> float:
+    """A fetch time that makes the next JWKS refresh due ``JWKS_REFRESH_MIN_INTERVAL`` from now."""
+    return time.monotonic() - JWKS_MAX_AGE_SECONDS + JWKS_REFRESH_MIN_INTERVAL
 
 
 def make_verifier(settings: Settings) -> TokenVerifier:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from app.auth import TokenVerifier, bearer_token
@@ -76,11 +77,23 @@ def authorization_of(connection: HTTPConnection) -> str | None:
     return f"Bearer {token}"
 
 
-def current_principal(request: Request) -> Principal:
-    return authenticate(app_state(request), authorization_of(request))
+async def authenticate_async(state: AppState, authorization: str | None) -> Principal:
+    """``authenticate`` for the event loop: a recently verified token costs a dict lookup; any
+    other goes through ``verify`` in a worker thread (OIDC may fetch the issuer's keys)."""
+    token = bearer_token(authorization)
+    principal = state.verifier.cached(token)
+    if principal is None:
+        principal = await run_in_threadpool(state.verifier.verify, token)
+    return principal
 
 
-def service_context(request: Request) -> ServiceContext:
+# Both dependencies are async on purpose: FastAPI runs a sync dependency in the threadpool, and
+# that extra thread hop per request cost more than the work it did.
+async def current_principal(request: Request) -> Principal:
+    return await authenticate_async(app_state(request), authorization_of(request))
+
+
+async def service_context(request: Request) -> ServiceContext:
     return app_state(request).ctx
 
 

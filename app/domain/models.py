@@ -38,6 +38,24 @@ class Container(SQLModel, table=True):
             postgresql_where=sa.text("deleted_at IS NULL"),
         ),
         sa.Index("ix_containers_owner_created", "created_by", "date_created"),
+        # Lists (migration 0004): live containers newest first, per owner and for everyone.
+        sa.Index(
+            "ix_containers_live_owner_created_id",
+            "created_by",
+            "date_created",
+            "id",
+            "deleted_at",
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+        ),
+        sa.Index(
+            "ix_containers_live_created_id",
+            "date_created",
+            "id",
+            "deleted_at",
+            sqlite_where=sa.text("deleted_at IS NULL"),
+            postgresql_where=sa.text("deleted_at IS NULL"),
+        ),
     )
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()), primary_key=True, max_length=36)

@@ -123,6 +123,13 @@ class Page(_Camel, Generic[ItemT]):
     rowsPerPage: int
 
 
+class CursorPage(Page[ItemT], Generic[ItemT]):
+    """A page that can also be continued from a keyset position: pass ``nextCursor`` as
+    ``after`` for the next page (null on the last page)."""
+
+    nextCursor: str | None
+
+
 def container_url(slug: str, *, domain: str) -> str:
     return f"{slug}.{domain}"
 

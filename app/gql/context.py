@@ -1,7 +1,7 @@
 """The per-request (per-WebSocket) GraphQL context: app state, the caller and the loaders.
 
 The caller is authenticated lazily, on the first resolver that needs it, with the same function
-as REST (``app.deps.authenticate``): introspection and the GraphiQL page work without a token,
+as REST (``app.deps.authenticate_async``): introspection and the GraphiQL page work without a token,
 and an operation that touches data without one fails with ``UNAUTHENTICATED``.
 """
 
@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 
-from app.deps import AppState, app_state, authenticate, authorization_of
+from app.deps import AppState, app_state, authenticate_async, authorization_of
 from app.domain.errors import Unauthenticated
 from app.domain.principal import Principal
 from app.domain.views import RevisionView
@@ -54,8 +54,8 @@ class Context(BaseContext):
         after the token's ``exp`` (plus leeway) is refused as REST refuses it.
         """
         if self._principal is None:
-            # Verification may fetch the issuer's keys over HTTP: keep it off the event loop.
-            self._principal = await run_in_threadpool(authenticate, self.state, self.authorization)
+            # Verification may fetch the issuer's keys over HTTP: off the event loop unless cached.
+            self._principal = await authenticate_async(self.state, self.authorization)
         if self._principal.expired(time.time()):
             raise Unauthenticated(f"invalid_token: {TOKEN_EXPIRED}")
         return self._principal

@@ -13,7 +13,14 @@ from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
@@ -67,6 +74,12 @@ class Query:
             ContainerStatus | None,
             strawberry.argument(description="Only containers with this status."),
         ] = None,
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="Continue after this position: `nextCursor` of the previous page."
+            ),
+        ] = None,
     ) -> ContainerPage:
         result = await info.context.call(
             svc.list_containers,
@@ -75,6 +88,7 @@ class Query:
             all_users=all_users,
             search=search,
             status=status.value if status is not None else None,
+            after=after,
         )
         return ContainerPage.from_page(result)
 
@@ -200,6 +214,16 @@ class Subscription:
                 yield Container.from_view(current)
 
 
+# A console sends the same few documents over and over: Strawberry's parser and validation caches
+# (LRU, bounded, shared by all requests) skip parsing and validating them again. The validation
+# cache is keyed by the rule classes, and the depth and alias limiters build a new rule class per
+# instance; so the rules are built once here and every request adds these same classes.
+DEPTH_LIMIT = QueryDepthLimiter(max_depth=MAX_DEPTH)
+ALIAS_LIMIT = MaxAliasesLimiter(max_alias_count=MAX_ALIASES)
+COST_RULES = [*DEPTH_LIMIT.validation_rules, *ALIAS_LIMIT.validation_rules]
+DOCUMENT_CACHE_SIZE = 256
+
+
 class DockyardSchema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -213,9 +237,10 @@ schema = DockyardSchema(
     subscription=Subscription,
     config=StrawberryConfig(scalar_map={Port: PORT_SCALAR}),
     extensions=[
-        functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
-        functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        functools.partial(AddValidationRules, COST_RULES),
         functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        functools.partial(ParserCache, maxsize=DOCUMENT_CACHE_SIZE),
+        functools.partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
         ErrorCodes,
         masking,
         OperationMetrics,

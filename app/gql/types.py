@@ -16,11 +16,13 @@ from strawberry.utils.str_converters import to_camel_case
 
 from app.domain.views import (
     ContainerView,
+    CursorPage,
     GpuModelView,
     Page,
     RevisionView,
     ScalingView,
     TrafficView,
+    rfc3339,
 )
 from app.services import containers as svc
 
@@ -81,12 +83,11 @@ class Revision:
 
     @classmethod
     def from_view(cls, view: RevisionView) -> Revision:
-        data = view.model_dump(mode="json")
         return cls(
             container_id=strawberry.ID(view.containerID),
             revision_number=view.revisionNumber,
             image=view.image,
-            date_created=data["dateCreated"],
+            date_created=rfc3339(view.dateCreated),  # as REST serializes it
             created_by=view.createdBy,
             spec=view.spec,
             phases=[
@@ -200,7 +201,6 @@ class Container:
 
     @classmethod
     def from_view(cls, view: ContainerView) -> Container:
-        data = view.model_dump(mode="json")
         return cls(
             id=strawberry.ID(view.id),
             name=view.name,
@@ -214,8 +214,8 @@ class Container:
             arguments=view.arguments,
             env=view.env,
             port=view.port,
-            date_created=data["dateCreated"],
-            date_updated=data["dateUpdated"],
+            date_created=rfc3339(view.dateCreated),  # as REST serializes them
+            date_updated=rfc3339(view.dateUpdated),
             status=ContainerStatus(view.status),
             status_reason=view.statusReason,
             urls=view.urls,
@@ -248,10 +248,17 @@ class ContainerPage:
     total: int
     page: int
     rows_per_page: int
+    next_cursor: str | None = strawberry.field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
 
     @classmethod
-    def from_page(cls, page: Page[ContainerView]) -> ContainerPage:
-        return cls(items=[Container.from_view(item) for item in page.items], **_paging(page))
+    def from_page(cls, page: CursorPage[ContainerView]) -> ContainerPage:
+        return cls(
+            items=[Container.from_view(item) for item in page.items],
+            next_cursor=page.nextCursor,
+            **_paging(page),
+        )
 
 
 @strawberry.type

@@ -25,12 +25,13 @@ from app.domain.spec import (
     Limits,
 )
 from app.domain.traffic import traffic_from_body
-from app.domain.views import ContainerView, GpuModelView, Page, RevisionView
+from app.domain.views import ContainerView, CursorPage, GpuModelView, Page, RevisionView
 from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
 from app.rest import problems
 from app.services import containers as svc
 
 router = APIRouter(prefix="/v1")
+
 
 def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
     """A JSON schema with its local ``#/$defs/...`` references replaced by their targets (such
@@ -220,21 +221,32 @@ RowsParam = Annotated[
 ]
 
 
-@router.get("/containers", response_model=Page[ContainerView], responses=_LIST_ERRORS)
+@router.get("/containers", response_model=CursorPage[ContainerView], responses=_LIST_ERRORS)
 async def list_containers(
     principal: CurrentPrincipal,
     ctx: Ctx,
     page: PageParam = 1,
     rows_per_page: RowsParam = 10,
     all: Annotated[bool, Query(description="Every user's containers (ADMIN only)")] = False,
+    after: Annotated[
+        str | None,
+        Query(description="Continue after this position: the `nextCursor` of the previous page"),
+    ] = None,
     search: Annotated[
-        str | None, Query(description="Only containers whose name contains this")
+        str | None,
+        Query(
+            description="Only containers whose name contains this",
+            json_schema_extra={"maxLength": svc.MAX_SEARCH_LENGTH},
+        ),
     ] = None,
     status: Annotated[
         str | None,
-        Query(description="Only containers with this status (deploying, deployed, failed)"),
+        Query(
+            description="Only containers with this status",
+            json_schema_extra={"enum": list(svc.STATUSES)},
+        ),
     ] = None,
-) -> Page[ContainerView]:
+) -> CursorPage[ContainerView]:
     return await run_in_threadpool(
         lambda: svc.list_containers(
             ctx=ctx,
@@ -244,6 +256,7 @@ async def list_containers(
             all_users=all,
             search=search,
             status=status,
+            after=after,
         )
     )
 

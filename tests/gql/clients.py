@@ -36,7 +36,9 @@ class ApiClient(Protocol):
 
     def create(self, body: Any) -> Outcome: ...
     def get(self, container_id: str) -> Outcome: ...
-    def list(self, *, page: int = 1, rows_per_page: int = 10, all: bool = False) -> Outcome: ...
+    def list(
+        self, *, page: int = 1, rows_per_page: int = 10, all: bool = False, after: str | None = None
+    ) -> Outcome: ...
     def update(self, container_id: str, body: Any) -> Outcome: ...
     def revisions(
         self, container_id: str, *, page: int = 1, rows_per_page: int = 10
@@ -67,8 +69,13 @@ class RestClient:
     def get(self, container_id: str) -> Outcome:
         return self._outcome(self.http.get(f"/v1/containers/{container_id}", headers=self.headers))
 
-    def list(self, *, page: int = 1, rows_per_page: int = 10, all: bool = False) -> Outcome:
-        params = {"page": page, "rowsPerPage": rows_per_page, "all": str(all).lower()}
+    def list(
+        self, *, page: int = 1, rows_per_page: int = 10, all: bool = False, after: str | None = None
+    ) -> Outcome:
+        params: dict[str, Any] = {"page": page, "rowsPerPage": rows_per_page}
+        params["all"] = str(all).lower()
+        if after is not None:
+            params["after"] = after
         return self._outcome(self.http.get("/v1/containers", params=params, headers=self.headers))
 
     def update(self, container_id: str, body: Any) -> Outcome:
@@ -154,12 +161,14 @@ class GraphQLClient:
             {"id": container_id},
         )
 
-    def list(self, *, page: int = 1, rows_per_page: int = 10, all: bool = False) -> Outcome:
+    def list(
+        self, *, page: int = 1, rows_per_page: int = 10, all: bool = False, after: str | None = None
+    ) -> Outcome:
         return self._outcome(
-            "query($page: Int!, $rows: Int!, $all: Boolean!) { "
-            "containers(page: $page, rowsPerPage: $rows, all: $all) "
-            f"{{ items {{ {CONTAINER_FIELDS} }} total page rowsPerPage }} }}",
-            {"page": page, "rows": rows_per_page, "all": all},
+            "query($page: Int!, $rows: Int!, $all: Boolean!, $after: String) { "
+            "containers(page: $page, rowsPerPage: $rows, all: $all, after: $after) "
+            f"{{ items {{ {CONTAINER_FIELDS} }} total page rowsPerPage nextCursor }} }}",
+            {"page": page, "rows": rows_per_page, "all": all, "after": after},
         )
 
     def update(self, container_id: str, body: Any) -> Outcome:

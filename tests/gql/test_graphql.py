@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from graphql import get_introspection_query
-from strawberry.extensions import QueryDepthLimiter
+from strawberry.extensions import AddValidationRules
 
 from app.deps import AppState
 from app.domain.principal import Principal
-from app.gql.schema import MAX_DEPTH, schema
+from app.gql.schema import DEPTH_LIMIT, schema
 from app.server import create_app
 from app.services import containers as svc
 from app.settings import Settings
@@ -170,9 +170,12 @@ def test_depth_limit_is_installed(client: TestClient, auth: Header) -> None:
     # Today's schema has no cycles (Revision does not point back to Container), so no query can
     # reach the limit; the guard is there for the day one appears. Introspection is exempt from
     # it by design and bounded by the token limit instead.
+    # The limiter's rule is built once (so the validation cache can key on it) and added by
+    # an AddValidationRules extension on every operation.
+    assert DEPTH_LIMIT.validation_rules
     guards = [ext for ext in schema.extensions if isinstance(ext, functools.partial)]
     assert any(
-        guard.func is QueryDepthLimiter and guard.keywords == {"max_depth": MAX_DEPTH}
+        guard.func is AddValidationRules and DEPTH_LIMIT.validation_rules[0] in guard.args[0]
         for guard in guards
     )
     deepest = "{ containers { items { revisions { spec } } } }"
