@@ -17,11 +17,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.e2e.test_log_streams import bearer, graphql_ws, serve_env, statuses_until_deployed
-from tests.support.podman import HTTPD_V1, HTTPD_V2, PodmanService, start_service
+from app.auth import LocalKeys
+from app.settings import Settings
+from tests.e2e.test_log_streams import (
+    bearer,
+    graphql_ws,
+    serve_env,
+    statuses_until_deployed,
+    take_lines,
+)
+from tests.support.podman import HTTPD_V1, HTTPD_V2, LOGGER, PodmanService, start_service
 from tests.support.server import Server, free_port
+from tests.support.sse import iter_events
 
 pytestmark = pytest.mark.podman
 
@@ -268,3 +278,47 @@ def test_postgres_restart_under_a_running_platform(
         with contextlib.suppress(subprocess.CalledProcessError):
             _pg_ctl(pg_dir, "-m", "immediate", "stop")
         shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def test_sse_stream_ends_at_token_expiry_and_resumes_without_loss(
+    tmp_path: Path, database_url: str, podman_service: PodmanService
+) -> None:
+    """A real log stream (Podman, a container printing numbered lines) ends with
+    `event: reauthenticate` when its token expires; reconnecting with a fresh token and
+    Last-Event-ID continues after the last line received, losing none."""
+    env = serve_env(tmp_path, database_url, podman_service, DOCKYARD_AUTH_LEEWAY_SECONDS="0")
+    server = Server(env, free_port(), tmp_path / "serve.log", headers=bearer(tmp_path))
+    server.start()
+    try:
+        body = {"name": "counter", "image": LOGGER, "port": 8080, "ram": "64Mi"}
+        created = server.api("POST", "/v1/containers", json=body)
+        assert created.status_code == 201, created.text
+        container_id = created.json()["id"]  # it prints lines; it never opens its port
+        keys = LocalKeys(Settings(data_dir=tmp_path))
+        short = keys.mint(subject="alice", roles=[], ttl_seconds=3)
+        url = f"{server.url}/v1/containers/{container_id}/logs"
+        with httpx.stream(
+            "GET",
+            url,
+            params={"tail": 0},
+            headers={"Authorization": f"Bearer {short}"},
+            timeout=httpx.Timeout(30, read=15),
+        ) as response:
+            assert response.status_code == 200
+            events = [e for e in iter_events(response.iter_lines()) if e.event != "comment"]
+        assert events[-1].event == "reauthenticate", [e.event for e in events[-3:]]
+        lines = [e for e in events if e.event == "message"]
+        stdout = [int(e.json()["line"].split()[1]) for e in lines if e.json()["stream"] == "stdout"]
+        assert stdout, "no line before expiry"
+        fresh = keys.mint(subject="alice", roles=[], ttl_seconds=60)
+        headers = {"Authorization": f"Bearer {fresh}", "Last-Event-ID": str(lines[-1].id)}
+        with httpx.stream(
+            "GET", url, headers=headers, timeout=httpx.Timeout(30, read=15)
+        ) as response:
+            resumed = take_lines(iter_events(response.iter_lines()), 10)
+        again = [
+            int(e.json()["line"].split()[1]) for e in resumed if e.json()["stream"] == "stdout"
+        ]
+        assert again and again[0] <= stdout[-1] + 1, (stdout[-3:], again[:3])  # nothing lost
+    finally:
+        server.stop()
