@@ -88,6 +88,8 @@ def _input_schema() -> dict[str, Any]:
         {m.code for m in load_catalog().models} | {m.name for m in load_catalog().models}
     )
     limits = Limits()
+    # Merged over the model's own schema: a field added to ContainerInput is published as the
+    # model describes it until its rules are written here too.
     schema["properties"] = {
         **generated,
         "name": {"type": "string", "pattern": NAME_PATTERN.pattern, "maxLength": 63},

@@ -212,3 +212,15 @@ def test_huge_client_input_is_not_echoed_back(client: TestClient, auth: Auth) ->
     for response in cases:
         assert response.status_code in (200, 404, 422)
         assert len(response.text) < 3000, response.text[:200]
+
+
+def test_deeply_nested_websocket_message_is_refused(client: TestClient, auth: Auth) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+        ws.send_json({"type": "connection_init", "payload": auth()})
+        assert ws.receive_json() == {"type": "connection_ack"}
+        ws.send_text('{"type": "subscribe", "id": "1", "payload": ' + DEEP + "}")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 4400  # invalid message, not a crash
