@@ -503,24 +503,41 @@ class LogHub:
             start = to_ns(since)
         elif tail is not None:
             return await self._last_lines(container_id, tail)
-        kept: deque[LogEvent] = deque(maxlen=limit)
         # Lines written after this request began are live lines, not backlog; without this
         # bound the read of a chatty container's log would never reach an end.
         read_until = time.time_ns() + NS
         # Read from the whole second: the ids' counters need the first line of a timestamp.
         begin = to_datetime(_whole_second(start)) if start is not None else None
-        try:
-            batches = runtime.log_batches(container_id, follow=False, tail=None, since=begin)
-            async with _closing(numbered(batches)) as read:
-                async for events in read:
-                    if start is not None and after is None:
-                        events = [event for event in events if event.ns >= start]
-                    kept.extend(events)
-                    if events and events[-1].ns > read_until:
-                        break
-        except RuntimeAdapterError as e:
-            log.warning("reading the logs of %s failed: %s", container_id, e)
-        return [event for event in kept if event.ns <= read_until]
+        # A client resuming may have left during an update: it gets what every revision present
+        # printed since its last line, merged in time order (one revision's, when the runtime
+        # cannot list them).
+        revisions: list[int | None] = [None]
+        if after is not None and hasattr(runtime, "list_managed"):
+            present = await self._present_revisions(container_id)
+            if present:
+                revisions = list(sorted(present))
+        merged: list[LogEvent] = []
+        for revision in revisions:
+            kept: deque[LogEvent] = deque(maxlen=limit)
+            try:
+                batches = runtime.log_batches(
+                    container_id, revision=revision, follow=False, tail=None, since=begin
+                )
+                async with _closing(numbered(batches)) as read:
+                    async for events in read:
+                        if start is not None and after is None:
+                            events = [event for event in events if event.ns >= start]
+                        kept.extend(events)
+                        if events and events[-1].ns > read_until:
+                            break
+            except RuntimeAdapterError as e:
+                log.warning("reading the logs of %s failed: %s", container_id, e)
+            merged.extend(event for event in kept if event.ns <= read_until)
+        if len(revisions) > 1:
+            merged.sort(key=lambda event: event.ns)  # stable: each revision's order is kept
+            if limit is not None:
+                merged = merged[-limit:]
+        return merged
 
     async def _last_lines(self, container_id: str, tail: int) -> list[LogEvent]:
         """The last ``tail`` lines, read with the engine's cheap ``tail``.

@@ -367,16 +367,21 @@ async def test_desired_changes_from_other_replicas_wake_the_leader(hub: LogHub) 
     assert woken == ["c1", "c1"]
     await changes.aclose()  # type: ignore[attr-defined]
 class TwoRevisionRuntime(ScriptedRuntime):
-    """Lists revisions 1 and 2 and serves each one's lines on its own stream, as engines do."""
+    """Lists the revisions that printed and serves each one's lines on its own stream (the
+    newest one's when no revision is asked for), as engines do."""
+
+    def _present(self) -> set[int]:
+        return {line.revision for line in self.lines} or {1}
 
     async def list_managed(self) -> dict[str, set[int]]:
-        return {"c1": {1, 2}}
+        return {"c1": self._present()}
 
     async def log_batches(  # type: ignore[override]
         self, container_id: str, *, revision: int | None = None, **options: Any
     ) -> AsyncIterator[list[LogLine]]:
+        wanted = revision if revision is not None else max(self._present())
         async for batch in super().log_batches(container_id, revision=revision, **options):
-            mine = [line for line in batch if revision is None or line.revision == revision]
+            mine = [line for line in batch if line.revision == wanted]
             if mine:
                 yield mine
 
@@ -419,3 +424,25 @@ async def _two_revisions(hub: LogHub, runtime: ScriptedRuntime) -> None:
     runtime.write("r1 e", at=now + timedelta(milliseconds=50))
     assert [e.line for e in await take(resumed, 1)] == ["r1 e"]  # not "r2 a" again
     await resumed.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_resume_gets_what_every_revision_printed_meanwhile() -> None:
+    runtime = TwoRevisionRuntime()
+    hub = LogHub(Bus("memory://"), runtime, queue_lines=50, demand_heartbeat_seconds=0.05)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        now = datetime.now(UTC)
+        runtime.write("r1 a", at=now)
+        seen = await drain(hub.logs("c1", tail=1, follow=False))
+        # the client is away while revision 2 starts beside revision 1
+        runtime.lines.append(LogLine(to_ns(now + timedelta(milliseconds=10)), "r2 a", "stdout", 2))
+        runtime.write("r1 b", at=now + timedelta(milliseconds=20))
+        runtime.lines.append(LogLine(to_ns(now + timedelta(milliseconds=30)), "r2 b", "stdout", 2))
+        resumed = await drain(hub.logs("c1", tail=None, follow=False, after=seen[-1].id))
+        assert [(e.revision, e.line) for e in resumed] == [
+            (2, "r2 a"),
+            (1, "r1 b"),
+            (2, "r2 b"),
+        ]
+    finally:
+        await hub.stop()
