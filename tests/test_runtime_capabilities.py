@@ -61,7 +61,11 @@ def test_plain_deployments_refuse_what_needs_knative(
         assert view.scaling.minInstances == 1
         with pytest.raises(ValidationFailed) as caught:
             svc.set_traffic(ctx=ctx, principal=ALICE, container_id=view.id, data=SPLIT)
-        assert [e.field for e in caught.value.errors] == ["traffic", "traffic[1].tag"]
+        assert [e.field for e in caught.value.errors] == [
+            "traffic",
+            "traffic[0].revision",
+            "traffic[1].tag",
+        ]
         assert all("Knative Serving is required" in e.message for e in caught.value.errors)
         svc.update_container(ctx=ctx, principal=ALICE, container_id=view.id, data={"env": {}})
         rolled_back = svc.rollback_container(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app import streams
-from app.bus import LOGS_DEMAND, Bus
+from app.bus import CHANGES, LOGS_DEMAND, Bus
 from app.domain.logtime import to_ns
 from app.runtime.base import Capabilities, LogLine, RuntimeRejected
 from app.services.streams import DROPPED_STREAM, LogChunk, LogEvent
@@ -350,3 +350,18 @@ async def test_a_backlog_read_that_fails_once_is_tried_again(
     assert [e.line for e in events] == ["line 1", "line 2"]
     runtime.failures = 2  # fails twice: the stream still works, without a backlog
     assert await drain(hub.logs("c1", tail=2, follow=False)) == []
+
+
+async def test_desired_changes_from_other_replicas_wake_the_leader(hub: LogHub) -> None:
+    """A traffic change (no new revision) on another replica reconciles here like a spec one;
+    observed status changes do not."""
+    woken: list[str] = []
+    hub.on_remote_change = woken.append
+    changes = hub.status("c1")
+    for kind in ("status", "traffic", "spec"):
+        await hub.bus.publish(CHANGES, {"id": "c1", "kind": kind, "origin": "another-replica"})
+        assert await anext(changes) == kind
+    hub.service_changed("c1", "traffic")  # this replica's own write: already handled here
+    assert await anext(changes) == "traffic"
+    assert woken == ["c1", "c1"]
+    await changes.aclose()  # type: ignore[attr-defined]

@@ -46,6 +46,8 @@ class ProxyOptions:
     grace_period: str = "30s"
     """How long requests in flight may finish on a replaced configuration."""
     dial_timeout: str = "5s"
+    stream_close_delay: str = "1h"
+    """How long WebSockets opened under a replaced configuration may live on."""
     try_duration: str = "3s"
     """How long a request may wait for an upstream that refuses connections."""
     keepalive_idle_conns_per_host: int = 64
@@ -62,8 +64,10 @@ def _proxy(dials: list[str], options: ProxyOptions, weights: list[int] | None) -
     handler: dict[str, Any] = {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": dial} for dial in dials],
-        # Stream both ways: responses are flushed as they come (SSE, chunked downloads).
-        "flush_interval": -1,
+        # Caddy flushes streamed responses (SSE, no Content-Length) as they come by itself;
+        # forcing a flush after every write (flush_interval -1) costs throughput for nothing.
+        # A config load would otherwise close WebSockets and other upgraded streams at once.
+        "stream_close_delay": options.stream_close_delay,
         "transport": {
             "protocol": "http",
             "dial_timeout": options.dial_timeout,
@@ -77,7 +81,7 @@ def _proxy(dials: list[str], options: ProxyOptions, weights: list[int] | None) -
     # A refused connection (an instance just retired, a route a moment stale) is tried again,
     # on another upstream when there is one, for up to try_duration: nothing was sent yet.
     balancing: dict[str, Any] = {"try_duration": options.try_duration, "try_interval": "50ms"}
-    if weights is not None:
+    if weights is not None and len(dials) > 1:
         balancing["selection_policy"] = {"policy": "weighted_round_robin", "weights": weights}
     handler["load_balancing"] = balancing
     # Caddy sets X-Forwarded-For/-Proto/-Host itself (appending to a trusted proxy's list).

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -26,27 +24,9 @@ from app.dataplane.routes import (
 )
 from app.dataplane.supervisor import CaddySupervisor
 from app.domain.models import Container, Revision
-from app.runtime.base import LATEST_ONLY, TrafficTarget
+from app.domain.traffic import traffic_of
 
 log = logging.getLogger(__name__)
-
-
-def traffic_targets(traffic: Sequence[dict[str, Any]] | None) -> tuple[TrafficTarget, ...]:
-    """``containers.traffic`` (``[{revision, latest, percent, tag}]``) as traffic targets."""
-    if not traffic:
-        return LATEST_ONLY
-    targets = []
-    for entry in traffic:
-        revision = entry.get("revision")
-        targets.append(
-            TrafficTarget(
-                percent=int(entry.get("percent") or 0),
-                revision=int(revision) if revision is not None else None,
-                latest=bool(entry.get("latest")),
-                tag=str(entry["tag"]) if entry.get("tag") else None,
-            )
-        )
-    return tuple(targets)
 
 
 def routed_containers(engine: Engine) -> list[RoutedContainer]:
@@ -76,7 +56,7 @@ def routed_containers(engine: Engine) -> list[RoutedContainer]:
             slug=slug,
             ready_revision=ready_revision,
             revisions=tuple(revisions.get(container_id, ())),
-            traffic=traffic_targets(traffic),
+            traffic=tuple(traffic_of(list(traffic) if traffic is not None else None)),
         )
         for container_id, slug, ready_revision, traffic in containers
     ]
@@ -93,12 +73,16 @@ class DataPlane:
         domain: str,
         activator: ActivatorAddress | None = None,
         resync_interval: float = 2.0,
+        min_load_interval: float = 0.25,
     ) -> None:
         self.engine = engine
         self.supervisor = supervisor
         self.domain = domain
         self.activator = activator
         self.resync_interval = resync_interval
+        self.min_load_interval = min_load_interval
+        """Changes are batched into at most one load per interval: each load swaps Caddy's
+        servers, and a connection arriving during the swap can be closed unanswered."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -141,7 +125,8 @@ class DataPlane:
                 await asyncio.wait_for(self._changed.wait(), self.resync_interval)
             self._changed.clear()
             try:
-                await self.sync()
+                if await self.sync():
+                    await asyncio.sleep(self.min_load_interval)
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -19,9 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from app.runtime.base import LATEST_ONLY, TrafficTarget
-
-TAG_SEPARATOR = "---"
+from app.domain.traffic import LATEST_100, TrafficEntry, resolve_traffic, tag_host
 
 
 @dataclass(frozen=True)
@@ -68,8 +66,9 @@ class RoutedContainer:
     ready_revision: int | None
     """The newest ready revision: what ``latest`` targets mean."""
     revisions: tuple[RoutedRevision, ...] = ()
-    traffic: tuple[TrafficTarget, ...] = LATEST_ONLY
-    """The container's traffic targets; by default 100 % to the newest ready revision."""
+    traffic: tuple[TrafficEntry, ...] = (LATEST_100,)
+    """The container's desired traffic (``traffic_of(Container.traffic)``); by default 100 % to
+    the newest ready revision."""
 
     def endpoints(self, revision: int) -> tuple[str, ...]:
         for routed in self.revisions:
@@ -84,12 +83,6 @@ def host_domain(domain: str) -> str:
     if domain.startswith("["):
         return domain
     return domain.rsplit(":", 1)[0] if ":" in domain else domain
-
-
-def _target_revision(target: TrafficTarget, ready_revision: int | None) -> int | None:
-    if target.latest or target.revision is None:
-        return ready_revision
-    return target.revision
 
 
 def _backends(
@@ -130,22 +123,18 @@ def build_routing_table(
     routes: dict[str, HostRoute] = {}
     for container in containers:
         slug = container.slug.lower()
-        shares: list[tuple[int, int]] = []
-        tagged: dict[str, int | None] = {}
-        for target in container.traffic:
-            revision = _target_revision(target, container.ready_revision)
-            if revision is not None:
-                shares.append((revision, target.percent))
-            if target.tag:
-                tagged[target.tag.lower()] = revision
+        resolved = resolve_traffic(container.traffic, latest_ready=container.ready_revision)
+        shares = [(t.revision, t.percent) for t in resolved if t.revision is not None]
         host = f"{slug}.{suffix}"
         routes[host] = HostRoute(host, container.id, _backends(container, shares, activator))
-        for tag, tag_revision in tagged.items():
-            tag_host = f"{tag}{TAG_SEPARATOR}{slug}.{suffix}"
+        for target in resolved:
+            if not target.tag:
+                continue
+            tagged = tag_host(target.tag.lower(), slug, suffix)
             backends = (
-                _backends(container, [(tag_revision, 100)], activator)
-                if tag_revision is not None
+                _backends(container, [(target.revision, 100)], activator)
+                if target.revision is not None
                 else ()
             )
-            routes[tag_host] = HostRoute(tag_host, container.id, backends)
+            routes[tagged] = HostRoute(tagged, container.id, backends)
     return tuple(routes[host] for host in sorted(routes))

@@ -459,10 +459,5 @@ def fit_to_runtime(spec: ContainerSpec, *, scale_to_zero: bool) -> ContainerSpec
     """A stored spec (e.g. a rollback's) made runnable here: without scale to zero, min 0 is 1."""
     if scale_to_zero or spec.scaling.min_instances > 0:
         return spec
-    scaling = spec.scaling.model_copy(
-        update={
-            "min_instances": 1,
-            "max_instances": max(1, spec.scaling.max_instances),
-        }
-    )
+    scaling = spec.scaling.model_copy(update={"min_instances": 1})
     return spec.model_copy(update={"scaling": scaling})

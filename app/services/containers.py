@@ -276,13 +276,24 @@ def rollback_container(
 
 
 def _check_traffic_capability(entries: list[TrafficEntry], *, traffic_split: bool) -> None:
+    """Without Knative only ``[{latest: true, percent: 100}]`` can be honoured: a Deployment
+    runs the newest revision only, so a pinned revision would be silently ignored."""
     if traffic_split:
         return
-    errors = [
-        FieldError(f"traffic[{index}].tag", f"tags are not available: {KNATIVE_REQUIRED}")
-        for index, entry in enumerate(entries)
-        if entry.tag is not None
-    ]
+    errors: list[FieldError] = []
+    for index, entry in enumerate(entries):
+        if entry.revision is not None:
+            errors.append(
+                FieldError(
+                    f"traffic[{index}].revision",
+                    f"pinning a revision is not available: {KNATIVE_REQUIRED}; "
+                    "use latest: true, or roll back to that revision",
+                )
+            )
+        if entry.tag is not None:
+            errors.append(
+                FieldError(f"traffic[{index}].tag", f"tags are not available: {KNATIVE_REQUIRED}")
+            )
     if len(entries) > 1:
         errors.insert(
             0,

@@ -37,7 +37,7 @@ def test_weighted_route_503_route_404_wildcard_then_api() -> None:
         "policy": "weighted_round_robin",
         "weights": [9, 1],
     }
-    assert proxy["flush_interval"] == -1
+    assert proxy["stream_close_delay"]
     assert proxy["transport"]["keep_alive"]["enabled"] is True
 
     (unavailable,) = b["handle"]

@@ -10,7 +10,7 @@ from app.dataplane.routes import (
     build_routing_table,
     host_domain,
 )
-from app.runtime.base import TrafficTarget
+from app.domain.traffic import TrafficEntry
 
 
 def activator(container_id: str, revision: int) -> str:
@@ -51,7 +51,7 @@ def test_split_weights_are_exact_over_uneven_endpoint_counts() -> None:
             RoutedRevision(1, 3, ("a:1", "a:2", "a:3")),
             RoutedRevision(2, 2, ("b:1", "b:2")),
         ),
-        traffic=(TrafficTarget(90, revision=1), TrafficTarget(10, latest=True, tag="next")),
+        traffic=(TrafficEntry(90, revision=1), TrafficEntry(10, latest=True, tag="next")),
     )
     (tagged, main) = build_routing_table([container], domain="d", activator=None)
     weights = {b.address: b.weight for b in main.backends}
@@ -70,7 +70,7 @@ def test_tag_at_zero_percent_still_gets_a_host() -> None:
         slug="s",
         ready_revision=2,
         revisions=(RoutedRevision(1, 1, ("a:1",)), RoutedRevision(2, 1, ("b:1",))),
-        traffic=(TrafficTarget(100, revision=2), TrafficTarget(0, revision=1, tag="old")),
+        traffic=(TrafficEntry(100, revision=2), TrafficEntry(0, revision=1, tag="old")),
     )
     table = build_routing_table([container], domain="d", activator=None)
     assert [r.host for r in table] == ["old---s.d", "s.d"]
@@ -84,7 +84,7 @@ def test_revision_without_ready_endpoint_goes_to_activator_or_nowhere() -> None:
         slug="s",
         ready_revision=1,
         revisions=(RoutedRevision(1, 0, ()), RoutedRevision(2, 1, ("b:1",))),
-        traffic=(TrafficTarget(50, revision=1), TrafficTarget(50, revision=2)),
+        traffic=(TrafficEntry(50, revision=1), TrafficEntry(50, revision=2)),
     )
     (with_activator,) = build_routing_table([container], domain="d", activator=activator)
     assert with_activator.backends == (

@@ -246,9 +246,11 @@ def test_graphql_subscriptions_carry_live_logs_and_status(server: Server) -> Non
 
 
 def server_connections(server: Server) -> int:
-    """Client connections the server process holds open (TCP, on its port)."""
-    assert server.process is not None
-    process = psutil.Process(server.process.pid)
+    """Client connections the server holds open on its port: the data plane (Caddy) owns the
+    port and keeps one per client WebSocket; the API behind it sees only pooled connections."""
+    pid = server.caddy_pid()
+    assert pid is not None
+    process = psutil.Process(pid)
     return sum(
         1
         for c in process.net_connections(kind="tcp")

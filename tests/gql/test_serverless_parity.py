@@ -165,8 +165,11 @@ def test_runtime_without_knative_refuses_what_it_cannot_do(
         assert outcome.code == "BAD_USER_INPUT"
         (error,) = outcome.fields
         assert error["field"] == field and KNATIVE in error["message"], error
-    kept = api.set_traffic(container_id, [{"revision": 1, "percent": 100}])
-    assert kept.code is None and kept.data["traffic"][0]["revision"] == 1
+    pinned = api.set_traffic(container_id, [{"revision": 1, "percent": 100}])
+    assert [error["field"] for error in pinned.fields] == ["traffic[0].revision"]
+    assert KNATIVE in pinned.fields[0]["message"]
+    kept = api.set_traffic(container_id, [{"latest": True, "percent": 100}])
+    assert kept.code is None and kept.data["traffic"][0]["latest"] is True
     rescaled = api.update(container_id, {"scaling": {"maxInstances": 3}})
     assert rescaled.data["scaling"]["minInstances"] == 1
 

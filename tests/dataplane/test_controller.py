@@ -1,0 +1,115 @@
+"""Routes from the database: containers, their traffic (the traffic API) and the endpoints the
+reconciler wrote, programmed into a real Caddy by ``DataPlane`` (upstreams on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.dataplane.caddy import ProxyOptions
+from app.dataplane.controller import DataPlane
+from app.dataplane.supervisor import CaddySupervisor, run_dir
+from app.domain.principal import Principal
+from app.reconcile import write_endpoints
+from app.runtime.base import Phase, RevisionState
+from app.server import build_state
+from app.services import containers as svc
+from app.services.context import ServiceContext
+from app.settings import Settings
+from tests.dataplane.test_caddy_real import upstream
+from tests.support.server import free_port
+
+ALICE = Principal("alice")
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Iterator[ServiceContext]:
+    context = build_state(settings, port=8000).ctx
+    yield context
+    context.engine.dispose()
+
+
+@pytest.fixture
+async def dataplane(tmp_path: Path, ctx: ServiceContext) -> AsyncIterator[DataPlane]:
+    directory = run_dir(tmp_path, "dp")
+    options = ProxyOptions(
+        listen=f"127.0.0.1:{free_port()}",
+        admin=f"unix/{directory}/caddy-admin.sock",
+        domain="localhost",
+    )
+    plane = DataPlane(
+        engine=ctx.engine,
+        supervisor=CaddySupervisor(options=options, directory=directory),
+        domain="localhost",
+        resync_interval=0.2,
+    )
+    await plane.start()
+    yield plane
+    await plane.stop()
+
+
+def ready(container_id: str, revision: int, *endpoints: str) -> RevisionState:
+    return RevisionState(
+        container_id, revision, Phase.READY, endpoints=endpoints, instances_ready=len(endpoints)
+    )
+
+
+async def test_split_and_tag_host_come_from_the_database(
+    ctx: ServiceContext, dataplane: DataPlane
+) -> None:
+    view = svc.create_container(
+        ctx=ctx,
+        principal=ALICE,
+        data={"name": "web", "image": "localhost/web:v1", "port": 8080},
+    )
+    svc.update_container(
+        ctx=ctx, principal=ALICE, container_id=view.id, data={"image": "localhost/web:v2"}
+    )
+    host = view.urls[0].split(":")[0]
+    base = f"http://{dataplane.supervisor.options.listen}"
+    async with httpx.AsyncClient(base_url=base) as client:
+        await dataplane.sync()
+        cold = await client.get("/", headers={"Host": host})
+        assert cold.status_code == 503  # known container, nothing ready yet
+
+        with upstream("v1-a") as a, upstream("v1-b") as b, upstream("v2") as c:
+            # What the leader's reconciler writes once both revisions run.
+            assert write_endpoints(
+                ctx.engine, view.id, [ready(view.id, 1, a, b), ready(view.id, 2, c)]
+            )
+            svc.set_traffic(
+                ctx=ctx,
+                principal=ALICE,
+                container_id=view.id,
+                data=[
+                    {"revision": 1, "percent": 90},
+                    {"revision": 2, "percent": 10, "tag": "next"},
+                ],
+            )
+            await asyncio.sleep(0.5)  # the periodic resync picks the rows up
+            counts: Counter[str] = Counter()
+            for _ in range(500):
+                response = await client.get("/", headers={"Host": host})
+                counts[response.json()["name"]] += 1
+            assert abs((counts["v1-a"] + counts["v1-b"]) / 500 - 0.9) <= 0.02, counts
+            assert abs(counts["v2"] / 500 - 0.1) <= 0.02, counts
+            tagged = await client.get("/", headers={"Host": f"next---{host}"})
+            assert tagged.json()["name"] == "v2"
+
+            # Revision 1 gone from the runtime: its endpoints leave the table, its share with them.
+            assert write_endpoints(ctx.engine, view.id, [ready(view.id, 2, c)])
+            await dataplane.sync()
+            names = {
+                (await client.get("/", headers={"Host": host})).json()["name"] for _ in range(20)
+            }
+            assert names == {"v2"}
+
+        svc.delete_container(ctx=ctx, principal=ALICE, container_id=view.id)
+        await dataplane.sync()
+        gone = await client.get("/", headers={"Host": host})
+        assert gone.status_code == 404
