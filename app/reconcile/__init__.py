@@ -749,46 +749,13 @@ class Reconciler:
         rows: dict[int, Revision],
         records: dict[int, RevisionRecord],
     ) -> bool:
-        """Store each revision's observed values that changed; True when any did. Only the
-        observed columns are written: ``instances_desired`` and ``last_request_at`` belong to the
-        autoscaler and the activator."""
-        changed = False
-        with Session(self.engine) as session:
+        """Store each revision's observed values that changed (``write_revision_records``);
+        first tell the deploy metrics of revisions that now serve or failed for the first time."""
+        if self.on_deploy_finished is not None:
             for number, record in records.items():
                 row = rows[number]
-                current = RevisionRecord(
-                    row.instances_ready,
-                    tuple(row.endpoints or ()),
-                    row.serving_state,
-                    row.state_reason,
-                    row.state_message,
-                    _phase_tuples(row.phases),
-                )
-                if current == record:
-                    continue
-                if self.on_deploy_finished is not None:
-                    self._report_finished(row, current.phases, record.phases)
-                session.execute(
-                    sa.update(Revision)
-                    .where(
-                        col(Revision.container_id) == container_id,
-                        col(Revision.revision_number) == number,
-                    )
-                    .values(
-                        instances_ready=record.instances_ready,
-                        endpoints=list(record.endpoints),
-                        serving_state=record.serving_state,
-                        state_reason=record.state_reason[:128],
-                        state_message=record.state_message,
-                        phases=[
-                            {"phase": phase, "at": at, **({"reason": why} if why else {})}
-                            for phase, at, why in record.phases
-                        ],
-                    )
-                )
-                changed = True
-            session.commit()
-        return changed
+                self._report_finished(row, _phase_tuples(row.phases), record.phases)
+        return write_revision_records(self.engine, container_id, rows, records)
 
     def _report_finished(
         self,
@@ -836,3 +803,68 @@ class Reconciler:
             )
             session.commit()
             return changed and cast("CursorResult[Any]", result).rowcount == 1
+
+
+def write_revision_records(
+    engine: Engine,
+    container_id: str,
+    rows: dict[int, Revision],
+    records: dict[int, RevisionRecord],
+) -> bool:
+    """Store each revision's observed values that changed; True when any did. Only the
+    observed columns are written: ``instances_desired`` and ``last_request_at`` belong to the
+    autoscaler and the activator."""
+    changed = False
+    with Session(engine) as session:
+        for number, record in records.items():
+            row = rows[number]
+            current = RevisionRecord(
+                row.instances_ready,
+                tuple(row.endpoints or ()),
+                row.serving_state,
+                row.state_reason,
+                row.state_message,
+                _phase_tuples(row.phases),
+            )
+            if current == record:
+                continue
+            session.execute(
+                sa.update(Revision)
+                .where(
+                    col(Revision.container_id) == container_id,
+                    col(Revision.revision_number) == number,
+                )
+                .values(
+                    instances_ready=record.instances_ready,
+                    endpoints=list(record.endpoints),
+                    serving_state=record.serving_state,
+                    state_reason=record.state_reason[:128],
+                    state_message=record.state_message,
+                    phases=[
+                        {"phase": phase, "at": at, **({"reason": why} if why else {})}
+                        for phase, at, why in record.phases
+                    ],
+                )
+            )
+            changed = True
+        session.commit()
+    return changed
+
+
+def write_endpoints(engine: Engine, container_id: str, states: list[RevisionState]) -> bool:
+    """Store what one observation says of each revision (ready instances, endpoints, serving
+    state) as the reconciler does, every observed revision being kept; True when anything
+    changed. For callers that have runtime states in hand (tests of the data plane)."""
+    by_revision = {state.revision: state for state in states}
+    with Session(engine, expire_on_commit=False) as session:
+        rows = {
+            row.revision_number: row
+            for row in session.exec(
+                select(Revision).where(col(Revision.container_id) == container_id)
+            ).all()
+        }
+    records = {
+        number: revision_record(row, by_revision.get(number), kept=number in by_revision)
+        for number, row in rows.items()
+    }
+    return write_revision_records(engine, container_id, rows, records)

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
 from app.dataplane.caddy import ProxyOptions
 from app.dataplane.controller import DataPlane
 from app.dataplane.supervisor import CaddySupervisor, run_dir
-from app.domain.models import Revision
 from app.domain.principal import Principal
-from app.reconcile import revision_record
+from app.reconcile import write_endpoints
 from app.runtime.base import Phase, RevisionState
 from app.server import build_state
 from app.services import containers as svc
@@ -28,24 +25,6 @@ from tests.dataplane.test_caddy_real import upstream
 from tests.support.server import free_port
 
 ALICE = Principal("alice")
-
-
-def write_endpoints(engine: Engine, container_id: str, states: list[RevisionState]) -> bool:
-    """What the leader's reconciler stores for the data plane of every replica: each revision's
-    observed row (``revision_record``), written here without running a reconciler."""
-    by_revision = {state.revision: state for state in states}
-    with Session(engine) as session:
-        rows = session.exec(select(Revision).where(Revision.container_id == container_id)).all()
-        for row in rows:
-            record = revision_record(
-                row, by_revision.get(row.revision_number), kept=row.revision_number in by_revision
-            )
-            row.instances_ready = record.instances_ready
-            row.endpoints = list(record.endpoints)
-            row.serving_state = record.serving_state
-            session.add(row)
-        session.commit()
-    return bool(rows)
 
 
 @pytest.fixture
