@@ -282,8 +282,6 @@ class Reconciler:
         self._drain_since: dict[str, float] = {}
         self._applied_traffic: dict[str, str] = {}
         self._shrink_since: dict[tuple[str, int], float] = {}
-        self._applied: dict[str, tuple[int, str]] = {}
-        """Runtimes that own instance counts: the (generation, traffic) last applied."""
         self._tasks: list[asyncio.Task[None]] = []
         self._failures: dict[str, int] = {}
         self._pending_polls: dict[str, int] = {}
@@ -470,7 +468,6 @@ class Reconciler:
                 await self.on_status(container_id, "deleted")
         self._locks.pop(container_id, None)
         self._pending_polls.pop(container_id, None)
-        self._applied.pop(container_id, None)
         self._failures.pop(container_id, None)
         self._drain_since.pop(container_id, None)
         self._applied_traffic.pop(container_id, None)
@@ -625,9 +622,6 @@ class Reconciler:
     ) -> bool:
         """Ask the runtime for each kept revision's instance count; True when it was asked.
         Removing serving instances waits for the drain period (``shrinking`` says to how many)."""
-        capabilities = self.runtime.capabilities
-        if capabilities.autoscales or not capabilities.scale_to_zero:
-            return await self._apply_owned(container, states)
         loop = asyncio.get_running_loop()
         asked = False
         for number in sorted(kept):
@@ -654,17 +648,6 @@ class Reconciler:
             await self.runtime.scale(revision_workload_spec(container, row, self.catalog), desired)
             asked = True
         return asked
-
-    async def _apply_owned(self, container: Container, states: dict[int, RevisionState]) -> bool:
-        """Runtimes that own the instance counts (Knative autoscales; a Deployment follows the
-        spec's minInstances and its HorizontalPodAutoscaler) get the newest revision's spec
-        with the container's traffic whenever either changed, or the runtime lacks it."""
-        applied = (container.generation, json.dumps(container.traffic, sort_keys=True))
-        if self._applied.get(container.id) == applied and container.generation in states:
-            return False
-        await self.runtime.scale(workload_spec(container, self.catalog), 1)
-        self._applied[container.id] = applied
-        return True
 
     def _status(
         self, container: Container, rows: dict[int, Revision], states: dict[int, RevisionState]
