@@ -95,6 +95,9 @@ def _host_route(route: HostRoute, options: ProxyOptions) -> dict[str, Any]:
             options,
             [backend.weight for backend in route.backends],
         )
+    elif route.failed:
+        # Nothing will heal by waiting: no Retry-After; the status says what to fix.
+        handle = _plain(503, "container failed; see its statusReason, fix it and redeploy\n")
     else:
         handle = _plain(
             503, f"{route.host} has no ready revision yet; retry shortly\n", retry_after=True

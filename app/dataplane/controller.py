@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -23,7 +24,7 @@ from app.dataplane.routes import (
     build_routing_table,
 )
 from app.dataplane.supervisor import CaddySupervisor
-from app.domain.models import Container, Revision
+from app.domain.models import Container, ContainerStatus, Revision
 from app.domain.traffic import traffic_of
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,14 @@ log = logging.getLogger(__name__)
 def routed_containers(engine: Engine) -> list[RoutedContainer]:
     """Every live container with the ready endpoints of its revisions."""
     with Session(engine) as session:
-        containers = session.exec(
-            select(Container.id, Container.slug, Container.ready_revision, Container.traffic).where(
-                col(Container.deleted_at).is_(None)
-            )
+        containers = session.execute(
+            sa.select(
+                col(Container.id),
+                col(Container.slug),
+                col(Container.ready_revision),
+                col(Container.traffic),
+                col(Container.status),
+            ).where(col(Container.deleted_at).is_(None))
         ).all()
         ready = session.exec(
             select(
@@ -57,8 +62,9 @@ def routed_containers(engine: Engine) -> list[RoutedContainer]:
             ready_revision=ready_revision,
             revisions=tuple(revisions.get(container_id, ())),
             traffic=tuple(traffic_of(list(traffic) if traffic is not None else None)),
+            failed=status == ContainerStatus.FAILED,
         )
-        for container_id, slug, ready_revision, traffic in containers
+        for container_id, slug, ready_revision, traffic, status in containers
     ]
 
 

@@ -37,7 +37,9 @@ class HostRoute:
     """Lowercase, no port: ``<slug>.<domain>`` or ``<tag>---<slug>.<domain>``."""
     container_id: str
     backends: tuple[Backend, ...]
-    """Empty: the proxy answers 503 with ``Retry-After``."""
+    """Empty: the proxy answers 503 with ``Retry-After`` (without it when ``failed``)."""
+    failed: bool = False
+    """The container failed: waiting will not help, so no ``Retry-After``."""
 
 
 RoutingTable = tuple[HostRoute, ...]
@@ -69,6 +71,8 @@ class RoutedContainer:
     traffic: tuple[TrafficEntry, ...] = (LATEST_100,)
     """The container's desired traffic (``traffic_of(Container.traffic)``); by default 100 % to
     the newest ready revision."""
+    failed: bool = False
+    """Its status is ``failed``: a host without backends says so instead of "retry shortly"."""
 
     def endpoints(self, revision: int) -> tuple[str, ...]:
         for routed in self.revisions:
@@ -126,7 +130,9 @@ def build_routing_table(
         resolved = resolve_traffic(container.traffic, latest_ready=container.ready_revision)
         shares = [(t.revision, t.percent) for t in resolved if t.revision is not None]
         host = f"{slug}.{suffix}"
-        routes[host] = HostRoute(host, container.id, _backends(container, shares, activator))
+        routes[host] = HostRoute(
+            host, container.id, _backends(container, shares, activator), container.failed
+        )
         for target in resolved:
             if not target.tag:
                 continue
@@ -136,5 +142,5 @@ def build_routing_table(
                 if target.revision is not None
                 else ()
             )
-            routes[tagged] = HostRoute(tagged, container.id, backends)
+            routes[tagged] = HostRoute(tagged, container.id, backends, container.failed)
     return tuple(routes[host] for host in sorted(routes))

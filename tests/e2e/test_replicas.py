@@ -66,8 +66,9 @@ def test_replica_b_streams_what_leader_a_produces(replicas: tuple[Server, Server
         assert all(e.json()["revision"] == 1 for e in lines_b)
         assert {e.json()["stream"] for e in lines_b} == {"stdout", "stderr"}
         assert lines_a and lines_b
-        # Two subscribers on two replicas, one engine stream, opened by the leader only.
-        assert log_streams(a)["upstreamOpen"] == 1 and log_streams(a)["pumps"] == 1
+        # Two subscribers on two replicas, one engine stream, opened by the leader only (a
+        # stream the engine ends is reopened, so this waits for it to be open at the moment).
+        wait_streams(a, {"upstreamOpen": 1, "pumps": 1})
         assert log_streams(b)["upstreamOpened"] == 0 and log_streams(b)["pumps"] == 0
     wait_streams(a, {"pumps": 0, "upstreamOpen": 0})
     assert log_streams(a)["upstreamOpened"] == 1
