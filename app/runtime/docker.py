@@ -182,6 +182,11 @@ def listening_ports(pid: int, proc: str = "/proc") -> set[int] | None:
     host with the right to read them). None when that cannot be told."""
     if pid <= 0:
         return None
+    try:
+        if os.stat(f"{proc}/{pid}/ns/net").st_ino == os.stat(f"{proc}/self/ns/net").st_ino:
+            return None  # the host's own network: its ports are not the container's to judge
+    except OSError:
+        pass  # no namespace links (e.g. a copied /proc tree): read the tables as they are
     ports: set[int] = set()
     read_any = False
     for table in ("tcp", "tcp6"):
