@@ -30,8 +30,9 @@ Limits of the local engine, on purpose:
   :meth:`DockerRuntime.apply` of that revision tries again, so a restart loses nothing). Nothing
   retries a failed pull on its own (a wrong name or a missing tag does not heal): the status says
   that a redeploy is needed, which makes a new revision and pulls again.
-- A revision that fails while its process runs (crash loop, wrong port, readiness timeout) has
-  its engine container stopped, and keeps reporting the reason it failed. A process listening
+- A revision that fails to deploy while its process runs (crash loop, wrong port, readiness
+  timeout) has its engine container stopped, and keeps reporting the reason it failed; one that
+  was ready once is never stopped for a failed probe. A process listening
   on other ports than the declared one (read from ``/proc/<pid>/net/tcp`` when Dockyard runs on
   the engine's host) fails after :data:`PORT_MISMATCH_GRACE_SECONDS` with ``PortMismatch``,
   naming the declared port, the ports the image exposes and those the process listens on.
@@ -201,6 +202,11 @@ def listening_ports(pid: int, proc: str = "/proc") -> set[int] | None:
     host with the right to read them). None when that cannot be told."""
     if pid <= 0:
         return None
+    try:
+        if os.stat(f"{proc}/{pid}/ns/net").st_ino == os.stat(f"{proc}/self/ns/net").st_ino:
+            return None  # the host's own network: its ports are not the container's to judge
+    except OSError:
+        pass  # no namespace links (e.g. a copied /proc tree): read the tables as they are
     ports: set[int] = set()
     read_any = False
     for table in ("tcp", "tcp6"):
@@ -283,6 +289,9 @@ class DockerRuntime:
         self._failures: dict[tuple[str, int], RevisionState] = {}
         self._stopped: dict[tuple[str, int], RevisionState] = {}
         """Failed revisions whose engine container we stopped, with the reason they failed."""
+        self._ever_ready: set[tuple[str, int]] = set()
+        """Revisions seen ready: one that served is never stopped for a failed probe (a slow
+        machine can miss one), only revisions that failed to deploy are."""
         self._exposed: dict[str, list[str]] = {}
         """Image id -> the ports its config exposes (``EXPOSE``)."""
         self._engine_streams = EngineStreams(
@@ -557,6 +566,9 @@ class DockerRuntime:
             for key in list(failures):
                 if key[0] == container_id and (keep is None or key[1] not in keep):
                     failures.pop(key, None)
+        self._ever_ready -= {
+            key for key in self._ever_ready if key[0] == container_id and key[1] != keep_revision
+        }
         for c in self._list(container_id, sparse=True):
             if keep is not None and self._revision(c) in keep:
                 continue
@@ -603,7 +615,14 @@ class DockerRuntime:
                 state = stopped
             else:
                 state = self._state_of(container_id, revision, c)
-                if state.phase is Phase.FAILED and self._status(c) in ("running", "restarting"):
+                key = (container_id, revision)
+                if state.phase is Phase.READY:
+                    self._ever_ready.add(key)
+                elif (
+                    state.phase is Phase.FAILED
+                    and key not in self._ever_ready
+                    and self._status(c) in ("running", "restarting")
+                ):
                     state = self._stop_failed(c, state)
             instances.setdefault(revision, []).append((self._replica(c), state))
         states = {
