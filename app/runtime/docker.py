@@ -63,6 +63,7 @@ from app.runtime.base import (
     Capabilities,
     LogLine,
     Phase,
+    Probes,
     RevisionState,
     RuntimeAdapterError,
     RuntimeConflict,
@@ -72,10 +73,15 @@ from app.runtime.base import (
     WorkloadSpec,
 )
 from app.runtime.engine_streams import EngineStreams, LogParser, read_json_lines, read_log_batches
+from app.runtime.probing import Prober, Target, budget_of, probes_from_label, probes_to_label
 
 T = TypeVar("T")
 
 MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+LABEL_PROBES = "dockyard.dev/probes"
+"""The revision's health probes (JSON, ``app.runtime.probing``); absent: the port accepts."""
+LABEL_PORT = "dockyard.dev/port"
+"""The container port the revision serves on, when probes publish more than one."""
 LIST_ATTEMPTS = 3
 LOG_TAIL_ON_FAILURE = 5
 _STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
@@ -102,6 +108,9 @@ def container_labels(
     }
     if spec.gpu > 0:
         labels[LABEL_GPU] = str(spec.gpu)
+    if spec.probes != Probes():
+        labels[LABEL_PROBES] = probes_to_label(spec.probes)
+        labels[LABEL_PORT] = str(spec.port)
     if instance is not None:
         labels[LABEL_INSTANCE] = instance
     return labels
@@ -126,7 +135,7 @@ def container_create_kwargs(
         "name": container_name(spec.container_id, spec.revision, replica),
         "labels": container_labels(spec, instance, extra_labels, replica),
         "environment": dict(spec.env),
-        "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
+        "ports": {f"{port}/tcp": ("127.0.0.1", None) for port in sorted(_published_ports(spec))},
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": crashloop_restarts},
         "detach": True,
     }
@@ -146,6 +155,16 @@ def container_create_kwargs(
     if enforce_storage and spec.ephemeral_storage_bytes > 0:
         kwargs["storage_opt"] = {"size": str(spec.ephemeral_storage_bytes)}
     return kwargs
+
+
+def _published_ports(spec: WorkloadSpec) -> set[int]:
+    """The revision's port, and the other ports its HTTP/TCP probes check (Dockyard's checker
+    reaches them on 127.0.0.1 like the data plane)."""
+    ports = {spec.port}
+    for probe in (spec.probes.startup, spec.probes.readiness, spec.probes.liveness):
+        if probe is not None and probe.action != "exec" and probe.port:
+            ports.add(probe.port)
+    return ports
 
 
 def parse_engine_time(value: str) -> datetime | None:
@@ -234,6 +253,7 @@ class DockerRuntime:
         self._engine_streams = EngineStreams(
             base_url, api_version=api_version, connect_timeout=max(connect_timeout, 5.0)
         )
+        self._prober = Prober(self._exec_probe, self._restart_instance)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -531,11 +551,37 @@ class DockerRuntime:
     # -- observe --------------------------------------------------------------------------------
 
     async def observe(self, container_id: str) -> list[RevisionState]:
+        self._prober.ensure_running()
         return await self._call(f"observe {container_id}", self._observe_sync, container_id)
+
+    async def _exec_probe(
+        self, engine_id: str, command: tuple[str, ...], limit: float
+    ) -> tuple[int, str]:
+        """Run an ``exec`` probe's command in the instance (the engine's exec API); the caller
+        stops waiting after ``limit`` seconds."""
+
+        def run() -> tuple[int, str]:
+            c = self._client.containers.get(engine_id)
+            code, output = c.exec_run(list(command), stdout=True, stderr=True)
+            text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
+            return int(code if code is not None else -1), text
+
+        return await self._call(f"exec probe in {engine_id[:12]}", run)
+
+    async def _restart_instance(self, engine_id: str) -> None:
+        """Restart an instance whose liveness probe failed (SIGTERM, ``stop_timeout``, SIGKILL)."""
+
+        def run() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._client.containers.get(engine_id).restart(timeout=self.stop_timeout)
+
+        await self._call(f"restart {engine_id[:12]}", run)
 
     def _observe_sync(self, container_id: str) -> list[RevisionState]:
         instances: dict[int, list[tuple[int, RevisionState]]] = {}
-        for c in self._list(container_id):
+        found = self._list(container_id)
+        self._prober.forget_missing(container_id, {str(c.id) for c in found})
+        for c in found:
             revision = self._revision(c)
             if revision is not None:
                 state = self._state_of(container_id, revision, c)
@@ -560,7 +606,10 @@ class DockerRuntime:
         status = str(state.get("Status") or c.status or "").lower()
         restarts = int(attrs.get("RestartCount") or 0)
         exit_code = state.get("ExitCode")
-        endpoint = self._endpoint(attrs)
+        labels = self._labels(c)
+        probes = probes_from_label(labels.get(LABEL_PROBES, ""))
+        port = int(labels[LABEL_PORT]) if labels.get(LABEL_PORT, "").isdigit() else None
+        endpoint = self._endpoint(attrs, port)
         started_at = parse_engine_time(str(state.get("StartedAt") or ""))
         budget = (
             self.gpu_readiness_timeout if self._labels(c).get(LABEL_GPU) else self.readiness_timeout
@@ -582,6 +631,19 @@ class DockerRuntime:
                 )
             if endpoint is None:
                 return result(Phase.FAILED, "NoPort", "the engine published no host port")
+            if probes is not None and port is not None:
+                target = Target(
+                    engine_id=str(c.id),
+                    container_id=container_id,
+                    started=str(state.get("StartedAt") or ""),
+                    probes=probes,
+                    port=port,
+                    addresses=self._addresses(attrs),
+                )
+                verdict = self._prober.verdict(
+                    target, since_start=since_start, budget=budget_of(probes, budget)
+                )
+                return result(verdict.phase, verdict.reason, verdict.message)
             if self._port_open(endpoint):
                 return result(Phase.READY)
             if since_start > budget:
@@ -641,7 +703,21 @@ class DockerRuntime:
         return result(Phase.PENDING, "ContainerCreating", f"container is {status or 'unknown'}")
 
     @staticmethod
-    def _endpoint(attrs: dict[str, Any]) -> str | None:
+    def _addresses(attrs: dict[str, Any]) -> dict[int, str]:
+        """Container port -> published ``127.0.0.1:<host port>``."""
+        found: dict[int, str] = {}
+        ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        for key, bindings in ports.items():
+            number = str(key).split("/", 1)[0]
+            for binding in bindings or []:
+                if binding.get("HostPort") and number.isdigit():
+                    found.setdefault(int(number), f"127.0.0.1:{binding['HostPort']}")
+        return found
+
+    @classmethod
+    def _endpoint(cls, attrs: dict[str, Any], port: int | None = None) -> str | None:
+        if port is not None:
+            return cls._addresses(attrs).get(port)
         ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
         for bindings in ports.values():
             for binding in bindings or []:
@@ -736,6 +812,7 @@ class DockerRuntime:
         return engine_id, rev
 
     async def close(self) -> None:
+        await self._prober.close()
         await self._engine_streams.close()
         await asyncio.to_thread(self._client.close)
 
