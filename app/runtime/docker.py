@@ -39,7 +39,7 @@ import errno
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -755,7 +755,37 @@ class DockerRuntime:
         return self._engine_streams.open_streams
 
     async def watch(self) -> AsyncIterator[RuntimeEvent]:
+        """The engine's events for managed containers, merged with the prober's (an instance
+        became ready, stopped being ready, or was restarted for its liveness probe)."""
         self._check_socket("events")
+        queue: asyncio.Queue[RuntimeEvent | Exception | None] = asyncio.Queue()
+        self._prober.subscribe(queue)
+        pump = asyncio.create_task(self._pump_events(queue), name="dockyard-engine-events")
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            self._prober.unsubscribe(queue)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _pump_events(self, queue: asyncio.Queue[RuntimeEvent | Exception | None]) -> None:
+        try:
+            async with contextlib.aclosing(self._engine_events()) as events:
+                async for event in events:
+                    queue.put_nowait(event)
+        except Exception as e:
+            queue.put_nowait(e)
+        else:
+            queue.put_nowait(None)
+
+    async def _engine_events(self) -> AsyncGenerator[RuntimeEvent, None]:
         filters = docker.utils.convert_filters(
             {"label": self._managed_filter(), "type": ["container"]}
         )

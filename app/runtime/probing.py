@@ -29,10 +29,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
-from app.runtime.base import Phase, Probe, Probes
+from app.runtime.base import Phase, Probe, Probes, RuntimeEvent
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,19 @@ class Prober:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._checks: set[asyncio.Task[None]] = set()
+        self._listeners: set[asyncio.Queue[Any]] = set()
+
+    def subscribe(self, queue: asyncio.Queue[Any]) -> None:
+        """Put a ``RuntimeEvent`` on ``queue`` whenever an instance becomes ready or stops being
+        ready, or is restarted: nothing in the engine tells the reconciler so."""
+        self._listeners.add(queue)
+
+    def unsubscribe(self, queue: asyncio.Queue[Any]) -> None:
+        self._listeners.discard(queue)
+
+    def _changed(self, container_id: str) -> None:
+        for queue in self._listeners:
+            queue.put_nowait(RuntimeEvent(container_id=container_id))
 
     # -- called from observe (any thread) -----------------------------------------------------
 
@@ -242,6 +256,7 @@ class Prober:
             ok, result = False, f"could not be checked: {e}"
         restart_why = None
         with self._lock:
+            was_passed = track.passed
             track.running = False
             track.last = result
             track.next_due = time.monotonic() + track.probe.period_seconds
@@ -262,6 +277,9 @@ class Prober:
                 health.restarting = True
                 for other in health.tracks.values():
                     other.passed = False
+            changed = track.passed != was_passed or restart_why is not None
+        if changed:
+            self._changed(health.target.container_id)
         if restart_why is not None:
             log.info("liveness probe failed for %s: %s", health.target.engine_id, restart_why)
             try:
