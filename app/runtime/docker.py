@@ -518,11 +518,14 @@ class DockerRuntime:
         for key in list(self._failures):
             if key[0] == container_id and (keep is None or key[1] not in keep):
                 self._failures.pop(key, None)
+        kept = set()
         for c in self._list(container_id, sparse=True):
             if keep is not None and self._revision(c) in keep:
+                kept.add(str(c.id))
                 continue
             # graceful for a retired revision still serving (SIGTERM, then SIGKILL)
             self._remove_container(c, graceful=keep is not None)
+        self._prober.forget_missing(container_id, kept)
 
     def _remove_container(self, c: Any, *, graceful: bool) -> None:
         try:

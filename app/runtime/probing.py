@@ -202,7 +202,8 @@ class Prober:
 
     def ensure_running(self) -> None:
         """Start the checking task on the running loop (from ``observe``)."""
-        if self._task is None or self._task.done():
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
             self._task = asyncio.create_task(self._run(), name="dockyard-prober")
 
     async def close(self) -> None:
