@@ -124,14 +124,105 @@ class ScalingInput(BaseModel):
 
 SCALING_FIELDS = tuple(info.alias or name for name, info in ScalingInput.model_fields.items())
 
-_PROBE_CONFIG = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=False)
-ProbePort = Annotated[StrictInt | None, BeforeValidator(_port)]
+
+def _whole(value: object) -> object:
+    """JSON ``3.0`` is the integer 3 (JSON Schema's ``integer``); ``3.5`` stays invalid."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _probe_port(value: object) -> object:
+    return _whole(_port(value))
+
+
+ProbePort = Annotated[StrictInt | None, BeforeValidator(_probe_port)]
+ProbeInt = Annotated[StrictInt | None, BeforeValidator(_whole)]
+
+PROBE_BOUNDS: dict[str, tuple[int, int]] = {
+    "initialDelaySeconds": (0, MAX_PROBE_SECONDS),
+    "periodSeconds": (1, MAX_PROBE_SECONDS),
+    "timeoutSeconds": (1, MAX_PROBE_SECONDS),
+    "successThreshold": (1, MAX_PROBE_THRESHOLD),
+    "failureThreshold": (1, MAX_PROBE_THRESHOLD),
+}
+
+# The published JSON Schema states every rule of a probe that JSON Schema can state (so a
+# document valid by it is accepted); the checks themselves, with their messages, are in
+# ``_probe_errors``. Cross-field rules are in ProbesInput's description.
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_PORT_SCHEMA = _nullable(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "maximum": 65535},
+            {"type": "string", "pattern": "^[1-9][0-9]{0,3}$"},
+        ],
+        "description": "Default: the container's port.",
+    }
+)
+
+
+def _action_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    properties = schema["properties"]
+    if "port" in properties:
+        properties["port"] = _PORT_SCHEMA
+    if "path" in properties:
+        properties["path"] = _nullable(
+            {"type": "string", "pattern": "^/[!-~]*$", "maxLength": MAX_PROBE_PATH}
+        )
+    if "command" in properties:
+        properties["command"] = {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_LIST_ITEMS,
+            "items": {"type": "string", "pattern": "^[^\\x00]*$", "maxLength": MAX_ITEM_LENGTH},
+        }
+        schema["required"] = ["command"]
+
+
+def _probe_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    properties = schema["properties"]
+    for action in PROBE_ACTIONS:
+        refs = [item for item in properties[action]["anyOf"] if "$ref" in item]
+        properties[action] = refs[0]
+    schema["oneOf"] = [{"required": [action]} for action in PROBE_ACTIONS]
+    for key, (low, high) in PROBE_BOUNDS.items():
+        if key == "successThreshold" and model is not ProbeInput:
+            high = 1
+        properties[key] = _nullable(
+            {"type": "integer", "minimum": low, "maximum": high, "default": PROBE_DEFAULTS[key]}
+        )
+
+
+def _probes_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    schema["properties"]["startupBudgetSeconds"] = _nullable(
+        {"type": "integer", "minimum": 1, "maximum": Limits.max_gpu_startup_seconds}
+    )
+
+
+_ACTION_CONFIG = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    populate_by_name=False,
+    json_schema_extra=_action_schema,
+)
+_PROBE_CONFIG = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    populate_by_name=False,
+    json_schema_extra=_probe_schema,
+)
 
 
 class HttpGetInput(BaseModel):
     """``httpGet``: Dockyard (or the kubelet) GETs ``path`` on ``port``; 200-399 passes."""
 
-    model_config = _PROBE_CONFIG
+    model_config = _ACTION_CONFIG
 
     path: StrictStr | None = Field(None, max_length=MAX_PROBE_PATH)
     port: ProbePort = None
@@ -140,7 +231,7 @@ class HttpGetInput(BaseModel):
 class TcpSocketInput(BaseModel):
     """``tcpSocket``: the port accepts a TCP connection."""
 
-    model_config = _PROBE_CONFIG
+    model_config = _ACTION_CONFIG
 
     port: ProbePort = None
 
@@ -148,7 +239,7 @@ class TcpSocketInput(BaseModel):
 class ExecInput(BaseModel):
     """``exec``: the command, run inside the container, exits 0."""
 
-    model_config = _PROBE_CONFIG
+    model_config = _ACTION_CONFIG
 
     command: list[Annotated[StrictStr, Field(max_length=MAX_ITEM_LENGTH)]] | None = Field(
         None, max_length=MAX_LIST_ITEMS
@@ -156,29 +247,43 @@ class ExecInput(BaseModel):
 
 
 class ProbeInput(BaseModel):
-    """One probe of a request: exactly one action, Kubernetes' timing fields."""
+    """A readiness probe: exactly one of httpGet, tcpSocket or exec, and Kubernetes' timing
+    fields (unset: Kubernetes' defaults)."""
 
     model_config = _PROBE_CONFIG
 
     http_get: HttpGetInput | None = None
     tcp_socket: TcpSocketInput | None = None
     exec_: ExecInput | None = Field(None, alias="exec")
-    initial_delay_seconds: StrictInt | None = None
-    period_seconds: StrictInt | None = None
-    timeout_seconds: StrictInt | None = None
-    success_threshold: StrictInt | None = None
-    failure_threshold: StrictInt | None = None
+    initial_delay_seconds: ProbeInt = None
+    period_seconds: ProbeInt = None
+    timeout_seconds: ProbeInt = None
+    success_threshold: ProbeInt = None
+    failure_threshold: ProbeInt = None
+
+
+class SingleSuccessProbeInput(ProbeInput):
+    """A startup or liveness probe: as a readiness probe, but ``successThreshold`` must be 1."""
 
 
 class ProbesInput(BaseModel):
-    """The ``probes`` object of a request."""
+    """Health probes; null or absent: the port accepting TCP connections is the readiness check.
+    Rules across fields: the start-up budget (``startupBudgetSeconds``, or the startup probe's
+    ``initialDelaySeconds + failureThreshold * periodSeconds``; give only one of them) is at most
+    DOCKYARD_MAX_STARTUP_BUDGET_SECONDS (240) without GPUs and
+    DOCKYARD_GPU_READINESS_TIMEOUT_SECONDS (1800) with GPUs."""
 
-    model_config = _PROBE_CONFIG
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=False,
+        json_schema_extra=_probes_schema,
+    )
 
-    startup: ProbeInput | None = None
+    startup: SingleSuccessProbeInput | None = None
     readiness: ProbeInput | None = None
-    liveness: ProbeInput | None = None
-    startup_budget_seconds: StrictInt | None = None
+    liveness: SingleSuccessProbeInput | None = None
+    startup_budget_seconds: ProbeInt = None
 
 
 def _aliases(model: type[BaseModel]) -> tuple[str, ...]:
@@ -508,6 +613,11 @@ def _probe_errors(kind: str, probe: Mapping[str, Any]) -> tuple[dict[str, Any], 
     where = f"probes.{kind}"
     errors: list[FieldError] = []
     actions = [name for name in PROBE_ACTIONS if probe.get(name) is not None]
+    for name in PROBE_ACTIONS:
+        if name in probe and probe[name] is None:
+            errors.append(
+                FieldError(f"{where}.{name}", f"must be {_probe_expected(('probes', kind, name))}")
+            )
     filled: dict[str, Any] = {**PROBE_DEFAULTS}
     for key in PROBE_DEFAULTS:
         if probe.get(key) is not None:
@@ -575,13 +685,6 @@ def _probe_errors(kind: str, probe: Mapping[str, Any]) -> tuple[dict[str, Any], 
             FieldError(
                 f"{where}.successThreshold",
                 f"must be 1 for a {kind} probe (as in Kubernetes)",
-            )
-        )
-    if filled["periodSeconds"] >= 1 and filled["timeoutSeconds"] > filled["periodSeconds"]:
-        errors.append(
-            FieldError(
-                f"{where}.timeoutSeconds",
-                f"must not exceed periodSeconds ({filled['periodSeconds']})",
             )
         )
     return filled, errors

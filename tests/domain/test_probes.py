@@ -54,6 +54,17 @@ def test_defaults_are_kubernetes_ones() -> None:
     }
 
 
+def test_whole_numbers_may_be_written_as_floats() -> None:
+    spec = create({"readiness": {"tcpSocket": {"port": 9090.0}, "periodSeconds": 2.0}})
+    assert spec.to_json()["probes"]["readiness"]["periodSeconds"] == 2
+    assert (
+        "whole number"
+        in errors_of({"readiness": {"tcpSocket": {}, "periodSeconds": 2.5}})[
+            "probes.readiness.periodSeconds"
+        ]
+    )
+
+
 def test_http_path_defaults_to_root_and_ports_may_be_strings() -> None:
     spec = create({"readiness": {"httpGet": {"port": "9090"}}})
     assert spec.to_json()["probes"]["readiness"]["httpGet"] == {"path": "/", "port": 9090}
@@ -118,9 +129,9 @@ def test_http_path_defaults_to_root_and_ports_may_be_strings() -> None:
             "must be 1",
         ),
         (
-            {"readiness": {"tcpSocket": {}, "periodSeconds": 2, "timeoutSeconds": 5}},
-            "probes.readiness.timeoutSeconds",
-            "periodSeconds (2)",
+            {"readiness": {"httpGet": None, "tcpSocket": {}}},
+            "probes.readiness.httpGet",
+            'an object, e.g. {"path": "/ready"',
         ),
         ({"startupBudgetSeconds": 0}, "probes.startupBudgetSeconds", "from 1 to 240"),
         ({"startupBudgetSeconds": 241}, "probes.startupBudgetSeconds", "without GPUs"),
