@@ -237,6 +237,10 @@ def revision_phases(
     return _phase_tuples(updated if updated is not None else row.phases)
 
 
+PROBE_OUTAGES = ("LivenessProbeFailed", "ReadinessProbeFailed")
+"""Reasons of a pending revision that was ready before (``app.runtime.probing``)."""
+
+
 def revision_record(
     row: Revision,
     state: RevisionState | None,
@@ -274,6 +278,9 @@ def _revision_record(
         return RevisionRecord(len(endpoints), endpoints, serving, "", "")
     if state.phase is Phase.FAILED:
         return RevisionRecord(0, (), ServingState.FAILED, state.reason, state.message)
+    if state.reason in PROBE_OUTAGES:
+        # a probe took it out of traffic (restarting for liveness, or no longer ready): say so
+        return RevisionRecord(0, (), ServingState.STARTING, state.reason, state.message)
     # starting: a failure's reason stays until the revision is ready again
     return RevisionRecord(0, (), ServingState.STARTING, reason, message)
 

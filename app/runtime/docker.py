@@ -627,6 +627,9 @@ class DockerRuntime:
                 container_id, revision, phase, reason, message, endpoint, moments=moments
             )
 
+        restarting = self._prober.restart_verdict(str(c.id)) if probes is not None else None
+        if restarting is not None and status != "running":
+            return result(restarting.phase, restarting.reason, restarting.message)
         if status == "running":
             if restarts > self.crashloop_restarts:
                 return result(

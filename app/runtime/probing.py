@@ -160,6 +160,8 @@ class Prober:
         else:
             stage, track = "ReadinessProbeFailed", readiness
         probe = track.probe
+        if health.restarting:
+            return self._restarting(why)
         if readiness.passed and (startup is None or startup.passed):
             return Verdict(Phase.READY)
         if restarts:
@@ -189,6 +191,21 @@ class Prober:
             f"waiting for the {stage.removesuffix('ProbeFailed').lower()} probe: "
             f"{probe.describe()}: {track.last}",
         )
+
+    @staticmethod
+    def _restarting(why: str) -> Verdict:
+        return Verdict(
+            Phase.PENDING, "LivenessProbeFailed", f"{why}; restarting the instance (no traffic)"
+        )
+
+    def restart_verdict(self, engine_id: str) -> Verdict | None:
+        """While the prober restarts an instance for its liveness probe (the engine briefly
+        shows it stopped): that, rather than an exit."""
+        with self._lock:
+            health = self._health.get(engine_id)
+            if health is None or not health.restarting:
+                return None
+            return self._restarting(self._restarts.get(engine_id, (0, ""))[1])
 
     def forget_missing(self, container_id: str, present: set[str]) -> None:
         """Drop the container's instances that are gone from the engine."""

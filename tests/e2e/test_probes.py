@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from tests.e2e.test_local_runtime import server  # noqa: F401 - the fixture
-from tests.support.podman import HTTPD_V1, PAGE_LATE, PAGE_V1, READY_AFTER_SECONDS, READY_LATE
+from tests.support.podman import (
+    HTTPD_V1,
+    PAGE_LATE,
+    PAGE_V1,
+    READY_AFTER_SECONDS,
+    READY_LATE,
+    SICKLY,
+)
 from tests.support.server import Server
 
 pytestmark = pytest.mark.podman
@@ -72,3 +79,45 @@ def test_no_traffic_before_the_readiness_probe_passes(server: Server) -> None:  
     first_late = min(at for at, _, text in answers if text == PAGE_LATE)
     assert first_late - switched_at >= READY_AFTER_SECONDS - 0.1
     assert all(text == PAGE_V1 for at, _, text in answers if at < switched_at + 4.5)
+
+
+def test_a_failing_liveness_probe_restarts_the_instance_and_shows_why(
+    server: Server,  # noqa: F811
+) -> None:
+    probes = {
+        "liveness": {"httpGet": {"path": "/healthz"}, "periodSeconds": 1, "failureThreshold": 2}
+    }
+    created = server.api(
+        "POST",
+        "/v1/containers",
+        json={"name": "sickly", "image": SICKLY, "ram": "64Mi", "probes": probes},
+    )
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    server.wait_for(cid, lambda c: c["status"] == "deployed")
+    # /healthz disappears 3 s after the first start: two failures later the instance restarts,
+    # and the revision's state says why while it comes back.
+    reasons: list[tuple[str, str]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        revision = server.api("GET", f"/v1/containers/{cid}/revisions").json()["items"][0]
+        reasons.append((revision["stateReason"], revision["stateMessage"]))
+        if revision["stateReason"] == "LivenessProbeFailed":
+            break
+        time.sleep(0.05)
+    reason, message = reasons[-1]
+    assert reason == "LivenessProbeFailed", reasons[-3:]
+    assert "GET :8080/healthz answered 404 2 time(s) in a row" in message
+    assert "restart" in message and "the instance" in message
+    # The restarted instance stays healthy (the image fails only once) and serves again.
+    server.wait_for(
+        cid,
+        lambda c: (
+            c["status"] == "deployed"
+            and server.api("GET", f"/v1/containers/{cid}/revisions").json()["items"][0][
+                "stateReason"
+            ]
+            == ""
+        ),
+    )
+    assert server.through_ingress(created.json()).text == PAGE_V1
