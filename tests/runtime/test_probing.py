@@ -33,7 +33,7 @@ async def app() -> AsyncIterator[App]:
 
     server = web.Application()
     server.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(server)
+    runner = web.AppRunner(server, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
