@@ -115,6 +115,8 @@ def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
             max_cpu=settings.max_cpu,
             max_gpu=settings.max_gpu,
             max_instances=settings.max_instances,
+            max_startup_seconds=settings.max_startup_budget_seconds,
+            max_gpu_startup_seconds=int(settings.gpu_readiness_timeout_seconds),
         ),
         ingress_domain=settings.ingress_domain or f"localhost:{port}",
     )

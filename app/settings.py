@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     max_instances: int = Field(
         100, ge=1, description="Largest scaling.maxInstances a revision may ask for."
     )
+    max_startup_budget_seconds: int = Field(
+        240,
+        ge=1,
+        description="Largest start-up budget (probes.startupBudgetSeconds, or the startup "
+        "probe's initialDelaySeconds + failureThreshold * periodSeconds) of a revision without "
+        "GPUs; GPU revisions may ask up to GPU_READINESS_TIMEOUT_SECONDS.",
+    )
     gpu_catalog_file: Path | None = Field(
         None, description="YAML/JSON file replacing the built-in GPU catalog."
     )

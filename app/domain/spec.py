@@ -40,6 +40,20 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_DESIRED_GPUS = 25
 MAX_CONCURRENCY = 1000
 MAX_SCALE_TO_ZERO_AFTER = 86400
+MAX_PROBE_SECONDS = 3600
+MAX_PROBE_THRESHOLD = 1000
+MAX_PROBE_PATH = 2048
+PROBE_KINDS = ("startup", "readiness", "liveness")
+PROBE_ACTIONS = ("httpGet", "tcpSocket", "exec")
+PROBE_DEFAULTS: dict[str, int] = {
+    "initialDelaySeconds": 0,
+    "periodSeconds": 10,
+    "timeoutSeconds": 1,
+    "successThreshold": 1,
+    "failureThreshold": 3,
+}
+"""Kubernetes' probe defaults (and lower bounds: 0 for the delay, 1 for the rest)."""
+DEFAULT_STARTUP_BUDGET_SECONDS = 120
 KNATIVE_REQUIRED = "Knative Serving is required (this cluster runs plain Deployments)"
 
 SCALING_DEFAULTS: dict[str, int] = {
@@ -128,6 +142,180 @@ class ScalingInput(BaseModel):
 
 SCALING_FIELDS = tuple(info.alias or name for name, info in ScalingInput.model_fields.items())
 
+
+def _whole(value: object) -> object:
+    """JSON ``3.0`` is the integer 3 (JSON Schema's ``integer``); ``3.5`` stays invalid."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _probe_port(value: object) -> object:
+    return _whole(_port(value))
+
+
+ProbePort = Annotated[StrictInt | None, BeforeValidator(_probe_port)]
+ProbeInt = Annotated[StrictInt | None, BeforeValidator(_whole)]
+
+PROBE_BOUNDS: dict[str, tuple[int, int]] = {
+    "initialDelaySeconds": (0, MAX_PROBE_SECONDS),
+    "periodSeconds": (1, MAX_PROBE_SECONDS),
+    "timeoutSeconds": (1, MAX_PROBE_SECONDS),
+    "successThreshold": (1, MAX_PROBE_THRESHOLD),
+    "failureThreshold": (1, MAX_PROBE_THRESHOLD),
+}
+
+# The published JSON Schema states every rule of a probe that JSON Schema can state (so a
+# document valid by it is accepted); the checks themselves, with their messages, are in
+# ``_probe_errors``. Cross-field rules are in ProbesInput's description.
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_PORT_SCHEMA = _nullable(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "maximum": 65535},
+            {"type": "string", "pattern": "^[1-9][0-9]{0,3}$"},
+        ],
+        "description": "Default: the container's port.",
+    }
+)
+
+
+def _action_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    properties = schema["properties"]
+    if "port" in properties:
+        properties["port"] = _PORT_SCHEMA
+    if "path" in properties:
+        properties["path"] = _nullable(
+            {"type": "string", "pattern": "^/[!-~]*$", "maxLength": MAX_PROBE_PATH}
+        )
+    if "command" in properties:
+        properties["command"] = {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_LIST_ITEMS,
+            "items": {"type": "string", "pattern": "^[^\\x00]*$", "maxLength": MAX_ITEM_LENGTH},
+        }
+        schema["required"] = ["command"]
+
+
+def _probe_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    properties = schema["properties"]
+    for action in PROBE_ACTIONS:
+        refs = [item for item in properties[action]["anyOf"] if "$ref" in item]
+        properties[action] = refs[0]
+    schema["oneOf"] = [{"required": [action]} for action in PROBE_ACTIONS]
+    for key, (low, high) in PROBE_BOUNDS.items():
+        if key == "successThreshold" and model is not ProbeInput:
+            high = 1
+        properties[key] = _nullable(
+            {"type": "integer", "minimum": low, "maximum": high, "default": PROBE_DEFAULTS[key]}
+        )
+
+
+def _probes_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    schema["properties"]["startupBudgetSeconds"] = _nullable(
+        {"type": "integer", "minimum": 1, "maximum": Limits.max_gpu_startup_seconds}
+    )
+
+
+_ACTION_CONFIG = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    populate_by_name=False,
+    json_schema_extra=_action_schema,
+)
+_PROBE_CONFIG = ConfigDict(
+    extra="forbid",
+    alias_generator=to_camel,
+    populate_by_name=False,
+    json_schema_extra=_probe_schema,
+)
+
+
+class HttpGetInput(BaseModel):
+    """``httpGet``: Dockyard (or the kubelet) GETs ``path`` on ``port``; 200-399 passes."""
+
+    model_config = _ACTION_CONFIG
+
+    path: StrictStr | None = Field(None, max_length=MAX_PROBE_PATH)
+    port: ProbePort = None
+
+
+class TcpSocketInput(BaseModel):
+    """``tcpSocket``: the port accepts a TCP connection."""
+
+    model_config = _ACTION_CONFIG
+
+    port: ProbePort = None
+
+
+class ExecInput(BaseModel):
+    """``exec``: the command, run inside the container, exits 0."""
+
+    model_config = _ACTION_CONFIG
+
+    command: list[Annotated[StrictStr, Field(max_length=MAX_ITEM_LENGTH)]] | None = Field(
+        None, max_length=MAX_LIST_ITEMS
+    )
+
+
+class ProbeInput(BaseModel):
+    """A readiness probe: exactly one of httpGet, tcpSocket or exec, and Kubernetes' timing
+    fields (unset: Kubernetes' defaults)."""
+
+    model_config = _PROBE_CONFIG
+
+    http_get: HttpGetInput | None = None
+    tcp_socket: TcpSocketInput | None = None
+    exec_: ExecInput | None = Field(None, alias="exec")
+    initial_delay_seconds: ProbeInt = None
+    period_seconds: ProbeInt = None
+    timeout_seconds: ProbeInt = None
+    success_threshold: ProbeInt = None
+    failure_threshold: ProbeInt = None
+
+
+class SingleSuccessProbeInput(ProbeInput):
+    """A startup or liveness probe: as a readiness probe, but ``successThreshold`` must be 1."""
+
+
+class ProbesInput(BaseModel):
+    """Health probes; null or absent: the port accepting TCP connections is the readiness check.
+    Rules across fields: the start-up budget (``startupBudgetSeconds``, or the startup probe's
+    ``initialDelaySeconds + failureThreshold * periodSeconds``; give only one of them) is at most
+    DOCKYARD_MAX_STARTUP_BUDGET_SECONDS (240) without GPUs and
+    DOCKYARD_GPU_READINESS_TIMEOUT_SECONDS (1800) with GPUs."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=False,
+        json_schema_extra=_probes_schema,
+    )
+
+    startup: SingleSuccessProbeInput | None = None
+    readiness: ProbeInput | None = None
+    liveness: SingleSuccessProbeInput | None = None
+    startup_budget_seconds: ProbeInt = None
+
+
+def _aliases(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(info.alias or name for name, info in model.model_fields.items())
+
+
+PROBES_FIELDS = _aliases(ProbesInput)
+PROBE_FIELDS = _aliases(ProbeInput)
+_ACTION_FIELDS = {
+    "httpGet": _aliases(HttpGetInput),
+    "tcpSocket": _aliases(TcpSocketInput),
+    "exec": _aliases(ExecInput),
+}
+
 StrList = list[Annotated[StrictStr, Field(max_length=MAX_ITEM_LENGTH)]]
 
 
@@ -152,6 +340,7 @@ class ContainerInput(BaseModel):
         None, alias="desiredGPUs", max_length=MAX_DESIRED_GPUS
     )
     scaling: ScalingInput | None = None
+    probes: ProbesInput | None = None
 
 
 FIELDS = tuple(info.alias or name for name, info in ContainerInput.model_fields.items())
@@ -174,6 +363,39 @@ class ScalingSpec(BaseModel):
         return self.model_dump(by_alias=True, mode="json")
 
 
+class ProbeSpec(BaseModel):
+    """One probe with every default filled in; ``action`` is ``httpGet``, ``tcpSocket`` or
+    ``exec``. ``port`` is the container port probed (httpGet, tcpSocket)."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    http_get: dict[str, Any] | None = None
+    tcp_socket: dict[str, Any] | None = None
+    exec_: dict[str, Any] | None = Field(None, alias="exec")
+    initial_delay_seconds: int = PROBE_DEFAULTS["initialDelaySeconds"]
+    period_seconds: int = PROBE_DEFAULTS["periodSeconds"]
+    timeout_seconds: int = PROBE_DEFAULTS["timeoutSeconds"]
+    success_threshold: int = PROBE_DEFAULTS["successThreshold"]
+    failure_threshold: int = PROBE_DEFAULTS["failureThreshold"]
+
+
+class ProbesSpec(BaseModel):
+    """The health probes of a revision (part of its spec, so they travel with a rollback)."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    startup: ProbeSpec | None = None
+    readiness: ProbeSpec | None = None
+    liveness: ProbeSpec | None = None
+    startup_budget_seconds: int | None = None
+    """How long an instance may take to become ready; None: the runtime's default (120 s, or
+    the GPU budget), or the startup probe's ``initialDelaySeconds + failureThreshold *
+    periodSeconds`` when there is one."""
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
 class ContainerSpec(BaseModel):
     """A complete, valid container spec; revisions snapshot exactly this."""
 
@@ -191,9 +413,15 @@ class ContainerSpec(BaseModel):
     port: int
     desired_gpus: list[str] = Field(alias="desiredGPUs")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    probes: ProbesSpec | None = None
+    """None: the runtime's default check (the port accepts TCP connections)."""
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, mode="json")
+        data = self.model_dump(by_alias=True, mode="json", exclude={"probes"})
+        if self.probes is not None:
+            # Specs without probes keep the JSON they had before probes existed.
+            data["probes"] = self.probes.to_json()
+        return data
 
 
 @dataclass(frozen=True)
@@ -203,6 +431,10 @@ class Limits:
     max_cpu: float = 64
     max_gpu: int = 8
     max_instances: int = 100
+    max_startup_seconds: int = 240
+    """Largest start-up budget of a revision without GPUs (Cloud Run's 240 s)."""
+    max_gpu_startup_seconds: int = 1800
+    """Largest start-up budget of a GPU revision (model loading)."""
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -217,6 +449,47 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return text or "body"
 
 
+def _allowed_fields(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    if loc[:1] == ("scaling",) and len(loc) == 2:
+        return SCALING_FIELDS
+    if loc[:1] == ("probes",):
+        if len(loc) == 2:
+            return PROBES_FIELDS
+        if len(loc) == 3:
+            return PROBE_FIELDS
+        if len(loc) == 4:
+            return _ACTION_FIELDS.get(str(loc[2]), ())
+    return FIELDS
+
+
+def _probe_expected(loc: tuple[Any, ...]) -> str | None:
+    """What a field of ``probes`` must be (for type errors), from its JSON location."""
+    if not loc or loc[0] != "probes":
+        return None
+    last = str(loc[-1])
+    if len(loc) == 1:
+        return 'null or an object, e.g. {"readiness": {"httpGet": {"path": "/ready"}}}'
+    if len(loc) == 2 and last == "startupBudgetSeconds":
+        return "a whole number of seconds, e.g. 300"
+    if len(loc) == 2:
+        return 'null or an object with one of httpGet, tcpSocket or exec, e.g. {"tcpSocket": {}}'
+    if len(loc) == 3 and last in _ACTION_FIELDS:
+        return {
+            "httpGet": 'an object, e.g. {"path": "/ready", "port": 8080}',
+            "tcpSocket": 'an object, e.g. {"port": 8080}',
+            "exec": 'an object, e.g. {"command": ["cat", "/tmp/ready"]}',
+        }[last]
+    if len(loc) == 3:
+        return "a whole number"
+    if last == "port":
+        return "a port number 1-65535, e.g. 8080 (default: the container's port)"
+    if last == "path":
+        return 'a string starting with "/", e.g. "/ready"'
+    if last == "command" or isinstance(loc[-1], int):
+        return 'a non-empty list of strings, e.g. ["cat", "/tmp/ready"]'
+    return None
+
+
 def _message(error: Mapping[str, Any]) -> str:
     kind = str(error["type"])
     loc = error["loc"]
@@ -224,8 +497,7 @@ def _message(error: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        allowed = SCALING_FIELDS if top == "scaling" and len(loc) == 2 else FIELDS
-        return f"unknown field; allowed fields: {', '.join(allowed)}"
+        return f"unknown field; allowed fields: {', '.join(_allowed_fields(loc))}"
     if kind in ("model_type", "dict_type") and not loc:
         return "the request body must be a JSON object"
     if kind in ("too_long", "too_short", "string_too_long", "string_too_short"):
@@ -235,6 +507,8 @@ def _message(error: Mapping[str, Any]) -> str:
     dotted = ".".join(str(part) for part in loc)
     if dotted in _EXPECTED:
         return f"must be {_EXPECTED[dotted]}"
+    if expected := _probe_expected(tuple(loc)):
+        return f"must be {expected}"
     if top == "env":
         return "values must be strings (quote numbers and booleans)"
     if top in ("command", "arguments", "desiredGPUs"):
@@ -351,6 +625,140 @@ def _scaling_errors(
     return errors
 
 
+def _probe_errors(kind: str, probe: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
+    """One probe checked and filled with the defaults (an unset port stays unset: it means the
+    container's port)."""
+    where = f"probes.{kind}"
+    errors: list[FieldError] = []
+    actions = [name for name in PROBE_ACTIONS if probe.get(name) is not None]
+    for name in PROBE_ACTIONS:
+        if name in probe and probe[name] is None:
+            errors.append(
+                FieldError(f"{where}.{name}", f"must be {_probe_expected(('probes', kind, name))}")
+            )
+    filled: dict[str, Any] = {**PROBE_DEFAULTS}
+    for key in PROBE_DEFAULTS:
+        if probe.get(key) is not None:
+            filled[key] = probe[key]
+    if len(actions) != 1:
+        found = f"; got {' and '.join(actions)}" if actions else ""
+        errors.append(FieldError(where, f"needs exactly one of httpGet, tcpSocket or exec{found}"))
+    for action in actions:
+        given = dict(probe[action])
+        if action in ("httpGet", "tcpSocket"):
+            # Unset: the container's port, whatever it is in later revisions.
+            probe_port = given.pop("port", None)
+            if isinstance(probe_port, int) and not 1 <= probe_port <= 65535:
+                errors.append(
+                    FieldError(f"{where}.{action}.port", "must be a port number from 1 to 65535")
+                )
+            if probe_port is not None:
+                given["port"] = probe_port
+        if action == "httpGet":
+            path = given.get("path")
+            path = "/" if path is None else path
+            if not path.startswith("/") or any(
+                not (c.isascii() and c.isprintable()) or c.isspace() for c in path
+            ):
+                errors.append(
+                    FieldError(
+                        f"{where}.httpGet.path",
+                        'must start with "/" and hold printable ASCII without spaces, '
+                        'e.g. "/ready"',
+                    )
+                )
+            given["path"] = path
+        if action == "exec":
+            command = given.get("command") or []
+            if not command:
+                errors.append(
+                    FieldError(
+                        f"{where}.exec.command",
+                        'is required: a non-empty list of strings, e.g. ["cat", "/tmp/ready"]',
+                    )
+                )
+            for index, item in enumerate(command):
+                if "\x00" in item:
+                    errors.append(
+                        FieldError(
+                            f"{where}.exec.command[{index}]", "must not contain NUL characters"
+                        )
+                    )
+            given = {"command": list(command)}
+        filled[action] = given
+    low = {"initialDelaySeconds": 0}
+    for key, high in (
+        ("initialDelaySeconds", MAX_PROBE_SECONDS),
+        ("periodSeconds", MAX_PROBE_SECONDS),
+        ("timeoutSeconds", MAX_PROBE_SECONDS),
+        ("successThreshold", MAX_PROBE_THRESHOLD),
+        ("failureThreshold", MAX_PROBE_THRESHOLD),
+    ):
+        value = filled[key]
+        minimum = low.get(key, 1)
+        if not minimum <= value <= high:
+            errors.append(FieldError(f"{where}.{key}", f"must be from {minimum} to {high}"))
+    if kind != "readiness" and filled["successThreshold"] != 1:
+        errors.append(
+            FieldError(
+                f"{where}.successThreshold",
+                f"must be 1 for a {kind} probe (as in Kubernetes)",
+            )
+        )
+    return filled, errors
+
+
+def startup_budget(probes: Mapping[str, Any]) -> int | None:
+    """The start-up budget the probes ask for (JSON names; pure): ``startupBudgetSeconds``, or
+    the startup probe's ``initialDelaySeconds + failureThreshold * periodSeconds``."""
+    if probes.get("startupBudgetSeconds") is not None:
+        return int(probes["startupBudgetSeconds"])
+    startup = probes.get("startup")
+    if startup:
+        return int(
+            startup["initialDelaySeconds"] + startup["failureThreshold"] * startup["periodSeconds"]
+        )
+    return None
+
+
+def _probes_errors(
+    given: Mapping[str, Any], *, gpu: object, limits: Limits
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """The ``probes`` object checked and filled with Kubernetes' defaults."""
+    errors: list[FieldError] = []
+    filled: dict[str, Any] = {}
+    for kind in PROBE_KINDS:
+        probe = given.get(kind)
+        if probe is not None:
+            filled[kind], found = _probe_errors(kind, probe)
+            errors.extend(found)
+    budget = given.get("startupBudgetSeconds")
+    if budget is not None:
+        filled["startupBudgetSeconds"] = budget
+        if "startup" in filled:
+            errors.append(
+                FieldError(
+                    "probes.startupBudgetSeconds",
+                    "conflicts with probes.startup, whose initialDelaySeconds + "
+                    "failureThreshold * periodSeconds is the budget; give only one of them",
+                )
+            )
+    is_gpu = isinstance(gpu, int) and gpu > 0
+    ceiling = limits.max_gpu_startup_seconds if is_gpu else limits.max_startup_seconds
+    asked = startup_budget(filled) if not errors else budget
+    if isinstance(asked, int) and not 1 <= asked <= ceiling:
+        field = "probes.startupBudgetSeconds" if budget is not None else "probes.startup"
+        what = "GPU revisions" if is_gpu else "revisions without GPUs"
+        errors.append(
+            FieldError(
+                field,
+                f"the start-up budget must be from 1 to {ceiling} seconds for {what} "
+                f"(asked for {asked})",
+            )
+        )
+    return filled, errors
+
+
 def _fill_scaling(
     base: Mapping[str, int],
     given: Mapping[str, Any] | None,
@@ -447,6 +855,10 @@ def build_spec(
         )
     scaling = {**SCALING_DEFAULTS, **(fields.get("scaling") or {})}
     errors.extend(_scaling_errors(scaling, limits=limits, scale_to_zero=scale_to_zero))
+    probes = None
+    if fields.get("probes") is not None:
+        probes, probe_errors = _probes_errors(fields["probes"], gpu=gpu, limits=limits)
+        errors.extend(probe_errors)
     if errors:
         raise ValidationFailed(errors)
     return ContainerSpec(
@@ -462,6 +874,7 @@ def build_spec(
         port=port,
         desired_gpus=[model.name for model in desired],
         scaling=ScalingSpec.model_validate(scaling),
+        probes=ProbesSpec.model_validate(probes) if probes is not None else None,
     )
 
 
@@ -505,8 +918,9 @@ def spec_for_update(
     catalog: GpuCatalog,
     scale_to_zero: bool = True,
 ) -> ContainerSpec:
-    """Validate a partial update: present fields replace the current ones (env as a whole);
-    ``scaling`` sub-fields merge into the current scaling (``"scaling": null`` resets it)."""
+    """Validate a partial update: present fields replace the current ones (env and probes as a
+    whole, ``"probes": null`` removes them); ``scaling`` sub-fields merge into the current
+    scaling (``"scaling": null`` resets it)."""
     given = parse_input(data).model_dump(by_alias=True, exclude_unset=True)
     fields = {**current.to_json(), **given}
     # A spec stored before scaling existed (or reset with null) starts from the defaults, so

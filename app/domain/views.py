@@ -78,6 +78,9 @@ class ContainerView(_Camel):
     readyRevision: int | None
     scaling: ScalingView
     traffic: list[TrafficView]
+    probes: dict[str, Any] | None = None
+    """The newest revision's health probes with their defaults filled in; null: the default
+    check (the port accepts TCP connections)."""
 
 
 class PhaseView(_Camel):
@@ -179,6 +182,7 @@ def container_view(container: Container, *, ingress_domain: str) -> ContainerVie
         readyRevision=container.ready_revision,
         scaling=_scaling_view(spec.scaling),
         traffic=traffic,
+        probes=spec.probes.to_json() if spec.probes is not None else None,
     )
 
 

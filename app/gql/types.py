@@ -7,7 +7,7 @@ request body can be sent unchanged as the ``input`` variable of ``createContaine
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Any, NewType
+from typing import TYPE_CHECKING, Any, NewType, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -175,6 +175,11 @@ class Container:
     traffic: list[TrafficTarget] = strawberry.field(
         description="Where requests go; change it with `setTraffic` (no new revision)."
     )
+    probes: JSON | None = strawberry.field(
+        default=None,
+        description="Health probes of the newest revision (REST JSON, defaults filled in); "
+        "null: the port accepting TCP connections is the readiness check.",
+    )
 
     @strawberry.field(
         description="Revisions, newest first: a page of at most 100 like "
@@ -224,6 +229,7 @@ class Container:
             ready_revision=view.readyRevision,
             scaling=Scaling.from_view(view.scaling),
             traffic=[TrafficTarget.from_view(target) for target in view.traffic],
+            probes=cast(JSON, view.probes),
         )
 
 
@@ -370,6 +376,12 @@ class CreateContainerInput:
     )
     desired_gpus: list[str] | None = strawberry.field(default=strawberry.UNSET, name="desiredGPUs")
     scaling: ScalingInput | None = strawberry.UNSET
+    probes: JSON | None = strawberry.field(
+        default=strawberry.UNSET,
+        description='Health probes, the REST JSON object, e.g. {"readiness": {"httpGet": '
+        '{"path": "/ready"}}}; validated like REST (errors name e.g. '
+        "probes.readiness.httpGet.path).",
+    )
 
 
 @strawberry.input(
@@ -388,6 +400,12 @@ class UpdateContainerInput:
     port: Port | None = strawberry.UNSET
     desired_gpus: list[str] | None = strawberry.field(default=strawberry.UNSET, name="desiredGPUs")
     scaling: ScalingInput | None = strawberry.UNSET
+    probes: JSON | None = strawberry.field(
+        default=strawberry.UNSET,
+        description='Health probes, the REST JSON object, e.g. {"readiness": {"httpGet": '
+        '{"path": "/ready"}}}; validated like REST (errors name e.g. '
+        "probes.readiness.httpGet.path).",
+    )
 
 
 def provided_fields(

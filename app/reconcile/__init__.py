@@ -44,7 +44,7 @@ from app.domain.gpus import GpuCatalog
 from app.domain.logtime import to_ns
 from app.domain.models import Container, Revision, ServingState
 from app.domain.quantity import parse_quantity
-from app.domain.spec import ContainerSpec
+from app.domain.spec import ContainerSpec, ProbeSpec
 from app.domain.status import (
     ObservedStatus,
     RevisionObservation,
@@ -57,6 +57,8 @@ from app.reconcile.leader import Elector
 from app.runtime.base import (
     GpuSelector,
     Phase,
+    Probe,
+    Probes,
     RevisionState,
     Runtime,
     RuntimeAdapterError,
@@ -131,6 +133,7 @@ def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
             concurrency=spec.scaling.concurrency,
             scale_to_zero_after_seconds=spec.scaling.scale_to_zero_after_seconds,
         ),
+        probes=workload_probes(spec),
         # Desired, not resolved: ``latest`` stays latest, for runtimes that route by themselves.
         traffic=tuple(
             TrafficTarget(
@@ -138,6 +141,43 @@ def workload_spec(container: Container, catalog: GpuCatalog) -> WorkloadSpec:
             )
             for entry in traffic_of(container.traffic)
         ),
+    )
+
+
+def workload_probes(spec: ContainerSpec) -> Probes:
+    """The runtime's view of the spec's probes: ports resolved to the container's port."""
+    if spec.probes is None:
+        return Probes()
+
+    def probe(given: ProbeSpec | None) -> Probe | None:
+        if given is None:
+            return None
+        kind, action = next(
+            (name, value)
+            for name, value in (
+                ("httpGet", given.http_get),
+                ("tcpSocket", given.tcp_socket),
+                ("exec", given.exec_),
+            )
+            if value is not None
+        )
+        return Probe(
+            action=kind,
+            port=int(action.get("port") or spec.port),
+            path=str(action.get("path") or "/"),
+            command=tuple(action.get("command") or ()),
+            initial_delay_seconds=given.initial_delay_seconds,
+            period_seconds=given.period_seconds,
+            timeout_seconds=given.timeout_seconds,
+            success_threshold=given.success_threshold,
+            failure_threshold=given.failure_threshold,
+        )
+
+    return Probes(
+        startup=probe(spec.probes.startup),
+        readiness=probe(spec.probes.readiness),
+        liveness=probe(spec.probes.liveness),
+        startup_budget_seconds=spec.probes.startup_budget_seconds,
     )
 
 
@@ -197,6 +237,10 @@ def revision_phases(
     return _phase_tuples(updated if updated is not None else row.phases)
 
 
+PROBE_OUTAGES = ("LivenessProbeFailed", "ReadinessProbeFailed")
+"""Reasons of a pending revision that was ready before (``app.runtime.probing``)."""
+
+
 def revision_record(
     row: Revision,
     state: RevisionState | None,
@@ -237,6 +281,9 @@ def _revision_record(
         return RevisionRecord(len(endpoints), endpoints, serving, "", "")
     if state.phase is Phase.FAILED:
         return RevisionRecord(0, (), ServingState.FAILED, state.reason, state.message)
+    if state.reason in PROBE_OUTAGES:
+        # a probe took it out of traffic (restarting for liveness, or no longer ready): say so
+        return RevisionRecord(0, (), ServingState.STARTING, state.reason, state.message)
     # starting: a failure's reason stays until the revision is ready again
     return RevisionRecord(0, (), ServingState.STARTING, reason, message)
 

@@ -68,6 +68,52 @@ class TrafficTarget:
     """Gives the target its own URL ``<tag>---<slug>.<domain>``, even at 0 %."""
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One health probe of a revision, with Kubernetes' defaults (``app.domain.spec``)."""
+
+    action: str
+    """``httpGet``, ``tcpSocket`` or ``exec``."""
+    port: int = 0
+    """Container port of ``httpGet`` and ``tcpSocket`` (the revision's port unless set)."""
+    path: str = "/"
+    command: tuple[str, ...] = ()
+    initial_delay_seconds: int = 0
+    period_seconds: int = 10
+    timeout_seconds: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+    def describe(self) -> str:
+        """What the probe does, for status messages: ``GET :8080/ready``."""
+        if self.action == "httpGet":
+            return f"GET :{self.port}{self.path}"
+        if self.action == "tcpSocket":
+            return f"TCP connect :{self.port}"
+        return "exec " + " ".join(self.command)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """A revision's probes; none set means the default readiness check (the port accepts TCP
+    connections) and no liveness check."""
+
+    startup: Probe | None = None
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    startup_budget_seconds: int | None = None
+    """How long an instance may take to become ready; None: the runtime's default (or the
+    startup probe's ``initialDelaySeconds + failureThreshold * periodSeconds``)."""
+
+    def budget(self) -> int | None:
+        if self.startup_budget_seconds is not None:
+            return self.startup_budget_seconds
+        if self.startup is not None:
+            s = self.startup
+            return s.initial_delay_seconds + s.failure_threshold * s.period_seconds
+        return None
+
+
 LATEST_ONLY: tuple[TrafficTarget, ...] = (TrafficTarget(percent=100, latest=True),)
 
 
@@ -104,6 +150,7 @@ class WorkloadSpec:
     env: dict[str, str] = field(default_factory=dict)
     desired_gpus: tuple[GpuSelector, ...] = ()
     scaling: Scaling = field(default_factory=Scaling)
+    probes: Probes = field(default_factory=Probes)
     traffic: tuple[TrafficTarget, ...] = LATEST_ONLY
     """The container's traffic at the time of this apply; used by runtimes that route by
     themselves (Knative). The local runtime is routed by Dockyard's own data plane."""

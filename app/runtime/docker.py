@@ -47,7 +47,7 @@ import errno
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -71,6 +71,7 @@ from app.runtime.base import (
     Capabilities,
     LogLine,
     Phase,
+    Probes,
     RevisionState,
     RuntimeAdapterError,
     RuntimeConflict,
@@ -80,10 +81,15 @@ from app.runtime.base import (
     WorkloadSpec,
 )
 from app.runtime.engine_streams import EngineStreams, LogParser, read_json_lines, read_log_batches
+from app.runtime.probing import Prober, Target, budget_of, probes_from_label, probes_to_label
 
 T = TypeVar("T")
 
 MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+LABEL_PROBES = "dockyard.dev/probes"
+"""The revision's health probes (JSON, ``app.runtime.probing``); absent: the port accepts."""
+LABEL_PORT = "dockyard.dev/port"
+"""The container port the revision serves on, when probes publish more than one."""
 LIST_ATTEMPTS = 3
 LOG_TAIL_ON_FAILURE = 5
 PORT_MISMATCH_GRACE_SECONDS = 3.0
@@ -116,6 +122,9 @@ def container_labels(
     }
     if spec.gpu > 0:
         labels[LABEL_GPU] = str(spec.gpu)
+    if spec.probes != Probes():
+        labels[LABEL_PROBES] = probes_to_label(spec.probes)
+        labels[LABEL_PORT] = str(spec.port)
     if instance is not None:
         labels[LABEL_INSTANCE] = instance
     return labels
@@ -140,7 +149,7 @@ def container_create_kwargs(
         "name": container_name(spec.container_id, spec.revision, replica),
         "labels": container_labels(spec, instance, extra_labels, replica),
         "environment": dict(spec.env),
-        "ports": {f"{spec.port}/tcp": ("127.0.0.1", None)},
+        "ports": {f"{port}/tcp": ("127.0.0.1", None) for port in sorted(_published_ports(spec))},
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": crashloop_restarts},
         "detach": True,
     }
@@ -160,6 +169,16 @@ def container_create_kwargs(
     if enforce_storage and spec.ephemeral_storage_bytes > 0:
         kwargs["storage_opt"] = {"size": str(spec.ephemeral_storage_bytes)}
     return kwargs
+
+
+def _published_ports(spec: WorkloadSpec) -> set[int]:
+    """The revision's port, and the other ports its HTTP/TCP probes check (Dockyard's checker
+    reaches them on 127.0.0.1 like the data plane)."""
+    ports = {spec.port}
+    for probe in (spec.probes.startup, spec.probes.readiness, spec.probes.liveness):
+        if probe is not None and probe.action != "exec" and probe.port:
+            ports.add(probe.port)
+    return ports
 
 
 def parse_engine_time(value: str) -> datetime | None:
@@ -297,6 +316,7 @@ class DockerRuntime:
         self._engine_streams = EngineStreams(
             base_url, api_version=api_version, connect_timeout=max(connect_timeout, 5.0)
         )
+        self._prober = Prober(self._exec_probe, self._restart_instance)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -567,13 +587,18 @@ class DockerRuntime:
                 if key[0] == container_id and (keep is None or key[1] not in keep):
                     failures.pop(key, None)
         self._ever_ready -= {
-            key for key in self._ever_ready if key[0] == container_id and key[1] != keep_revision
+            key
+            for key in self._ever_ready
+            if key[0] == container_id and (keep is None or key[1] not in keep)
         }
+        kept = set()
         for c in self._list(container_id, sparse=True):
             if keep is not None and self._revision(c) in keep:
+                kept.add(str(c.id))
                 continue
             # graceful for a retired revision still serving (SIGTERM, then SIGKILL)
             self._remove_container(c, graceful=keep is not None)
+        self._prober.forget_missing(container_id, kept)
 
     def _remove_container(self, c: Any, *, graceful: bool) -> None:
         try:
@@ -602,11 +627,37 @@ class DockerRuntime:
     # -- observe --------------------------------------------------------------------------------
 
     async def observe(self, container_id: str) -> list[RevisionState]:
+        self._prober.ensure_running()
         return await self._call(f"observe {container_id}", self._observe_sync, container_id)
+
+    async def _exec_probe(
+        self, engine_id: str, command: tuple[str, ...], limit: float
+    ) -> tuple[int, str]:
+        """Run an ``exec`` probe's command in the instance (the engine's exec API); the caller
+        stops waiting after ``limit`` seconds."""
+
+        def run() -> tuple[int, str]:
+            c = self._client.containers.get(engine_id)
+            code, output = c.exec_run(list(command), stdout=True, stderr=True)
+            text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
+            return int(code if code is not None else -1), text
+
+        return await self._call(f"exec probe in {engine_id[:12]}", run)
+
+    async def _restart_instance(self, engine_id: str) -> None:
+        """Restart an instance whose liveness probe failed (SIGTERM, ``stop_timeout``, SIGKILL)."""
+
+        def run() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._client.containers.get(engine_id).restart(timeout=self.stop_timeout)
+
+        await self._call(f"restart {engine_id[:12]}", run)
 
     def _observe_sync(self, container_id: str) -> list[RevisionState]:
         instances: dict[int, list[tuple[int, RevisionState]]] = {}
-        for c in self._list(container_id):
+        found = self._list(container_id)
+        self._prober.forget_missing(container_id, {str(c.id) for c in found})
+        for c in found:
             revision = self._revision(c)
             if revision is None:
                 continue
@@ -703,7 +754,10 @@ class DockerRuntime:
         status = str(state.get("Status") or c.status or "").lower()
         restarts = int(attrs.get("RestartCount") or 0)
         exit_code = state.get("ExitCode")
-        endpoint = self._endpoint(attrs)
+        labels = self._labels(c)
+        probes = probes_from_label(labels.get(LABEL_PROBES, ""))
+        port = int(labels[LABEL_PORT]) if labels.get(LABEL_PORT, "").isdigit() else None
+        endpoint = self._endpoint(attrs, port)
         started_at = parse_engine_time(str(state.get("StartedAt") or ""))
         budget = (
             self.gpu_readiness_timeout if self._labels(c).get(LABEL_GPU) else self.readiness_timeout
@@ -718,6 +772,9 @@ class DockerRuntime:
                 container_id, revision, phase, reason, message, endpoint, moments=moments
             )
 
+        restarting = self._prober.restart_verdict(str(c.id)) if probes is not None else None
+        if restarting is not None and status != "running":
+            return result(restarting.phase, restarting.reason, restarting.message)
         if status == "running":
             if restarts > self.crashloop_restarts:
                 return result(
@@ -725,29 +782,42 @@ class DockerRuntime:
                 )
             if endpoint is None:
                 return result(Phase.FAILED, "NoPort", "the engine published no host port")
+            if probes is not None and port is not None:
+                target = Target(
+                    engine_id=str(c.id),
+                    container_id=container_id,
+                    started=str(state.get("StartedAt") or ""),
+                    probes=probes,
+                    port=port,
+                    addresses=self._addresses(attrs),
+                )
+                verdict = self._prober.verdict(
+                    target, since_start=since_start, budget=budget_of(probes, budget)
+                )
+                return result(verdict.phase, verdict.reason, verdict.message)
             if self._port_open(endpoint):
                 return result(Phase.READY)
-            port, evidence, listening = self._port_evidence(attrs, endpoint)
-            mismatch = listening and port.isdigit() and int(port) not in listening
+            declared, evidence, listening = self._port_evidence(attrs, endpoint)
+            mismatch = listening and declared.isdigit() and int(declared) not in listening
             if mismatch and since_start >= PORT_MISMATCH_GRACE_SECONDS:
                 return result(
                     Phase.FAILED,
                     "PortMismatch",
-                    f"nothing listens on the declared port {port} ({evidence}); set port "
+                    f"nothing listens on the declared port {declared} ({evidence}); set port "
                     f"to the one the process serves on, e.g. {min(listening)}",
                 )
             if since_start > budget:
                 return result(
                     Phase.FAILED,
                     "ReadinessTimeout",
-                    f"port {port} did not accept connections within "
+                    f"port {declared} did not accept connections within "
                     f"{budget:g}s of start (running for {since_start:.0f}s; "
                     f"{evidence})",
                 )
             return result(
                 Phase.PENDING,
                 "ContainerStarting",
-                f"waiting for port {port} to accept connections ({evidence})",
+                f"waiting for port {declared} to accept connections ({evidence})",
             )
         if status == "restarting":
             if restarts >= self.crashloop_restarts:
@@ -794,7 +864,21 @@ class DockerRuntime:
         return result(Phase.PENDING, "ContainerCreating", f"container is {status or 'unknown'}")
 
     @staticmethod
-    def _endpoint(attrs: dict[str, Any]) -> str | None:
+    def _addresses(attrs: dict[str, Any]) -> dict[int, str]:
+        """Container port -> published ``127.0.0.1:<host port>``."""
+        found: dict[int, str] = {}
+        ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        for key, bindings in ports.items():
+            number = str(key).split("/", 1)[0]
+            for binding in bindings or []:
+                if binding.get("HostPort") and number.isdigit():
+                    found.setdefault(int(number), f"127.0.0.1:{binding['HostPort']}")
+        return found
+
+    @classmethod
+    def _endpoint(cls, attrs: dict[str, Any], port: int | None = None) -> str | None:
+        if port is not None:
+            return cls._addresses(attrs).get(port)
         ports = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
         for bindings in ports.values():
             for binding in bindings or []:
@@ -832,7 +916,37 @@ class DockerRuntime:
         return self._engine_streams.open_streams
 
     async def watch(self) -> AsyncIterator[RuntimeEvent]:
+        """The engine's events for managed containers, merged with the prober's (an instance
+        became ready, stopped being ready, or was restarted for its liveness probe)."""
         self._check_socket("events")
+        queue: asyncio.Queue[RuntimeEvent | Exception | None] = asyncio.Queue()
+        self._prober.subscribe(queue)
+        pump = asyncio.create_task(self._pump_events(queue), name="dockyard-engine-events")
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            self._prober.unsubscribe(queue)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _pump_events(self, queue: asyncio.Queue[RuntimeEvent | Exception | None]) -> None:
+        try:
+            async with contextlib.aclosing(self._engine_events()) as events:
+                async for event in events:
+                    queue.put_nowait(event)
+        except Exception as e:
+            queue.put_nowait(e)
+        else:
+            queue.put_nowait(None)
+
+    async def _engine_events(self) -> AsyncGenerator[RuntimeEvent, None]:
         filters = docker.utils.convert_filters(
             {"label": self._managed_filter(), "type": ["container"]}
         )
@@ -889,6 +1003,7 @@ class DockerRuntime:
         return engine_id, rev
 
     async def close(self) -> None:
+        await self._prober.close()
         await self._engine_streams.close()
         await asyncio.to_thread(self._client.close)
 

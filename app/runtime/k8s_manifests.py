@@ -25,6 +25,7 @@ from app.runtime.base import (
     LABEL_MANAGED_BY,
     LABEL_REVISION,
     MANAGED_BY,
+    Probe,
     WorkloadSpec,
 )
 
@@ -223,11 +224,14 @@ def _container(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
         "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
         "env": [{"name": key, "value": value} for key, value in sorted(spec.env.items())],
         "resources": container_resources(spec, cfg),
-        "readinessProbe": {
-            "tcpSocket": {"port": spec.port},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
+        **container_probes(
+            spec,
+            default_readiness={
+                "tcpSocket": {"port": spec.port},
+                "periodSeconds": 5,
+                "failureThreshold": 3,
+            },
+        ),
         "securityContext": security,
     }
     if spec.command is not None:
@@ -235,6 +239,67 @@ def _container(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
     if spec.arguments is not None:
         container["args"] = list(spec.arguments)
     return container
+
+
+STARTUP_BUDGET_PERIOD_SECONDS = 10
+"""Period of the startup probe made for a ``startupBudgetSeconds`` without a startup probe."""
+
+
+def probe_manifest(probe: Probe) -> Manifest:
+    """A Kubernetes ``Probe`` for one of Dockyard's."""
+    manifest: Manifest
+    if probe.action == "exec":
+        manifest = {"exec": {"command": list(probe.command)}}
+    else:
+        action: Manifest = {"port": probe.port}
+        if probe.action == "httpGet":
+            action = {"path": probe.path, **action}
+        manifest = {probe.action: action}
+    manifest.update(
+        {
+            "initialDelaySeconds": probe.initial_delay_seconds,
+            "periodSeconds": probe.period_seconds,
+            "timeoutSeconds": probe.timeout_seconds,
+            "successThreshold": probe.success_threshold,
+            "failureThreshold": probe.failure_threshold,
+        }
+    )
+    return manifest
+
+
+def container_probes(spec: WorkloadSpec, *, default_readiness: Manifest | None) -> Manifest:
+    """``startupProbe``/``readinessProbe``/``livenessProbe`` of the container.
+
+    Without a readiness probe, ``default_readiness`` (or none). A ``startupBudgetSeconds`` without
+    a startup probe becomes a startup probe doing the readiness check (or a TCP connect) every
+    10 s, ``failureThreshold = ceil(budget / 10)``: the kubelet restarts the container when the
+    budget is spent (its start-up budget is ``failureThreshold * periodSeconds``).
+    """
+    probes = spec.probes
+    result: Manifest = {}
+    startup = probes.startup
+    budget = probes.startup_budget_seconds
+    if startup is None and budget is not None:
+        base = probes.readiness or Probe(action="tcpSocket", port=spec.port)
+        period = min(STARTUP_BUDGET_PERIOD_SECONDS, budget)
+        startup = Probe(
+            action=base.action,
+            port=base.port,
+            path=base.path,
+            command=base.command,
+            period_seconds=period,
+            timeout_seconds=min(base.timeout_seconds, period),
+            failure_threshold=-(-budget // period),
+        )
+    if startup is not None:
+        result["startupProbe"] = probe_manifest(startup)
+    if probes.readiness is not None:
+        result["readinessProbe"] = probe_manifest(probes.readiness)
+    elif default_readiness is not None:
+        result["readinessProbe"] = default_readiness
+    if probes.liveness is not None:
+        result["livenessProbe"] = probe_manifest(probes.liveness)
+    return result
 
 
 def min_replicas(spec: WorkloadSpec) -> int:

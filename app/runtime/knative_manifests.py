@@ -19,8 +19,11 @@ What maps to what (documented in ``docs/knative.md``):
   for ``scale-to-zero-pod-retention-period``. The idle time is therefore split into the window
   (shortened, never below Knative's 6 s minimum, when the idle time is under 60 s) and the
   retention period (the rest);
-- no ``readinessProbe``: Knative's queue-proxy then probes the port over TCP aggressively, the
-  same readiness test as the Deployment runtime, but with a faster cold start;
+- no ``readinessProbe`` unless the spec has ``probes.readiness``: Knative's queue-proxy then
+  probes the port over TCP aggressively, the same readiness test as the Deployment runtime, but
+  with a faster cold start. The spec's probes map as on Deployments
+  (``k8s_manifests.container_probes``); Knative accepts only the container's port on them (it
+  runs readiness probes from its queue-proxy), other ports are refused when applied;
 - GPU revisions get ``serving.knative.dev/progress-deadline`` (default 30 min) so a pod waiting
   for a GPU node to be provisioned is not reaped after Knative's default 10 minutes;
 - ``traffic`` becomes ``spec.traffic`` (``revisionName`` or ``latestRevision: true``, ``percent``,
@@ -41,6 +44,7 @@ from app.runtime.k8s_manifests import (
     CONTAINER_NAME,
     KubernetesConfig,
     Manifest,
+    container_probes,
     container_resources,
     gpu_affinity,
     labels,
@@ -118,6 +122,7 @@ def _container(spec: WorkloadSpec, cfg: KubernetesConfig) -> Manifest:
         "ports": [{"name": KNATIVE_PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
         "env": [{"name": key, "value": value} for key, value in sorted(spec.env.items())],
         "resources": container_resources(spec, cfg),
+        **container_probes(spec, default_readiness=None),
         "securityContext": security,
     }
     if spec.command is not None:

@@ -16,6 +16,7 @@ CONTAINER_FIELDS = """
     dateCreated dateUpdated status statusReason urls desiredGPUs revision readyRevision
     scaling { minInstances maxInstances concurrency scaleToZeroAfterSeconds }
     traffic { revision latest percent tag url }
+    probes
 """
 REVISION_FIELDS = """
     containerID revisionNumber image dateCreated createdBy spec

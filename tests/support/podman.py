@@ -7,6 +7,10 @@ no network: ``localhost/dockyard-test-httpd:v1``/``v2`` serve ``/www/index.html`
 ``localhost/dockyard-test-echo:v1`` answers ``/cgi-bin/echo`` with the method, query, headers
 and body it received, and ``localhost/dockyard-test-slow:v1``/``v2`` answer ``/cgi-bin/slow``
 after 0.2 s (requests that stay in flight, for the autoscaler).
+``localhost/dockyard-test-ready-late:v1`` serves at once but creates
+``/www/ready`` only 5 s after it starts (``GET /ready``: 404, then 200), and
+``localhost/dockyard-test-sickly:v1`` serves ``/healthz`` for 3 s after its first start, then
+404 (after a restart it stays healthy).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ echo "Content-Type: text/plain"
 echo ""
 cat /www/index.html
 """
+READY_LATE = "localhost/dockyard-test-ready-late:v1"
+SICKLY = "localhost/dockyard-test-sickly:v1"
+READY_AFTER_SECONDS = 5
 ECHO_SCRIPT = """#!/bin/sh
 echo "Content-Type: text/plain"
 echo "X-Echo: yes"
@@ -79,12 +86,22 @@ def remove_run_containers() -> None:
 
 PAGE_V1 = "dockyard test page v1\n"
 PAGE_V2 = "dockyard test page v2\n"
+PAGE_LATE = "dockyard test page ready-late\n"
 
 HTTPD_CMD = '["/bin/busybox","httpd","-f","-p","8080","-h","/www"]'
 CRASH_CMD = '["/bin/sh","-c","echo boom; echo oops >&2; exit 3"]'
 LOGGER_CMD = (
     '["/bin/sh","-c","i=0; while true; do i=$((i+1)); echo line $i; echo err $i >&2; '
     'sleep 0.2; done"]'
+)
+READY_LATE_CMD = (
+    f'["/bin/sh","-c","(sleep {READY_AFTER_SECONDS}; echo ok > /www/ready) & '
+    'exec /bin/busybox httpd -f -p 8080 -h /www"]'
+)
+SICKLY_CMD = (
+    '["/bin/sh","-c","echo ok > /www/healthz; if [ ! -e /tmp/sick-once ]; then '
+    "echo x > /tmp/sick-once; (sleep 3; /bin/busybox rm /www/healthz) & fi; "
+    'exec /bin/busybox httpd -f -p 8080 -h /www"]'
 )
 
 IMAGES: dict[str, tuple[str, str]] = {
@@ -95,6 +112,8 @@ IMAGES: dict[str, tuple[str, str]] = {
     ECHO: (PAGE_V1, HTTPD_CMD),
     SLOW_V1: (PAGE_V1, HTTPD_CMD),
     SLOW_V2: (PAGE_V2, HTTPD_CMD),
+    READY_LATE: (PAGE_LATE, READY_LATE_CMD),
+    SICKLY: (PAGE_V1, SICKLY_CMD),
 }
 
 
