@@ -14,6 +14,7 @@ import kubernetes.client
 import pytest
 import yaml
 
+from app.domain.traffic import ObservedUrls
 from app.runtime.base import (
     Capabilities,
     GpuSelector,
@@ -214,6 +215,14 @@ async def test_update_with_a_90_10_split_and_tag_urls(
         "http://canary-dy-c1.dockyard-workloads.kn.test",
         "http://stable-dy-c1.dockyard-workloads.kn.test",
     )
+    assert await runtime.observed_urls("c1") == ObservedUrls(
+        url="http://dy-c1.dockyard-workloads.kn.test",
+        tags={
+            "canary": "http://canary-dy-c1.dockyard-workloads.kn.test",
+            "stable": "http://stable-dy-c1.dockyard-workloads.kn.test",
+        },
+    )
+    assert await runtime.observed_urls("absent") is None
     # Revision 1 still serves 90 %: retiring keeps it; an unrouted older one goes.
     await runtime.retire("c1", keep={2})
     assert k8s.get("revisions", NS, "dy-c1-r1", group=KN) is not None
