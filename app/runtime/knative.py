@@ -315,8 +315,10 @@ class KnativeRuntime(KubernetesRuntime):
         for number, revision in revisions.items():
             if number in states:
                 continue
-            states[number] = self._knative_revision_state(
-                container_id, number, revision, pods_by_revision.get(number, [])
+            pods_of = pods_by_revision.get(number, [])
+            states[number] = dataclasses.replace(
+                self._knative_revision_state(container_id, number, revision, pods_of),
+                moments=self._moments(pods_of),
             )
         template = ((service.get("spec") or {}).get("template") or {}).get("metadata") or {}
         current = _revision_of(template.get("labels"))
