@@ -367,7 +367,10 @@ class KubernetesRuntime:
 
     def _moments(self, pods: list[Any]) -> tuple[tuple[str, int], ...]:
         """The revision's deploy phases from its pods' status (``k8s_phases``)."""
-        return pod_moments(self._api_client.sanitize_for_serialization(pod) for pod in pods)
+        return pod_moments(
+            (self._api_client.sanitize_for_serialization(pod) for pod in pods),
+            app_container=CONTAINER_NAME,
+        )
 
     @staticmethod
     def _rollout_complete(deployment: Any) -> bool:

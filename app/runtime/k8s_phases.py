@@ -6,15 +6,16 @@ the API serves it, which keeps the table tests close to real objects):
 
 - ``scheduled``: the ``PodScheduled`` condition's ``lastTransitionTime`` once it is ``True``
   (the pod was bound to a node);
-- ``imageReady``: the first start of an app container whose status has an ``imageID`` (the
+- ``imageReady``: the first start of the app container when its status has an ``imageID`` (the
   kubelet resolved the image, so it was pulled or found). The pod's ``Initialized`` condition is
   *not* used: it turns true once init containers are done, which for a pod without any is right
   after scheduling, before the kubelet even asks for the app image, so it proves nothing about
   that image. The kubelet keeps no pull-finished time in the pod status (only as a ``Pulled``
   Event, which Dockyard's RBAC does not read), so on a cluster image pull time shows within
   ``scheduled -> imageReady`` and ``imageReady -> started`` is zero;
-- ``started``: the earliest ``startedAt`` of an app container (``state.running``, or
-  ``state.terminated``/``lastState.terminated`` for one that has already exited);
+- ``started``: the earliest ``startedAt`` of the app container (``state.running``, or
+  ``state.terminated``/``lastState.terminated`` for one that has already exited). Sidecars
+  (Knative's ``queue-proxy``) are ignored when the pod has a container named ``app``;
 - ``ready``: the ``Ready`` condition's ``lastTransitionTime`` once it is ``True`` (the readiness
   probe passed).
 
@@ -71,16 +72,21 @@ def _started_at(container: Mapping[str, Any]) -> int | None:
     return min(known) if known else None
 
 
-def pod_moments_of(pod: Mapping[str, Any]) -> dict[str, int]:
-    """The deploy phases one pod's status shows (see the module docstring)."""
+def pod_moments_of(pod: Mapping[str, Any], *, app_container: str = "app") -> dict[str, int]:
+    """The deploy phases one pod's status shows (see the module docstring); ``app_container``
+    names Dockyard's container (``k8s_manifests.CONTAINER_NAME``)."""
     status = pod.get("status") or {}
     moments: dict[str, int] = {}
     scheduled = _condition_time(status, "PodScheduled")
     if scheduled is not None:
         moments[phases.SCHEDULED] = scheduled
+    containers = status.get("containerStatuses") or []
+    # Dockyard's own container when present: sidecars (Knative's queue-proxy, a mesh proxy)
+    # start on their own schedule and say nothing about the user's image.
+    own = [c for c in containers if c.get("name") == app_container] or containers
     starts = [
         (start, bool(container.get("imageID")))
-        for container in status.get("containerStatuses") or []
+        for container in own
         if (start := _started_at(container)) is not None
     ]
     if starts:
@@ -94,11 +100,13 @@ def pod_moments_of(pod: Mapping[str, Any]) -> dict[str, int]:
     return moments
 
 
-def pod_moments(pods: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, int], ...]:
+def pod_moments(
+    pods: Iterable[Mapping[str, Any]], *, app_container: str = "app"
+) -> tuple[tuple[str, int], ...]:
     """A revision's phases from all its pods: the earliest moment of each, in phase order
     (``RevisionState.moments``)."""
     earliest: dict[str, int] = {}
     for pod in pods:
-        for phase, at in pod_moments_of(pod).items():
+        for phase, at in pod_moments_of(pod, app_container=app_container).items():
             earliest[phase] = min(at, earliest.get(phase, at))
     return tuple(sorted(earliest.items(), key=lambda item: phases.RANK[item[0]]))

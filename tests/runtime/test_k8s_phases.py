@@ -78,11 +78,20 @@ RUNNING = {
             pod([SCHEDULED], {"name": "app", "state": {"running": {"startedAt": at(4)}}}),
             {"scheduled": T0 + 1 * NS, "started": T0 + 4 * NS},
         ),
-        # two containers: the earliest start
+        # a sidecar (Knative's queue-proxy) says nothing about the app's image or start
         (
             pod(
                 [SCHEDULED],
+                {**RUNNING, "name": "queue-proxy", "state": {"running": {"startedAt": at(3)}}},
                 RUNNING,
+            ),
+            {"scheduled": T0 + 1 * NS, "imageReady": T0 + 7 * NS, "started": T0 + 7 * NS},
+        ),
+        # no container named app: the earliest start of any
+        (
+            pod(
+                [SCHEDULED],
+                {**RUNNING, "name": "web"},
                 {**RUNNING, "name": "side", "state": {"running": {"startedAt": at(3)}}},
             ),
             {"scheduled": T0 + 1 * NS, "imageReady": T0 + 3 * NS, "started": T0 + 3 * NS},
