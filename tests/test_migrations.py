@@ -28,4 +28,4 @@ def test_migrate_is_idempotent(database_url: str) -> None:
     with engine.connect() as connection:
         version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
-    assert version == "0005"
+    assert version == "0006"

@@ -74,6 +74,12 @@ class Container(SQLModel, table=True):
     )
     """Desired traffic, ``[{revision, latest, percent, tag}]`` (JSON names); None means 100 % to
     the newest ready revision. Changing it makes no new revision."""
+    observed_urls: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+    """URLs the runtime itself reports, ``{"url": main or null, "tags": {tag: url}}`` (Knative's
+    ``status.url`` and ``status.traffic[].url``; migration 0006); None where Dockyard derives
+    them from the slug and ``DOCKYARD_INGRESS_DOMAIN``."""
     date_created: datetime = Field(
         default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True), nullable=False)
     )

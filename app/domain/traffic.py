@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.domain.errors import FieldError, ValidationFailed
@@ -277,3 +277,35 @@ def percent_by_revision(resolved: Sequence[ResolvedTarget]) -> dict[int, int]:
 def tag_host(tag: str, slug: str, domain: str) -> str:
     """The host name of a tagged target: ``<tag>---<slug>.<domain>``."""
     return f"{tag}{TAG_SEPARATOR}{slug}.{domain}"
+
+
+@dataclass(frozen=True)
+class ObservedUrls:
+    """The URLs a runtime that routes by itself reports for a container (Knative's
+    ``status.url`` and the ``url`` of each tagged ``status.traffic`` entry), stored as
+    ``containers.observed_urls`` and preferred by the views over the ones Dockyard derives."""
+
+    url: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any] | None:
+        """The stored form; None when the runtime reports no URL at all (yet)."""
+        if self.url is None and not self.tags:
+            return None
+        return {"url": self.url, "tags": dict(sorted(self.tags.items()))}
+
+    @classmethod
+    def from_json(cls, stored: object) -> ObservedUrls:
+        """Read the stored form back; anything malformed reads as no URL."""
+        if not isinstance(stored, dict):
+            return cls()
+        url = stored.get("url")
+        tags = stored.get("tags")
+        return cls(
+            url=url if isinstance(url, str) and url else None,
+            tags={
+                str(tag): value
+                for tag, value in (tags.items() if isinstance(tags, dict) else ())
+                if isinstance(value, str) and value
+            },
+        )

@@ -13,6 +13,7 @@ from app.domain.phases import timeline
 from app.domain.spec import ContainerSpec, ScalingSpec
 from app.domain.status import status_reason_text
 from app.domain.traffic import (
+    ObservedUrls,
     ResolvedTarget,
     percent_by_revision,
     resolve_traffic,
@@ -148,17 +149,25 @@ def _scaling_view(scaling: ScalingSpec) -> ScalingView:
 
 def container_view(container: Container, *, ingress_domain: str) -> ContainerView:
     spec = ContainerSpec.model_validate(container.spec)
+    # A runtime that routes by itself (Knative) reports its own URLs: they win over the ones
+    # derived from the slug, which that runtime's ingress does not serve.
+    observed = ObservedUrls.from_json(container.observed_urls)
+
+    def tag_url(tag: str) -> str:
+        return observed.tags.get(tag) or tag_host(tag, container.slug, ingress_domain)
+
     traffic = [
         TrafficView(
             revision=target.revision,
             latest=target.latest,
             percent=target.percent,
             tag=target.tag,
-            url=tag_host(target.tag, container.slug, ingress_domain) if target.tag else None,
+            url=tag_url(target.tag) if target.tag else None,
         )
         for target in resolved_traffic(container)
     ]
     tag_urls = [target.url for target in traffic if target.url is not None]
+    main_url = observed.url or container_url(container.slug, domain=ingress_domain)
     return ContainerView(
         id=container.id,
         name=spec.name,
@@ -176,7 +185,7 @@ def container_view(container: Container, *, ingress_domain: str) -> ContainerVie
         dateUpdated=as_utc(container.date_updated),
         status=container.status,
         statusReason=status_reason_text(container),
-        urls=[container_url(container.slug, domain=ingress_domain), *tag_urls],
+        urls=[main_url, *tag_urls],
         desiredGPUs=spec.desired_gpus,
         revision=container.generation,
         readyRevision=container.ready_revision,

@@ -59,6 +59,7 @@ from app.runtime.base import (
     Phase,
     Probe,
     Probes,
+    ReportsUrls,
     RevisionState,
     Runtime,
     RuntimeAdapterError,
@@ -553,7 +554,9 @@ class Reconciler:
             if asked:
                 states = {s.revision: s for s in await self.runtime.observe(container.id)}
             observed = self._status(container, rows, states)
+            urls = await self._observed_urls(container)
         except RuntimeRejected as e:
+            urls = None
             states = {}
             observed = ObservedStatus(
                 "failed", "RuntimeRejected", f"revision {generation}: {e}", container.ready_revision
@@ -594,6 +597,8 @@ class Reconciler:
         if rows_changed and self.on_endpoints is not None:
             self.on_endpoints(container.id)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
+        if urls is not None:
+            changed = await asyncio.to_thread(self._write_urls, container.id, urls) or changed
         if changed or rows_changed:
             await self._notify(container.id)
         await self._retire_or_wait(container.id, observed, states, kept, rows, shrinking)
@@ -802,6 +807,29 @@ class Reconciler:
         stored = [{"phase": phase, "at": at, "reason": why} for phase, at, why in after]
         timeline = phases.timeline(stored, accepted_ns=to_ns(as_utc(row.date_created)))
         self.on_deploy_finished(self.runtime.name, timeline)
+
+    async def _observed_urls(self, container: Container) -> dict[str, Any] | None:
+        """The URLs to store for the container when the runtime reports its own (Knative) and
+        they differ from the stored ones; None leaves the stored ones as they are (a runtime
+        without URLs, or one that has none to report yet)."""
+        if not isinstance(self.runtime, ReportsUrls):
+            return None
+        reported = await self.runtime.observed_urls(container.id)
+        stored = reported.to_json() if reported is not None else None
+        if stored is None or stored == container.observed_urls:
+            return None
+        return stored
+
+    def _write_urls(self, container_id: str, urls: dict[str, Any]) -> bool:
+        """Store the URLs the runtime reported; True when a live container's changed."""
+        with Session(self.engine) as session:
+            result = session.execute(
+                sa.update(Container)
+                .where(col(Container.id) == container_id, col(Container.deleted_at).is_(None))
+                .values(observed_urls=urls)
+            )
+            session.commit()
+            return cast("CursorResult[Any]", result).rowcount == 1
 
     def _write_status(self, container_id: str, generation: int, observed: ObservedStatus) -> bool:
         """Store the status if it changed and the spec did not move on meanwhile."""

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from app.domain.logtime import to_datetime
+from app.domain.traffic import ObservedUrls
 
 LABEL_CONTAINER_ID = "dockyard.dev/container-id"
 LABEL_REVISION = "dockyard.dev/revision"
@@ -272,3 +273,13 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """Release clients and connections."""
+
+
+@runtime_checkable
+class ReportsUrls(Protocol):
+    """A runtime that routes by itself and says where (Knative): the reconciler stores what it
+    reports and the API shows those URLs rather than ones derived from the slug."""
+
+    async def observed_urls(self, container_id: str) -> ObservedUrls | None:
+        """The container's main URL and tag URLs as the runtime serves them now; None when the
+        runtime has no object for the container."""

@@ -9,6 +9,9 @@ A container is one Deployment whose pod template carries the revision: applying 
 changes the template and the Deployment controller rolls it out with ``maxUnavailable: 0``. For
 that reason ``retire`` is a no-op here: the rolling update already removes the old revision's
 pods once the new ones are available, and an old revision never outlives its ReplicaSet.
+
+Each observed revision carries its deploy phases (``RevisionState.moments``) read from its pods'
+status by ``k8s_phases.pod_moments`` (scheduled, image ready, started, ready).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from app.runtime.k8s_manifests import (
     namespace_for,
     object_name,
 )
+from app.runtime.k8s_phases import pod_moments
 
 logger = logging.getLogger(__name__)
 
@@ -334,11 +338,14 @@ class KubernetesRuntime:
         gpu_models = (deployment.spec.template.metadata.annotations or {}).get(
             ANNOTATION_GPU_MODELS
         )
+        moments = self._moments(pods.items)
         for pod in pods.items:
             failure = self._pod_failure(pod, gpu_models)
             if failure is not None:
                 reason, message = failure
-                return RevisionState(container_id, revision, Phase.FAILED, reason, message)
+                return RevisionState(
+                    container_id, revision, Phase.FAILED, reason, message, moments=moments
+                )
         status = deployment.status
         for condition in (status.conditions if status else None) or []:
             if (
@@ -347,11 +354,23 @@ class KubernetesRuntime:
                 and condition.reason == "ProgressDeadlineExceeded"
             ):
                 return RevisionState(
-                    container_id, revision, Phase.FAILED, condition.reason, condition.message or ""
+                    container_id,
+                    revision,
+                    Phase.FAILED,
+                    condition.reason,
+                    condition.message or "",
+                    moments=moments,
                 )
         if self._rollout_complete(deployment):
-            return RevisionState(container_id, revision, Phase.READY)
-        return RevisionState(container_id, revision, Phase.PENDING)
+            return RevisionState(container_id, revision, Phase.READY, moments=moments)
+        return RevisionState(container_id, revision, Phase.PENDING, moments=moments)
+
+    def _moments(self, pods: list[Any]) -> tuple[tuple[str, int], ...]:
+        """The revision's deploy phases from its pods' status (``k8s_phases``)."""
+        return pod_moments(
+            (self._api_client.sanitize_for_serialization(pod) for pod in pods),
+            app_container=CONTAINER_NAME,
+        )
 
     @staticmethod
     def _rollout_complete(deployment: Any) -> bool:

@@ -24,7 +24,8 @@ Status, per revision (``observe``):
   fails with reason ``KnativeFeaturesDisabled`` naming the flags.
 
 URLs: ``serving(container_id)`` returns ``status.url`` and every traffic target of
-``status.traffic`` with its percent and, for tags, its own URL.
+``status.traffic`` with its percent and, for tags, its own URL; ``observed_urls`` reduces that to
+what the reconciler stores (``containers.observed_urls``) and the API shows as ``urls``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 import kubernetes.client
 
+from app.domain.traffic import ObservedUrls
 from app.runtime.base import (
     LABEL_CONTAINER_ID,
     Capabilities,
@@ -313,8 +315,10 @@ class KnativeRuntime(KubernetesRuntime):
         for number, revision in revisions.items():
             if number in states:
                 continue
-            states[number] = self._knative_revision_state(
-                container_id, number, revision, pods_by_revision.get(number, [])
+            pods_of = pods_by_revision.get(number, [])
+            states[number] = dataclasses.replace(
+                self._knative_revision_state(container_id, number, revision, pods_of),
+                moments=self._moments(pods_of),
             )
         template = ((service.get("spec") or {}).get("template") or {}).get("metadata") or {}
         current = _revision_of(template.get("labels"))
@@ -438,6 +442,16 @@ class KnativeRuntime(KubernetesRuntime):
             for target in status.get("traffic") or []
         )
         return Serving(url=status.get("url"), traffic=targets)
+
+    async def observed_urls(self, container_id: str) -> ObservedUrls | None:
+        """``ReportsUrls``: ``status.url`` and the URL of each tag in ``status.traffic``."""
+        serving = await self.serving(container_id)
+        if serving is None:
+            return None
+        return ObservedUrls(
+            url=serving.url,
+            tags={t.tag: t.url for t in serving.traffic if t.tag and t.url},
+        )
 
     async def list_managed(self) -> dict[str, set[int]]:
         managed: dict[str, set[int]] = {}

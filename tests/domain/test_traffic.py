@@ -9,6 +9,7 @@ import pytest
 
 from app.domain.errors import ValidationFailed
 from app.domain.traffic import (
+    ObservedUrls,
     ResolvedTarget,
     TrafficEntry,
     parse_traffic,
@@ -221,3 +222,32 @@ def test_resolution(
 
 def test_tag_host() -> None:
     assert tag_host("preview", SLUG, "localhost:8000") == f"preview---{SLUG}.localhost:8000"
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (None, ObservedUrls()),
+        ({"url": "http://a.example", "tags": {}}, ObservedUrls("http://a.example")),
+        (
+            {"url": None, "tags": {"canary": "http://c.example"}},
+            ObservedUrls(None, {"canary": "http://c.example"}),
+        ),
+        # malformed stored values read as "no URL", never as an error
+        ({"url": 3, "tags": {"x": None, "y": ""}}, ObservedUrls()),
+        ({"tags": ["canary"]}, ObservedUrls()),
+        ("http://a.example", ObservedUrls()),
+    ],
+)
+def test_observed_urls_read_back(stored: Any, expected: ObservedUrls) -> None:
+    assert ObservedUrls.from_json(stored) == expected
+
+
+def test_observed_urls_stored_form() -> None:
+    assert ObservedUrls().to_json() is None
+    urls = ObservedUrls("http://a.example", {"z": "http://z.example", "b": "http://b.example"})
+    assert urls.to_json() == {
+        "url": "http://a.example",
+        "tags": {"b": "http://b.example", "z": "http://z.example"},
+    }
+    assert ObservedUrls.from_json(urls.to_json()) == urls

@@ -124,3 +124,52 @@ async def test_deploy_scale_to_zero_fail_and_delete_through_knative(
     assert k8s.get("services", NS, service, group=KN) is None
     with Session(ctx.engine) as session:
         assert session.get(Container, container_id) is None
+
+
+async def test_urls_come_from_the_knative_service_status(
+    ctx: ServiceContext, reconciler: Reconciler, k8s: EmulatorThread
+) -> None:
+    """Knative's own ``status.url`` and tag URLs, not ``<slug>.<ingress domain>``."""
+    knative = KnativeController(k8s)
+    body = {"name": "web", "image": "localhost/web:v1", "port": 8080}
+    created = svc.create_container(ctx=ctx, principal=ALICE, data=body)
+    container_id, slug = created.id, created.urls[0].split(".")[0]
+    service = f"dy-{container_id}"
+    derived = f"{slug}.{ctx.ingress_domain}"
+    assert created.urls == [derived]  # nothing reported yet: derived from the slug
+    await reconciler.reconcile(container_id)
+    first = await asyncio.to_thread(knative.sync, service)
+    await asyncio.to_thread(knative.revision_status, first, "True", actual=1, desired=1)
+    await asyncio.to_thread(knative.publish, service)
+    await reconciler.reconcile(container_id)
+    main = f"http://{service}.{NS}.kn.test"
+    view = svc.get_container(ctx=ctx, principal=ALICE, container_id=container_id)
+    assert view.status == "deployed"
+    assert view.urls == [main]
+
+    svc.update_container(
+        ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/web:v2"}
+    )
+    await reconciler.reconcile(container_id)
+    second = await asyncio.to_thread(knative.sync, service)
+    await asyncio.to_thread(knative.revision_status, second, "True", actual=1, desired=1)
+    traffic = [
+        {"revision": 1, "percent": 90, "tag": "stable"},
+        {"latest": True, "percent": 10, "tag": "canary"},
+    ]
+    svc.set_traffic(ctx=ctx, principal=ALICE, container_id=container_id, data=traffic)
+    await reconciler.reconcile(container_id)
+    await asyncio.to_thread(knative.publish, service)
+    await reconciler.reconcile(container_id)
+    view = svc.get_container(ctx=ctx, principal=ALICE, container_id=container_id)
+    stable = f"http://stable-{service}.{NS}.kn.test"
+    canary = f"http://canary-{service}.{NS}.kn.test"
+    assert view.urls == [main, stable, canary]
+    assert [(t.revision, t.percent, t.tag, t.url) for t in view.traffic] == [
+        (1, 90, "stable", stable),
+        (2, 10, "canary", canary),
+    ]
+    with Session(ctx.engine) as session:
+        stored = session.get(Container, container_id)
+        assert stored is not None
+        assert stored.observed_urls == {"url": main, "tags": {"canary": canary, "stable": stable}}

@@ -14,6 +14,7 @@ import kubernetes.client
 import pytest
 import yaml
 
+from app.domain.traffic import ObservedUrls
 from app.runtime.base import (
     Capabilities,
     GpuSelector,
@@ -160,6 +161,50 @@ async def test_pending_ready_and_scaled_to_zero(
     assert await runtime.list_managed() == {"c1": {1}}
 
 
+async def test_revision_phases_come_from_its_pods(
+    runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
+) -> None:
+    await runtime.apply(SPEC)
+    name = await asyncio.to_thread(knative.sync, "dy-c1")
+    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    day = "2026-12-03"
+    status = {
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": f"{day}T09:00:01Z"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": f"{day}T09:00:09Z"},
+        ],
+        "containerStatuses": [
+            {
+                "name": "queue-proxy",
+                "image": "q:1",
+                "imageID": "q@sha256:1",
+                "ready": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": f"{day}T09:00:08Z"}},
+            },
+            {
+                "name": "app",
+                "image": "nginx:1.27",
+                "imageID": "nginx@sha256:2",
+                "ready": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": f"{day}T09:00:07Z"}},
+            },
+        ],
+    }
+    await asyncio.to_thread(make_pod, k8s, "dy-c1-r1-pod", 1, status)
+    [state] = await runtime.observe("c1")
+    second = 1_000_000_000
+    t0 = 1_796_288_400 * second  # 2026-12-03T09:00:00Z
+    assert state.phase is Phase.READY
+    assert state.moments == (
+        ("scheduled", t0 + 1 * second),
+        ("imageReady", t0 + 7 * second),
+        ("started", t0 + 7 * second),
+        ("ready", t0 + 9 * second),
+    )
+
+
 async def test_update_with_a_90_10_split_and_tag_urls(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
@@ -214,6 +259,14 @@ async def test_update_with_a_90_10_split_and_tag_urls(
         "http://canary-dy-c1.dockyard-workloads.kn.test",
         "http://stable-dy-c1.dockyard-workloads.kn.test",
     )
+    assert await runtime.observed_urls("c1") == ObservedUrls(
+        url="http://dy-c1.dockyard-workloads.kn.test",
+        tags={
+            "canary": "http://canary-dy-c1.dockyard-workloads.kn.test",
+            "stable": "http://stable-dy-c1.dockyard-workloads.kn.test",
+        },
+    )
+    assert await runtime.observed_urls("absent") is None
     # Revision 1 still serves 90 %: retiring keeps it; an unrouted older one goes.
     await runtime.retire("c1", keep={2})
     assert k8s.get("revisions", NS, "dy-c1-r1", group=KN) is not None
