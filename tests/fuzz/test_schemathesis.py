@@ -51,10 +51,18 @@ graphql = schemathesis.graphql.from_asgi("/graphql", APP)
 
 # Rules JSON Schema cannot state, written in the operations' descriptions instead: traffic
 # percents sum to 100 over existing revisions with unique tags, scaling.minInstances may not
-# exceed maxInstances, and a cursor (`after`) is an opaque value the API returned, which takes
+# exceed maxInstances, a start-up budget is bounded by the GPU count and excludes a startup
+# probe, and a cursor (`after`) is an opaque value the API returned, which takes
 # the place of `page`. Schema-valid input that breaks them gets a 422 naming exactly those
 # fields; any other refusal of schema-valid input still fails the check.
-CROSS_FIELD_RULES = ("traffic", "scaling.minInstances", "scaling.maxInstances", "after")
+CROSS_FIELD_RULES = (
+    "traffic",
+    "scaling.minInstances",
+    "scaling.maxInstances",
+    "after",
+    "probes.startup",
+    "probes.startupBudgetSeconds",
+)
 
 
 def valid_data_accepted(ctx: Any, response: Any, case: Any) -> bool | None:
