@@ -41,6 +41,11 @@ Status: writes (services) and observations (reconciler) are published on ``docky
 each process relays them to its status subscribers and ends the log streams of deleted
 containers. Without a leader, subscribers still get their backlog and status changes, and live
 lines resume as soon as a replica is elected (it learns the demand from the next heartbeats).
+
+Bus outages: the bus re-subscribes by itself once its backend is back (``app.bus``) and then
+hands every subscription ``RECONNECTED``: status watchers re-read their container once (changes
+published meanwhile are lost, the current state is not), each replica re-announces its log
+subscribers so the leader's pumps resume, and lines published meanwhile are lost.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from app.bus import CHANGES, LOGS_DEMAND, Bus, logs_channel
+from app.bus import CHANGES, LOGS_DEMAND, RECONNECTED, Bus, logs_channel
 from app.domain.logtime import NS, to_datetime, to_ns
 from app.runtime.base import LogLine, Runtime, RuntimeAdapterError
 from app.services.streams import Key, LogBatch, LogChunk, LogEvent
@@ -417,6 +422,13 @@ class LogHub:
         async with self.bus.subscribe(CHANGES) as messages:
             ready.set()
             async for message in messages:
+                if message is RECONNECTED:
+                    # Changes published while the bus was down are lost: every status watcher
+                    # re-reads its container once, so it converges.
+                    for waiters in list(self._status_waiters.values()):
+                        for waiter in waiters:
+                            waiter.put_nowait("reconnected")
+                    continue
                 container_id, kind = str(message.get("id")), message.get("kind")
                 for waiter in self._status_waiters.get(container_id, ()):
                     waiter.put_nowait(str(kind))
@@ -620,6 +632,8 @@ class LogHub:
         async with self.bus.subscribe(logs_channel(container_id)) as messages:
             channel.ready.set()
             async for message in messages:
+                if message is RECONNECTED:
+                    continue  # lines published meanwhile are lost; the pump's go on arriving
                 rows = message.get("lines")
                 events = [
                     event
@@ -650,6 +664,12 @@ class LogHub:
         async with self.bus.subscribe(LOGS_DEMAND) as messages:
             ready.set()
             async for message in messages:
+                if message is RECONNECTED:
+                    # Joins published meanwhile are lost: tell the leader now who is here.
+                    for container_id, channel in list(self._channels.items()):
+                        for key in list(channel.subscribers):
+                            self._announce(container_id, key, "heartbeat")
+                    continue
                 container_id = str(message.get("id"))
                 subscriber = str(message.get("subscriber"))
                 subscribers = self._demand.setdefault(container_id, {})
