@@ -410,8 +410,15 @@ class LogHub:
         loop.call_soon_threadsafe(self._publish_change, container_id, kind)
 
     async def status_changed(self, container_id: str, kind: str) -> None:
-        """The reconciler's ``on_status``: publish an observed status change or a purge."""
-        await self.bus.publish(CHANGES, {"id": container_id, "kind": kind, "origin": self.origin})
+        """The reconciler's ``on_status``: publish an observed status change or a purge.
+
+        A bus that is down loses the message (subscribers re-read state when it is back) but
+        must not fail the reconciliation that observed it."""
+        message = {"id": container_id, "kind": kind, "origin": self.origin}
+        try:
+            await self.bus.publish(CHANGES, message)
+        except Exception as e:
+            log.warning("publishing the %s change of %s failed: %s", kind, container_id, e)
 
     def _publish_change(self, container_id: str, kind: str) -> None:
         self._spawn(
