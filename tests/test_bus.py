@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from app.bus import RECONNECTED, Bus, Message, PostgresBackend
+from app.streams import LogHub
 
 
 def bus_url(kind: str, request: pytest.FixtureRequest) -> str:
@@ -146,3 +147,39 @@ async def test_a_subscription_survives_losing_its_postgres_connection(
         await admin.close()
         await publisher.disconnect()
         await subscriber.disconnect()
+
+
+async def test_a_status_watcher_hears_once_when_the_bus_is_back(tmp_path: Path) -> None:
+    """The hub on a real Redis that restarts: a status watcher (GraphQL ``containerStatus``)
+    gets one signal when the bus is back, so it re-reads the container it may have missed
+    changes of, and then the changes published afterwards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    redis = _start_redis(tmp_path, port)
+    hub = LogHub(Bus(f"redis://127.0.0.1:{port}", retry_first_seconds=0.05), None)
+    await hub.start()
+    watcher = hub.status("c1")
+    try:
+        first = asyncio.ensure_future(anext(watcher))
+        await asyncio.sleep(0.1)  # the watcher is registered
+        redis.terminate()
+        redis.wait(timeout=10)
+        await asyncio.sleep(0.5)
+        redis = _start_redis(tmp_path, port)
+        assert await asyncio.wait_for(first, 20) == "reconnected"
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline, "no change arrived after the reconnection"
+            await hub.status_changed("c1", "status")  # logs (does not raise) while it fails
+            try:
+                change = await asyncio.wait_for(anext(watcher), 0.5)
+            except TimeoutError:
+                continue
+            assert change == "status"
+            break
+    finally:
+        await watcher.aclose()
+        await hub.stop()
+        redis.terminate()
+        redis.wait(timeout=10)
