@@ -330,6 +330,7 @@ class LogHub:
         is_leader: Callable[[], bool] = lambda: True,
         on_remote_change: Callable[[str], None] | None = None,
         on_change: Callable[[str], None] | None = None,
+        on_reconnect: Callable[[], None] | None = None,
         queue_lines: int = 1000,
         demand_heartbeat_seconds: float = 5.0,
         reopen_delay_seconds: float = 0.5,
@@ -340,6 +341,9 @@ class LogHub:
         self.on_remote_change = on_remote_change
         self.on_change = on_change
         """Called with the container id of every change event (any replica, any kind)."""
+        self.on_reconnect = on_reconnect
+        """Called when the bus came back from an outage: the changes published meanwhile are
+        lost, so whoever caches state derived from them (the data plane's routes) re-reads it."""
         self.queue_lines = queue_lines
         self.demand_heartbeat_seconds = demand_heartbeat_seconds
         self.reopen_delay_seconds = reopen_delay_seconds
@@ -435,6 +439,8 @@ class LogHub:
                     for waiters in list(self._status_waiters.values()):
                         for waiter in waiters:
                             waiter.put_nowait("reconnected")
+                    if self.on_reconnect is not None:
+                        self.on_reconnect()
                     continue
                 container_id, kind = str(message.get("id")), message.get("kind")
                 for waiter in self._status_waiters.get(container_id, ()):

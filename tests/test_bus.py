@@ -152,12 +152,18 @@ async def test_a_subscription_survives_losing_its_postgres_connection(
 async def test_a_status_watcher_hears_once_when_the_bus_is_back(tmp_path: Path) -> None:
     """The hub on a real Redis that restarts: a status watcher (GraphQL ``containerStatus``)
     gets one signal when the bus is back, so it re-reads the container it may have missed
-    changes of, and then the changes published afterwards."""
+    changes of, and then the changes published afterwards; ``on_reconnect`` (the data plane's
+    route refresh) is called once."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     redis = _start_redis(tmp_path, port)
-    hub = LogHub(Bus(f"redis://127.0.0.1:{port}", retry_first_seconds=0.05), None)
+    reconnects: list[None] = []
+    hub = LogHub(
+        Bus(f"redis://127.0.0.1:{port}", retry_first_seconds=0.05),
+        None,
+        on_reconnect=lambda: reconnects.append(None),
+    )
     await hub.start()
     watcher = hub.status("c1")
     try:
@@ -168,6 +174,7 @@ async def test_a_status_watcher_hears_once_when_the_bus_is_back(tmp_path: Path) 
         await asyncio.sleep(0.5)
         redis = _start_redis(tmp_path, port)
         assert await asyncio.wait_for(first, 20) == "reconnected"
+        assert len(reconnects) == 1  # the data plane re-reads its routes once
         deadline = time.monotonic() + 20
         while True:
             assert time.monotonic() < deadline, "no change arrived after the reconnection"
