@@ -324,10 +324,12 @@ class Bus:
                     self._backend = backend
                     self._up = True
                 break
-            except Exception as e:
-                log.info("the bus is still unreachable (%s); next try in %.1fs", e, delay)
+            except BaseException as e:
                 with contextlib.suppress(Exception):
-                    await backend.disconnect()
+                    await backend.disconnect()  # also when cancelled (shutdown): no leak
+                if not isinstance(e, Exception):
+                    raise
+                log.info("the bus is still unreachable (%s); next try in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
         self.reconnects += 1
