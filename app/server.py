@@ -185,6 +185,7 @@ def _log_hub(
         is_leader=lambda: reconciler is not None and reconciler.leading,
         on_remote_change=on_remote_change,
         on_change=dataplane.changed if dataplane is not None else None,
+        on_reconnect=dataplane.changed if dataplane is not None else None,
         queue_lines=settings.log_queue_lines,
         demand_heartbeat_seconds=settings.log_demand_heartbeat_seconds,
     )

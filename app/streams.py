@@ -41,6 +41,11 @@ Status: writes (services) and observations (reconciler) are published on ``docky
 each process relays them to its status subscribers and ends the log streams of deleted
 containers. Without a leader, subscribers still get their backlog and status changes, and live
 lines resume as soon as a replica is elected (it learns the demand from the next heartbeats).
+
+Bus outages: the bus re-subscribes by itself once its backend is back (``app.bus``) and then
+hands every subscription ``RECONNECTED``: status watchers re-read their container once (changes
+published meanwhile are lost, the current state is not), each replica re-announces its log
+subscribers so the leader's pumps resume, and lines published meanwhile are lost.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from app.bus import CHANGES, LOGS_DEMAND, Bus, logs_channel
+from app.bus import CHANGES, LOGS_DEMAND, RECONNECTED, Bus, logs_channel
 from app.domain.logtime import NS, to_datetime, to_ns
 from app.runtime.base import LogLine, Runtime, RuntimeAdapterError
 from app.services.streams import Key, LogBatch, LogChunk, LogEvent
@@ -325,6 +330,7 @@ class LogHub:
         is_leader: Callable[[], bool] = lambda: True,
         on_remote_change: Callable[[str], None] | None = None,
         on_change: Callable[[str], None] | None = None,
+        on_reconnect: Callable[[], None] | None = None,
         queue_lines: int = 1000,
         demand_heartbeat_seconds: float = 5.0,
         reopen_delay_seconds: float = 0.5,
@@ -335,6 +341,9 @@ class LogHub:
         self.on_remote_change = on_remote_change
         self.on_change = on_change
         """Called with the container id of every change event (any replica, any kind)."""
+        self.on_reconnect = on_reconnect
+        """Called when the bus came back from an outage: the changes published meanwhile are
+        lost, so whoever caches state derived from them (the data plane's routes) re-reads it."""
         self.queue_lines = queue_lines
         self.demand_heartbeat_seconds = demand_heartbeat_seconds
         self.reopen_delay_seconds = reopen_delay_seconds
@@ -405,8 +414,15 @@ class LogHub:
         loop.call_soon_threadsafe(self._publish_change, container_id, kind)
 
     async def status_changed(self, container_id: str, kind: str) -> None:
-        """The reconciler's ``on_status``: publish an observed status change or a purge."""
-        await self.bus.publish(CHANGES, {"id": container_id, "kind": kind, "origin": self.origin})
+        """The reconciler's ``on_status``: publish an observed status change or a purge.
+
+        A bus that is down loses the message (subscribers re-read state when it is back) but
+        must not fail the reconciliation that observed it."""
+        message = {"id": container_id, "kind": kind, "origin": self.origin}
+        try:
+            await self.bus.publish(CHANGES, message)
+        except Exception as e:
+            log.warning("publishing the %s change of %s failed: %s", kind, container_id, e)
 
     def _publish_change(self, container_id: str, kind: str) -> None:
         self._spawn(
@@ -417,6 +433,15 @@ class LogHub:
         async with self.bus.subscribe(CHANGES) as messages:
             ready.set()
             async for message in messages:
+                if message is RECONNECTED:
+                    # Changes published while the bus was down are lost: every status watcher
+                    # re-reads its container once, so it converges.
+                    for waiters in list(self._status_waiters.values()):
+                        for waiter in waiters:
+                            waiter.put_nowait("reconnected")
+                    if self.on_reconnect is not None:
+                        self.on_reconnect()
+                    continue
                 container_id, kind = str(message.get("id")), message.get("kind")
                 for waiter in self._status_waiters.get(container_id, ()):
                     waiter.put_nowait(str(kind))
@@ -620,6 +645,8 @@ class LogHub:
         async with self.bus.subscribe(logs_channel(container_id)) as messages:
             channel.ready.set()
             async for message in messages:
+                if message is RECONNECTED:
+                    continue  # lines published meanwhile are lost; the pump's go on arriving
                 rows = message.get("lines")
                 events = [
                     event
@@ -650,6 +677,12 @@ class LogHub:
         async with self.bus.subscribe(LOGS_DEMAND) as messages:
             ready.set()
             async for message in messages:
+                if message is RECONNECTED:
+                    # Joins published meanwhile are lost: tell the leader now who is here.
+                    for container_id, channel in list(self._channels.items()):
+                        for key in list(channel.subscribers):
+                            self._announce(container_id, key, "heartbeat")
+                    continue
                 container_id = str(message.get("id"))
                 subscriber = str(message.get("subscriber"))
                 subscribers = self._demand.setdefault(container_id, {})

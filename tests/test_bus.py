@@ -1,5 +1,5 @@
 """The event bus on a real Redis and a real PostgreSQL: what is published right after
-subscribing arrives.
+subscribing arrives, and subscriptions survive the bus losing its connection.
 
 broadcaster 0.3.1's ``redis://`` backend reports a subscription ready before Redis has
 registered the SUBSCRIBE when used with redis-py 8.0-8.1, so the first messages are lost. The
@@ -9,10 +9,18 @@ project pins redis-py below 8 for that reason; this test fails if the pin is lif
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from app.bus import Bus
+from app.bus import RECONNECTED, Bus, Message, PostgresBackend
+from app.streams import LogHub
 
 
 def bus_url(kind: str, request: pytest.FixtureRequest) -> str:
@@ -43,3 +51,142 @@ async def test_a_message_published_right_after_subscribing_arrives(
         await publisher.disconnect()
         if subscriber is not publisher:
             await subscriber.disconnect()
+
+
+def _start_redis(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
+        time.sleep(0.05)
+
+
+async def _until_delivered(publisher: Bus, messages: AsyncIterator[Message], n: int) -> Message:
+    """Publish ``{"n": n}`` until it arrives (the publisher's own connection may still be
+    coming back); other messages that arrive first are skipped."""
+    deadline = time.monotonic() + 20
+    while True:
+        assert time.monotonic() < deadline, "nothing arrived after the reconnection"
+        with contextlib.suppress(Exception):
+            await publisher.publish("dockyard.test.after", {"n": n})
+        try:
+            received = await asyncio.wait_for(anext(messages), 0.5)
+        except TimeoutError:
+            continue
+        if received == {"n": n}:
+            return received
+
+
+async def test_a_subscription_survives_a_redis_restart(tmp_path: Path) -> None:
+    """A real redis-server of this test's own stops and comes back on the same port: the
+    subscriber is told (``RECONNECTED``) and receives what is published afterwards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    redis = _start_redis(tmp_path, port)
+    url = f"redis://127.0.0.1:{port}"
+    publisher, subscriber = Bus(url), Bus(url, retry_first_seconds=0.05)
+    await publisher.connect()
+    await subscriber.connect()
+    try:
+        async with subscriber.subscribe("dockyard.test.after") as messages:
+            await publisher.publish("dockyard.test.after", {"n": 0})
+            assert await asyncio.wait_for(anext(messages), 5) == {"n": 0}
+            redis.terminate()
+            redis.wait(timeout=10)
+            await asyncio.sleep(0.5)  # the bus notices and keeps trying
+            assert not subscriber.connected
+            redis = _start_redis(tmp_path, port)
+            assert await asyncio.wait_for(anext(messages), 20) is RECONNECTED
+            assert subscriber.reconnects == 1
+            assert await _until_delivered(publisher, messages, 1) == {"n": 1}
+    finally:
+        await publisher.disconnect()
+        await subscriber.disconnect()
+        redis.terminate()
+        redis.wait(timeout=10)
+
+
+async def test_a_subscription_survives_losing_its_postgres_connection(
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL ends the bus's own connections (pg_terminate_backend on the pids this test's
+    bus holds, as a server restart would): the bus reconnects, says so, and delivers again."""
+    import asyncpg
+
+    url = bus_url("postgres", request)
+    publisher, subscriber = Bus(url), Bus(url, retry_first_seconds=0.05)
+    await publisher.connect()
+    await subscriber.connect()
+    admin = await asyncpg.connect(url)
+    try:
+        async with subscriber.subscribe("dockyard.test.after") as messages:
+            await publisher.publish("dockyard.test.after", {"n": 0})
+            assert await asyncio.wait_for(anext(messages), 5) == {"n": 0}
+            backend = subscriber._backend
+            assert isinstance(backend, PostgresBackend)
+            pids = [c.get_server_pid() for c in (backend._listening, backend._notifying)]
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+            assert await asyncio.wait_for(anext(messages), 20) is RECONNECTED
+            assert subscriber.reconnects == 1
+            assert await _until_delivered(publisher, messages, 1) == {"n": 1}
+            # and the reconnected bus publishes, too
+            await subscriber.publish("dockyard.test.after", {"n": 2})
+            assert await asyncio.wait_for(anext(messages), 5) == {"n": 2}
+    finally:
+        await admin.close()
+        await publisher.disconnect()
+        await subscriber.disconnect()
+
+
+async def test_a_status_watcher_hears_once_when_the_bus_is_back(tmp_path: Path) -> None:
+    """The hub on a real Redis that restarts: a status watcher (GraphQL ``containerStatus``)
+    gets one signal when the bus is back, so it re-reads the container it may have missed
+    changes of, and then the changes published afterwards; ``on_reconnect`` (the data plane's
+    route refresh) is called once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    redis = _start_redis(tmp_path, port)
+    reconnects: list[None] = []
+    hub = LogHub(
+        Bus(f"redis://127.0.0.1:{port}", retry_first_seconds=0.05),
+        None,
+        on_reconnect=lambda: reconnects.append(None),
+    )
+    await hub.start()
+    watcher = hub.status("c1")
+    try:
+        first = asyncio.ensure_future(anext(watcher))
+        await asyncio.sleep(0.1)  # the watcher is registered
+        redis.terminate()
+        redis.wait(timeout=10)
+        await asyncio.sleep(0.5)
+        redis = _start_redis(tmp_path, port)
+        assert await asyncio.wait_for(first, 20) == "reconnected"
+        assert len(reconnects) == 1  # the data plane re-reads its routes once
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline, "no change arrived after the reconnection"
+            await hub.status_changed("c1", "status")  # logs (does not raise) while it fails
+            try:
+                change = await asyncio.wait_for(anext(watcher), 0.5)
+            except TimeoutError:
+                continue
+            assert change == "status"
+            break
+    finally:
+        await watcher.aclose()
+        await hub.stop()
+        redis.terminate()
+        redis.wait(timeout=10)

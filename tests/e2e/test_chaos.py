@@ -179,11 +179,6 @@ def test_bus_outage_keeps_reads_and_writes_and_converges(bus_replicas: BusReplic
     assert served_eventually(a, state) == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: after a Redis restart the follower's bus subscription is not "
-    "re-established (broadcaster's listener ends), so its live status subscriptions stay silent",
-)
 def test_live_status_resumes_after_the_bus_restarts(bus_replicas: BusReplicas) -> None:
     b = bus_replicas.b
     _stop(bus_replicas.redis)
