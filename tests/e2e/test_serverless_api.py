@@ -5,6 +5,7 @@ revision's scaling with it. (Routing of splits and tag hosts is the data plane's
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -77,5 +78,12 @@ def test_traffic_and_scaling_through_a_real_deploy(
     assert rolled_back.json()["scaling"]["concurrency"] == 10
     final = server.wait_for(cid, lambda c: c["status"] == "deployed" and c["readyRevision"] == 3)
     assert final["traffic"][0]["revision"] == 3
-    assert server.through_ingress(final).text == PAGE_V1
+    # The data plane is reprogrammed a moment after the status changed (batched Caddy loads:
+    # a known gap of issue 10), so the page is read until it converged.
+    deadline = time.monotonic() + 10
+    page = server.through_ingress(final).text
+    while page != PAGE_V1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        page = server.through_ingress(final).text
+    assert page == PAGE_V1
     assert server.api("DELETE", f"/v1/containers/{cid}").status_code == 204
