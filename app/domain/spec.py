@@ -143,19 +143,8 @@ class ScalingInput(BaseModel):
 SCALING_FIELDS = tuple(info.alias or name for name, info in ScalingInput.model_fields.items())
 
 
-def _whole(value: object) -> object:
-    """JSON ``3.0`` is the integer 3 (JSON Schema's ``integer``); ``3.5`` stays invalid."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _probe_port(value: object) -> object:
-    return _whole(_port(value))
-
-
-ProbePort = Annotated[StrictInt | None, BeforeValidator(_probe_port)]
-ProbeInt = Annotated[StrictInt | None, BeforeValidator(_whole)]
+ProbePort = Annotated[StrictInt | None, BeforeValidator(_port)]
+ProbeInt = Annotated[StrictInt | None, BeforeValidator(_integral)]
 
 PROBE_BOUNDS: dict[str, tuple[int, int]] = {
     "initialDelaySeconds": (0, MAX_PROBE_SECONDS),
