@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 from app.auth import LocalKeys
 from app.settings import Settings
 from tests.support.podman import HTTPD_V1, LOGGER, PodmanService
-from tests.support.server import CONFIG_LOAD_DROP, Server, free_port
+from tests.support.server import Server, free_port
 from tests.support.sse import SseEvent, iter_events
 
 pytestmark = pytest.mark.podman
@@ -167,7 +167,6 @@ def test_sse_backlog_follow_resume_and_release(server: Server) -> None:
     assert log_streams(server)["upstreamOpened"] in (1, 2)
 
 
-@CONFIG_LOAD_DROP
 def test_idle_streams_get_keep_alives_and_end_on_delete(server: Server) -> None:
     container_id = create(server, HTTPD_V1, "quiet")
     server.wait_for(container_id, lambda c: c["status"] == "deployed")
