@@ -275,7 +275,7 @@ def create_app(
     if dataplane is not None:
         state.ctx.listeners.append(dataplane.changed)
         if reconciler is not None:
-            reconciler.on_endpoints = dataplane.changed
+            reconciler.on_endpoints = dataplane.publish
             publish = reconciler.on_status
 
             async def on_status(container_id: str, kind: Literal["status", "deleted"]) -> None:

@@ -80,12 +80,14 @@ class DataPlane:
         domain: str,
         activator: ActivatorAddress | None = None,
         resync_interval: float = 2.0,
+        publish_wait: float = 1.0,
     ) -> None:
         self.engine = engine
         self.supervisor = supervisor
         self.domain = domain
         self.activator = activator
         self.resync_interval = resync_interval
+        self.publish_wait = publish_wait
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,6 +123,20 @@ class DataPlane:
     async def sync(self) -> bool:
         """Rebuild the table and hand it to the resolver; True when it changed."""
         return await self.supervisor.apply(await asyncio.to_thread(self.table))
+
+    async def publish(self, *_why: object) -> None:
+        """Hand the current table to the resolver now and wait (up to ``publish_wait`` seconds)
+        until it serves it: the reconciler awaits this before a status that moves traffic, so
+        a host nobody asked for yet is routed by the time it says ``deployed`` (one Caddy
+        already holds for up to its ``refresh``)."""
+        try:
+            await self.sync()
+            await self.supervisor.served(within=self.publish_wait)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("could not publish routes: %s", e)
+            self.changed()
 
     async def _sync_loop(self) -> None:
         while True:

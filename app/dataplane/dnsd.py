@@ -50,7 +50,7 @@ VERSION_NAME = "version." + ZONE
 """``TXT`` here: the ``version`` of the table being served (so a writer can wait for it)."""
 MAX_RECORDS = 400
 """Weight units per host answer; larger splits are scaled down (at most 0.25 % off each)."""
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.02
 
 
 def srv_name(host: str) -> str:

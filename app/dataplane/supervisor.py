@@ -188,17 +188,24 @@ class CaddySupervisor:
         """The version of the last table handed to the resolver."""
         return table_version(self._written) if self._written is not None else None
 
-    async def converged(self, within: float = 10.0) -> bool:
-        """Wait until the resolver serves the last table and Caddy's cached answers from before
-        it have expired (one ``refresh``); False when that did not happen ``within`` seconds."""
+    async def served(self, within: float = 10.0) -> bool:
+        """Wait until the resolver serves the last table; False if not ``within`` seconds."""
         port = int(self.options.resolver.rpartition(":")[2])
         deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+        while True:
             if await served_version(port) == self.version:
-                await asyncio.sleep(_seconds(self.options.refresh) + 0.05)
                 return True
-            await asyncio.sleep(0.02)
-        return False
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+
+    async def converged(self, within: float = 10.0) -> bool:
+        """``served``, and Caddy's cached answers from before it have expired (one
+        ``refresh``): every host is routed by the last table."""
+        if not await self.served(within):
+            return False
+        await asyncio.sleep(_seconds(self.options.refresh) + 0.05)
+        return True
 
     async def start(self, table: RoutingTable) -> None:
         self._table = table

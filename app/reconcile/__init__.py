@@ -320,8 +320,10 @@ class Reconciler:
         self._elected = asyncio.Event()
         if self._leading:
             self._elected.set()
-        self.on_endpoints: Callable[[str], None] | None = None
-        """Called with the container id after the ready endpoints of its revisions changed."""
+        self.on_endpoints: Callable[[str], Awaitable[None]] | None = None
+        """Awaited with the container id after the ready endpoints of its revisions changed,
+        before the status that moves traffic is written (this replica's data plane publishes
+        the new routes meanwhile, so "deployed" is not said before they can be served)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -595,7 +597,7 @@ class Reconciler:
         # the time traffic moves to it.
         rows_changed = await asyncio.to_thread(self._write_revisions, container.id, rows, records)
         if rows_changed and self.on_endpoints is not None:
-            self.on_endpoints(container.id)
+            await self.on_endpoints(container.id)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
         if urls is not None:
             changed = await asyncio.to_thread(self._write_urls, container.id, urls) or changed

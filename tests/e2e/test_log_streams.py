@@ -348,6 +348,12 @@ def test_a_follower_sees_every_line_of_both_revisions_across_a_switch(server: Se
         received += [e.json() for e in take_lines(events, 5)]
         updated = server.api("PUT", f"/v1/containers/{container_id}", json={"env": {"R": "2"}})
         assert updated.status_code == 200, updated.text
+        # Reading blocks while no line comes: see revision 2 deployed (or why not) first.
+        switched = server.wait_for(
+            container_id,
+            lambda c: c["status"] == "failed" or c.get("readyRevision") == 2,
+        )
+        assert switched["status"] != "failed", switched
         # Read until revision 1 was drained and stopped, and revision 2 printed on for a while.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
