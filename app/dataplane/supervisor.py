@@ -219,7 +219,22 @@ class CaddySupervisor:
                 log.info("adopting the Caddy already serving on %s", self.options.admin)
                 await self._load_locked()
             else:
-                await self._spawn_locked()
+                try:
+                    await self._spawn_locked()
+                except CaddyStartError as e:
+                    # The saved loopback ports may have been taken meanwhile (a reboot, another
+                    # program): pick new ones once.
+                    log.warning("caddy did not start on the saved ports (%s); trying new ones", e)
+                    with contextlib.suppress(FileNotFoundError):
+                        self.ports_file.unlink()
+                    await self._stop_resolver()
+                    self._resolver = None
+                    resolver, responders = self._ports()
+                    self._use_ports(resolver, responders)
+                    self._written = None
+                    self._write_table()
+                    await self._ensure_resolver_locked()
+                    await self._spawn_locked()
         self._watch = asyncio.create_task(self._watch_loop(), name="caddy-watch")
 
     async def apply(self, table: RoutingTable) -> bool:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -351,3 +352,27 @@ async def test_a_killed_resolver_is_restarted_and_serves_the_table(
     await proxy.apply((route("app.localhost", (upstreams["two"], 1, 1)),))
     await wait_until_serving(proxy, "app.localhost", "two")
     assert proxy._resolver_pid() not in (None, pid)
+
+
+async def test_saved_ports_taken_meanwhile_are_replaced(
+    tmp_path: Path, upstreams: dict[str, str]
+) -> None:
+    directory = run_dir(tmp_path, "caddy")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        # A previous server of this serve port saved its ports; one is now someone else's.
+        (directory / "ports.json").write_text(
+            json.dumps({"resolver": free_port(), "responders": [taken, free_port(), free_port()]})
+        )
+        supervisor = CaddySupervisor(
+            options=options_for(tmp_path, free_port()), directory=directory
+        )
+        await supervisor.start((route("app.localhost", (upstreams["one"], 1, 1)),))
+        try:
+            assert supervisor.options.responders is not None
+            assert supervisor.options.responders.unknown != taken
+            await wait_until_serving(supervisor, "app.localhost", "one")
+        finally:
+            await supervisor.stop()
