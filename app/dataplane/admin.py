@@ -26,8 +26,9 @@ def socket_path(admin: str) -> str:
 
 
 def upstream_address(dial: str) -> str:
-    """``ip-127-0-0-1.dy.:41234`` -> ``127.0.0.1:41234``; any other dial address unchanged."""
-    host, sep, port = dial.rpartition(":")
+    """``tcp4/ip-127-0-0-1.dy.:41234`` -> ``127.0.0.1:41234``; any other dial address
+    unchanged."""
+    host, sep, port = dial.removeprefix("tcp4/").rpartition(":")
     resolved = target_ip(host) if sep else None
     return f"{resolved}:{port}" if resolved is not None else dial
 

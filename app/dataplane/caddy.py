@@ -103,8 +103,10 @@ def _transport(options: ProxyOptions, *, resolver: bool) -> dict[str, Any]:
         },
     }
     if resolver:
-        # SRV targets are names (``ip-127-0-0-1.dy.``) the resolver also answers.
-        transport["resolver"] = {"addresses": [options.resolver]}
+        # SRV targets are names (``ip-127-0-0-1.dy.``) the resolver also answers, over UDP
+        # (one small cached answer per new upstream connection).
+        udp = "udp/" + options.resolver.removeprefix("tcp/")
+        transport["resolver"] = {"addresses": [udp]}
     return transport
 
 
@@ -128,6 +130,8 @@ def _container_proxy(options: ProxyOptions) -> dict[str, Any]:
             "grace_period": options.lookup_grace_period,
             "resolver": {"addresses": [options.resolver]},
             "dial_timeout": "2s",
+            # IPv4 only: the dialer then asks for the target's A record alone.
+            "dial_network": "tcp4",
         },
         # Caddy flushes streamed responses (SSE, no Content-Length) as they come by itself.
         "stream_close_delay": options.stream_close_delay,

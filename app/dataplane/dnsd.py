@@ -16,9 +16,11 @@ server answers from the routing table Dockyard writes to a file:
 
 It runs as a process of its own (``python -m app.dataplane.dnsd``), in its own session like
 Caddy, so it keeps answering with the last table while a killed ``dockyard serve`` restarts; the
-next one adopts it. TCP only (DNS over TCP, RFC 7766 framing): Caddy's resolver dials one network,
-and TCP has no 512/1232-byte answer limit. The wire format is dnspython's (well kept, pure
-Python), not ours.
+next one adopts it. It listens on one port number over TCP and UDP: Caddy asks for SRV records
+over TCP (an answer with many weight units does not fit a datagram, and Caddy's resolver dials
+one network only) and for the targets' A records over UDP (once per new upstream connection:
+no connection set-up, and the answer comes from a cache). The wire format is dnspython's (well
+kept, pure Python), not ours.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import signal
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import dns.exception
 import dns.flags
@@ -174,13 +177,46 @@ def answer(table: RouteTable, wire: bytes) -> bytes:
     return response.to_wire()
 
 
+UDP_LIMIT = 1232
+"""Largest answer sent over UDP (what Go's resolver reads); longer ones are truncated (TC)."""
+
+
+def truncated(wire: bytes) -> bytes:
+    """An empty answer with the TC flag: the client asks again over TCP."""
+    try:
+        response = dns.message.make_response(dns.message.from_wire(wire))
+    except Exception:
+        return b""
+    response.flags |= dns.flags.AA | dns.flags.TC
+    return response.to_wire()
+
+
 class Resolver:
-    """Serves ``answer`` over TCP and follows the table file."""
+    """Serves ``answer`` over TCP and UDP and follows the table file.
+
+    Answers are cached per query (all of it but the id) until the table changes: Caddy's dialer
+    asks for the same ``ip-….dy.`` A record for every new upstream connection."""
 
     def __init__(self, table_file: Path) -> None:
         self.table_file = table_file
         self.table = RouteTable()
         self._stamp: tuple[int, int, int] | None = None
+        self._cache: dict[bytes, bytes] = {}
+
+    def respond(self, wire: bytes) -> bytes:
+        if len(wire) < 12:
+            return b""
+        key = wire[2:]
+        cached = self._cache.get(key)
+        if cached is None:
+            reply = answer(self.table, wire)
+            if not reply:
+                return b""
+            cached = reply[2:]
+            if len(self._cache) >= 4096:
+                self._cache.clear()  # bounded: random hosts cannot grow it
+            self._cache[key] = cached
+        return wire[:2] + cached
 
     def reload(self) -> bool:
         """Read the table file when it changed (it is replaced atomically by rename)."""
@@ -196,6 +232,7 @@ class Resolver:
         except (OSError, ValueError):
             return False  # caught mid-write by a writer that does not rename: next poll
         self.table = RouteTable(document)
+        self._cache = {}
         self._stamp = stamp
         return True
 
@@ -208,7 +245,7 @@ class Resolver:
         try:
             while True:
                 (length,) = struct.unpack("!H", await reader.readexactly(2))
-                reply = answer(self.table, await reader.readexactly(length))
+                reply = self.respond(await reader.readexactly(length))
                 if not reply:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -219,6 +256,22 @@ class Resolver:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = self.resolver.respond(data)
+        if len(reply) > UDP_LIMIT:
+            reply = truncated(data)
+        if reply and self.transport is not None:
+            self.transport.sendto(reply, addr)
 
 
 async def served_version(port: int, *, wait: float = 1.0) -> str | None:
@@ -239,20 +292,35 @@ async def served_version(port: int, *, wait: float = 1.0) -> str | None:
 async def serve(table_file: Path, host: str, port: int, port_file: Path | None) -> None:
     resolver = Resolver(table_file)
     resolver.reload()
-    server = await asyncio.start_server(resolver.handle, host, port, reuse_address=True)
-    bound = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    # TCP and UDP on one port number (a free TCP port's UDP twin may be taken: try another).
+    for _ in range(20):
+        server = await asyncio.start_server(resolver.handle, host, port, reuse_address=True)
+        bound = server.sockets[0].getsockname()[1]
+        try:
+            datagrams, _protocol = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(resolver), local_addr=(host, bound)
+            )
+            break
+        except OSError:
+            server.close()
+            await server.wait_closed()
+            if port:
+                raise
+    else:
+        raise OSError(f"no port free for both TCP and UDP on {host}")
     if port_file is not None:
         temporary = port_file.with_suffix(".tmp")
         temporary.write_text(f"{bound}\n")
         os.replace(temporary, port_file)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     follower = asyncio.create_task(resolver.follow())
     async with server:
         await stop.wait()
     follower.cancel()
+    datagrams.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -38,9 +38,10 @@ def test_container_hosts_resolve_per_request_and_other_hosts_reach_the_api() -> 
         "grace_period": "3s",
         "resolver": {"addresses": ["tcp/127.0.0.1:7000"]},
         "dial_timeout": "2s",
+        "dial_network": "tcp4",
     }
-    # SRV targets are names the same resolver turns into addresses.
-    assert proxy["transport"]["resolver"] == {"addresses": ["tcp/127.0.0.1:7000"]}
+    # SRV targets are names the same resolver turns into addresses (over UDP: small answers).
+    assert proxy["transport"]["resolver"] == {"addresses": ["udp/127.0.0.1:7000"]}
     assert proxy["load_balancing"]["selection_policy"] == {"policy": "random"}
     assert proxy["load_balancing"]["try_duration"] == "3s"
     assert proxy["transport"]["keep_alive"]["enabled"] is True

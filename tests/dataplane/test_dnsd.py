@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import dns.asyncquery
+import dns.flags
 import dns.message
 import dns.rdatatype
 
 from app.dataplane.dnsd import (
+    Resolver,
     RouteTable,
     answer,
     served_version,
@@ -77,6 +79,21 @@ def test_garbage_gets_no_answer_and_does_not_raise() -> None:
     assert answer(RouteTable(DOCUMENT), b"\x00\x01garbage") == b""
 
 
+def test_cached_answers_carry_each_query_id(tmp_path: Path) -> None:
+    table_file = tmp_path / "routes.json"
+    table_file.write_text(json.dumps(DOCUMENT))
+    resolver = Resolver(table_file)
+    assert resolver.reload()
+    first = dns.message.make_query("ip-127-0-0-1.dy.", dns.rdatatype.A)
+    second = dns.message.make_query("ip-127-0-0-1.dy.", dns.rdatatype.A)
+    second.id = (first.id + 1) % 65536
+    one = dns.message.from_wire(resolver.respond(first.to_wire()))
+    two = dns.message.from_wire(resolver.respond(second.to_wire()))
+    assert (one.id, two.id) == (first.id, second.id)
+    assert one.answer == two.answer
+    assert resolver.respond(b"short") == b""
+
+
 def start_resolver(table_file: Path, port: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "app.dataplane.dnsd", "--table", str(table_file)]
     return subprocess.Popen([*command, "--listen", f"127.0.0.1:{port}"])
@@ -106,6 +123,24 @@ async def test_the_process_follows_its_table_file(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
         response = await dns.asyncquery.tcp(query, "127.0.0.1", port=port, timeout=2)
         assert [r.port for rrset in response.answer for r in rrset] == [4003]
+
+        # The same port answers over UDP (the dialer's A lookups); an SRV answer too large
+        # for a datagram comes back truncated, so the client asks again over TCP.
+        lookup = dns.message.make_query("ip-127-0-0-1.dy.", dns.rdatatype.A)
+        udp = await dns.asyncquery.udp(lookup, "127.0.0.1", port=port, timeout=2)
+        assert [r.to_text() for rrset in udp.answer for r in rrset] == ["127.0.0.1"]
+        assert udp.id == lookup.id
+        many = {"version": "v3", "hosts": {"b.localhost": [["127.0.0.1:4003", 300]]}}
+        (tmp_path / "next.json").write_text(json.dumps(many))
+        os.replace(tmp_path / "next.json", table_file)
+        for _ in range(100):
+            if await served_version(port) == "v3":
+                break
+            await asyncio.sleep(0.02)
+        big = await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=2)
+        assert big.flags & dns.flags.TC and big.answer == []
+        full = await dns.asyncquery.tcp(query, "127.0.0.1", port=port, timeout=2)
+        assert sum(len(rrset) for rrset in full.answer) == 300
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
