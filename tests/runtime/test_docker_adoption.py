@@ -3,9 +3,10 @@
 A leader ``dockyard serve`` SIGKILLed between creating a revision's engine container and starting
 it leaves the container ``created``. The replica that takes over adopts it: its reconciler must
 start it (not wait for the start-up budget to fail it), and a never-started instance that is
-surplus must be removed rather than started. The half-done containers are made here exactly the
-way the runtime makes its own (``container_create_kwargs``: name, labels) and carry this run's
-label; the tests remove only the engine containers of the Dockyard containers they created.
+surplus, or of a revision out of the traffic, must be removed rather than started. The
+half-done containers are made here exactly the way the runtime makes its own
+(``container_create_kwargs``: name, labels) and carry this run's label; the tests remove only
+the engine containers of the Dockyard containers they created.
 """
 
 from __future__ import annotations
@@ -116,6 +117,59 @@ async def test_a_fresh_reconciler_starts_the_instance_a_killed_leader_never_star
         async with httpx.AsyncClient() as http:
             response = await http.get(f"http://{state.endpoint}/", timeout=5)
         assert response.text == PAGE_V1
+    finally:
+        await runtime.close()
+        remove_engine_containers(client, container_id)
+
+
+async def deployed(
+    reconciler: Reconciler, ctx: ServiceContext, container_id: str, revision: int
+) -> None:
+    """Reconcile (as the leader's loop would) until ``revision`` is deployed, or fail after 30 s
+    (well inside the runtimes' 60 s start-up budget)."""
+    deadline = time.monotonic() + 30
+    while True:
+        await reconciler.reconcile(container_id)
+        view = svc.get_container(ctx=ctx, principal=ALICE, container_id=container_id)
+        if (view.status, view.readyRevision) == ("deployed", revision):
+            return
+        assert time.monotonic() < deadline, (view.status, view.statusReason)
+        await asyncio.sleep(0.2)
+
+
+async def test_a_never_started_instance_of_a_revision_out_of_traffic_is_retired_not_started(
+    ctx: ServiceContext, podman_url: str, client: docker.DockerClient
+) -> None:
+    body = {"name": "web", "image": HTTPD_V1, "port": 8080, "ram": "64Mi"}
+    container_id = svc.create_container(ctx=ctx, principal=ALICE, data=body).id
+    runtime = DockerRuntime(podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS)
+    try:
+        with Session(ctx.engine) as session:
+            first = session.get(Container, container_id)
+            assert first is not None
+            since = int(time.time()) - 1
+            stale = half_created(client, workload_spec(first, ctx.catalog))
+        # Revision 2 supersedes it before anything ran: revision 1 gets no traffic.
+        svc.update_container(
+            ctx=ctx, principal=ALICE, container_id=container_id, data={"env": {"V": "2"}}
+        )
+        reconciler = Reconciler(
+            engine=ctx.engine,
+            runtime=runtime,
+            catalog=ctx.catalog,
+            options=ReconcilerOptions(drain_seconds=0.0),
+        )
+        await deployed(reconciler, ctx, container_id, 2)
+        await reconciler.reconcile(container_id)  # retires what is out of the traffic
+        assert engine_containers(client, container_id) == [f"dockyard-{container_id}-r2:running"]
+        with pytest.raises(docker.errors.NotFound):
+            stale.reload()
+        # …and it was never started on its way out (the engine's event log says so).
+        events = client.events(
+            since=since, until=int(time.time()) + 1, decode=True, filters={"container": stale.id}
+        )
+        actions = {e.get("status") or e.get("Action") for e in events}
+        assert "create" in actions and "start" not in actions, actions
     finally:
         await runtime.close()
         remove_engine_containers(client, container_id)
