@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import socket
 import time
@@ -84,6 +85,7 @@ from app.runtime.engine_streams import EngineStreams, LogParser, read_json_lines
 from app.runtime.probing import Prober, Target, budget_of, probes_from_label, probes_to_label
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 LABEL_PROBES = "dockyard.dev/probes"
@@ -436,6 +438,7 @@ class DockerRuntime:
             if self._status(c) == "created":
                 # created but never started: a failed start before a restart of ours, or a
                 # replica (a killed leader) that died between creating and starting it
+                log.info("starting %s: created but never started", c.name)
                 self._start(spec, c)
                 with contextlib.suppress(docker.errors.NotFound):
                     c.reload()  # started now: not a never-started victim below
