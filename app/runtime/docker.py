@@ -7,7 +7,11 @@ without it is instance 0) and ``LABEL_MANAGED_BY=dockyard``. :meth:`DockerRuntim
 the missing instances and removes the surplus, highest ``k`` first, never one still starting
 unless asked to (a GPU revision may take many minutes to start). Each container port is published
 on ``127.0.0.1`` with an ephemeral host port; the data plane reaches the ready instances at the
-``endpoints`` that :meth:`DockerRuntime.observe` reports (lowest ``k`` first).
+``endpoints`` that :meth:`DockerRuntime.observe` reports (lowest ``k`` first). An instance left
+``created`` by a Dockyard that died between creating and starting it (a leader killed mid-deploy)
+is adopted: :meth:`DockerRuntime.observe` counts it in ``instances_unstarted``, and the next
+:meth:`DockerRuntime.scale` starts it, or removes it first when it is surplus. Exited instances
+follow the engine's restart policy (``on-failure``, at most ``crashloop_restarts``), then fail.
 
 The official ``docker`` SDK is synchronous: every call runs in a worker thread
 (``asyncio.to_thread``). The long-lived streams of :meth:`DockerRuntime.watch` and
