@@ -685,13 +685,16 @@ class Reconciler:
             desired = max(row.instances_desired, 0)
             state = states.get(number)
             present = state.instances_desired if state is not None else 0
+            # Never-started instances (their creator, e.g. a killed leader, died before starting
+            # them): scaling, even to the same count, starts them or removes the surplus.
+            unstarted = state.instances_unstarted if state is not None else 0
             key = (container.id, number)
-            if present == desired:
+            if present == desired and not unstarted:
                 self._shrink_since.pop(key, None)
                 continue
             if present < desired:
                 self._shrink_since.pop(key, None)
-                if state is not None and state.phase is Phase.FAILED:
+                if state is not None and state.phase is Phase.FAILED and not unstarted:
                     continue  # not retried until it scales to zero (or a new revision)
             elif state is not None and state.phase is Phase.READY and state.instances_ready:
                 since = self._shrink_since.setdefault(key, loop.time())

@@ -54,12 +54,6 @@ def served_eventually(server: Server, container: dict[str, Any], timeout: float 
             return status
         time.sleep(0.2)
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: when the leader dies between creating a revision's engine container "
-    "and starting it, the new leader leaves it 'created' (it does not start an adopted, "
-    "never-started instance) until the start-up budget fails it; seen once in CI-like runs",
-)
 def test_killing_the_leader_mid_deploy_loses_nothing_acknowledged(
     tmp_path: Path, database_url: str, podman_service: PodmanService, redis_url: str
 ) -> None:
