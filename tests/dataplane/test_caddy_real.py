@@ -336,8 +336,13 @@ async def test_route_changes_under_load_reload_nothing_and_fail_no_request(
     stop.set()
     await asyncio.gather(*clients)
     assert errors == []
-    assert sum(answered.values()) > 100 and len(answered) == 3, answered
+    # Caddy samples the route once per refresh (250 ms), so not every 30 ms route is seen.
+    assert sum(answered.values()) > 100 and len(answered) >= 2, answered
     assert proxy.loads == loads  # no Caddy configuration load for any of it
+    assert await proxy.converged()
+    async with httpx.AsyncClient(base_url=url(proxy)) as client:
+        last = await client.get("/", headers={"Host": "app.localhost"})
+        assert last.json()["name"] == names[99 % 3]  # the last route is the one served
 
 
 async def test_a_killed_resolver_is_restarted_and_serves_the_table(

@@ -129,7 +129,7 @@ def test_scale_to_zero_then_a_request_and_a_burst_wake_one_instance(
                 range(50),
             )
         )
-    assert Counter(a.status_code for a in answers) == {200: 50}
+    assert Counter(a.status_code for a in answers) == {200: 50}, {a.text for a in answers}
     assert {a.text for a in answers} == {PAGE_V1}
     assert len(engine_instances(podman_service, cid)) == 1  # one instance for the whole burst
     server.api("DELETE", f"/v1/containers/{cid}")
