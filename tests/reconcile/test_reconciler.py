@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +34,6 @@ from app.runtime.base import (
     TrafficTarget,
     WorkloadSpec,
 )
-from app.server import build_state
 from app.services import containers as svc
 from app.services.context import ServiceContext
 from app.settings import Settings
@@ -145,13 +144,6 @@ class MemoryRuntime:
 
     async def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def ctx(settings: Settings) -> Iterator[ServiceContext]:
-    context = build_state(settings).ctx
-    yield context
-    context.engine.dispose()
 
 
 @pytest.fixture

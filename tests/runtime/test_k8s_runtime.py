@@ -16,7 +16,6 @@ from kubernetes.client import ApiException
 
 from app.domain.logtime import to_ns
 from app.runtime.base import (
-    GpuSelector,
     Phase,
     RevisionState,
     Runtime,
@@ -24,94 +23,20 @@ from app.runtime.base import (
     RuntimeEvent,
     RuntimeRejected,
     RuntimeUnavailable,
-    WorkloadSpec,
 )
 from app.runtime.k8s import KubernetesRuntime, parse_log_line, translate_error
 from app.runtime.k8s_manifests import KubernetesConfig, namespace_for
 from tests.support.kmock_k8s import EmulatorThread
+from tests.support.kube import H100, L4, NS, apps, complete_rollout, core, make_pod
+from tests.support.kube import RUNTIME_SPEC as SPEC
 from tests.support.logs import lines_of
 
-NS = "dockyard-workloads"
-H100 = GpuSelector(code="h100", name="NVIDIA H100", label_values=("NVIDIA-H100-80GB-HBM3",))
-L4 = GpuSelector(code="l4", name="NVIDIA L4", label_values=("NVIDIA-L4",))
-SPEC = WorkloadSpec(
-    container_id="c1",
-    revision=1,
-    name="web",
-    owner="alice",
-    slug="web-alice",
-    image="nginx:1.27",
-    cpu=0.25,
-    ram="256Mi",
-    ram_bytes=268435456,
-    gpu=0,
-    ephemeral_storage="1Gi",
-    ephemeral_storage_bytes=1073741824,
-    port=8080,
-    env={"MODE": "prod"},
-)
 GPU_SPEC = dataclasses.replace(SPEC, gpu=1, desired_gpus=(H100, L4))
 
 
 @pytest.fixture
 async def runtime(api_client: kubernetes.client.ApiClient) -> AsyncIterator[KubernetesRuntime]:
     yield KubernetesRuntime(api_client, KubernetesConfig(ingress_domain="run.example.org"))
-
-
-def apps(k8s: EmulatorThread) -> Any:
-    return kubernetes.client.AppsV1Api(k8s.api_client())
-
-
-def core(k8s: EmulatorThread) -> Any:
-    return kubernetes.client.CoreV1Api(k8s.api_client())
-
-
-def complete_rollout(k8s: EmulatorThread, name: str = "dy-c1") -> None:
-    deployment = apps(k8s).read_namespaced_deployment(name, NS)
-    apps(k8s).patch_namespaced_deployment_status(
-        name,
-        NS,
-        {
-            "status": {
-                "observedGeneration": deployment.metadata.generation,
-                "replicas": 1,
-                "updatedReplicas": 1,
-                "availableReplicas": 1,
-                "readyReplicas": 1,
-            }
-        },
-    )
-
-
-def make_pod(
-    k8s: EmulatorThread,
-    name: str,
-    revision: int,
-    status: dict[str, Any] | None = None,
-    owner: Any = None,
-) -> None:
-    metadata: dict[str, Any] = {
-        "name": name,
-        "labels": {
-            "dockyard.dev/container-id": "c1",
-            "dockyard.dev/revision": str(revision),
-            "dockyard.dev/managed-by": "dockyard",
-        },
-    }
-    if owner is not None:
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "name": owner.metadata.name,
-                "uid": owner.metadata.uid,
-            }
-        ]
-    core(k8s).create_namespaced_pod(
-        NS, {"metadata": metadata, "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
-    )
-    if status is not None:
-        core(k8s).patch_namespaced_pod_status(name, NS, {"status": status})
 
 
 def make_replica_set(k8s: EmulatorThread, revision: int, available: int) -> Any:

@@ -17,46 +17,29 @@ import yaml
 from app.domain.traffic import ObservedUrls
 from app.runtime.base import (
     Capabilities,
-    GpuSelector,
     Phase,
     RevisionState,
     Runtime,
     RuntimeEvent,
     Scaling,
     TrafficTarget,
-    WorkloadSpec,
 )
 from app.runtime.factory import kubernetes_runtime
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_manifests import KubernetesConfig
 from app.runtime.knative import KnativeRuntime, ServedTarget, serves_knative
 from tests.runtime.test_knative_manifests import validate
+from tests.support import kube
 from tests.support.kmock_k8s import EmulatorThread
 from tests.support.knative import KnativeController
+from tests.support.kube import H100, KN, L4, NS, RUNTIME_SPEC, core
 from tests.support.logs import lines_of
 
-NS = "dockyard-workloads"
-KN = "serving.knative.dev"
-H100 = GpuSelector(code="h100", name="NVIDIA H100", label_values=("NVIDIA-H100-80GB-HBM3",))
-L4 = GpuSelector(code="l4", name="NVIDIA L4", label_values=("NVIDIA-L4",))
-SPEC = WorkloadSpec(
-    container_id="c1",
-    revision=1,
-    name="web",
-    owner="alice",
-    slug="web-alice",
-    image="nginx:1.27",
-    cpu=0.25,
-    ram="256Mi",
-    ram_bytes=268435456,
-    gpu=0,
-    ephemeral_storage="1Gi",
-    ephemeral_storage_bytes=1073741824,
-    port=8080,
-    env={"MODE": "prod"},
-    scaling=Scaling(min_instances=0, max_instances=4, concurrency=20),
+SPEC = dataclasses.replace(
+    RUNTIME_SPEC, scaling=Scaling(min_instances=0, max_instances=4, concurrency=20)
 )
 GPU_SPEC = dataclasses.replace(SPEC, gpu=1, desired_gpus=(H100, L4))
+QUEUE_PROXY = {"name": "queue-proxy", "image": "q:1"}
 
 
 @pytest.fixture
@@ -69,25 +52,18 @@ def knative(k8s: EmulatorThread) -> KnativeController:
     return KnativeController(k8s)
 
 
-def core(k8s: EmulatorThread) -> Any:
-    return kubernetes.client.CoreV1Api(k8s.api_client())
-
-
 def make_pod(
     k8s: EmulatorThread, name: str, revision: int, status: dict[str, Any] | None = None
 ) -> None:
-    labels = {
-        "dockyard.dev/container-id": "c1",
-        "dockyard.dev/revision": str(revision),
-        "dockyard.dev/managed-by": "dockyard",
-        "serving.knative.dev/revision": f"dy-c1-r{revision}",
-    }
-    containers = [{"name": "app", "image": "nginx:1.27"}, {"name": "queue-proxy", "image": "q:1"}]
-    core(k8s).create_namespaced_pod(
-        NS, {"metadata": {"name": name, "labels": labels}, "spec": {"containers": containers}}
+    """A pod of Knative revision ``dy-c1-r<revision>``, with Knative's queue-proxy beside it."""
+    kube.make_pod(
+        k8s,
+        name,
+        revision,
+        status,
+        labels={f"{KN}/revision": f"dy-c1-r{revision}"},
+        sidecars=(QUEUE_PROXY,),
     )
-    if status is not None:
-        core(k8s).patch_namespaced_pod_status(name, NS, {"status": status})
 
 
 def enable_gpu_features(k8s: EmulatorThread, value: str = "enabled") -> None:
