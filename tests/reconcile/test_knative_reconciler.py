@@ -19,7 +19,7 @@ from app.services import containers as svc
 from app.services.context import ServiceContext
 from tests.support.kmock_k8s import EmulatorThread
 from tests.support.knative import KnativeController
-from tests.support.kube import KN, NS, make_pod
+from tests.support.kube import KN, NS, crash_looping, make_pod
 
 ALICE = Principal("alice")
 
@@ -40,23 +40,9 @@ def status(ctx: ServiceContext, container_id: str) -> tuple[str, str | None, int
 
 
 def crash_looping_pod(k8s: EmulatorThread, container_id: str, revision: int) -> None:
-    container_status = {
-        "name": "app",
-        "image": "localhost/web:v2",
-        "imageID": "",
-        "ready": False,
-        "restartCount": 5,
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m"}},
-        "lastState": {"terminated": {"exitCode": 2, "reason": "Error"}},
-    }
-    make_pod(
-        k8s,
-        f"crash-{revision}",
-        revision,
-        {"containerStatuses": [container_status]},
-        container_id=container_id,
-        image="localhost/web:v2",
-    )
+    image = "localhost/web:v2"
+    status = crash_looping("back-off 5m", restarts=5, exit_code=2, image=image)
+    make_pod(k8s, f"crash-{revision}", revision, status, container_id=container_id, image=image)
 
 
 async def test_deploy_scale_to_zero_fail_and_delete_through_knative(

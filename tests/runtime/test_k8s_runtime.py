@@ -27,7 +27,17 @@ from app.runtime.base import (
 from app.runtime.k8s import KubernetesRuntime, parse_log_line, translate_error
 from app.runtime.k8s_manifests import KubernetesConfig, namespace_for
 from tests.support.kmock_k8s import EmulatorThread
-from tests.support.kube import H100, L4, NS, apps, complete_rollout, core, make_pod
+from tests.support.kube import (
+    H100,
+    L4,
+    NS,
+    apps,
+    complete_rollout,
+    core,
+    crash_looping,
+    gpu_unschedulable,
+    make_pod,
+)
 from tests.support.kube import RUNTIME_SPEC as SPEC
 from tests.support.logs import lines_of
 
@@ -198,16 +208,7 @@ async def test_unschedulable_names_the_gpu(runtime: KubernetesRuntime, k8s: Emul
         k8s,
         "dy-c1-1-x",
         1,
-        {
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                }
-            ]
-        },
+        gpu_unschedulable(),
     )
     [state] = await runtime.observe("c1")
     assert state.phase is Phase.FAILED
@@ -244,20 +245,7 @@ async def test_crash_loop_and_progress_deadline(
         k8s,
         "dy-c1-1-x",
         1,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:1.27",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 5,
-                    "state": {
-                        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}
-                    },
-                }
-            ]
-        },
+        crash_looping("back-off 5m0s", restarts=5),
     )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason, state.message) == (

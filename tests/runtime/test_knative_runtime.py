@@ -32,7 +32,16 @@ from tests.runtime.test_knative_manifests import validate
 from tests.support import kube
 from tests.support.kmock_k8s import EmulatorThread
 from tests.support.knative import KnativeController
-from tests.support.kube import H100, KN, L4, NS, RUNTIME_SPEC, core
+from tests.support.kube import (
+    H100,
+    KN,
+    L4,
+    NS,
+    RUNTIME_SPEC,
+    core,
+    crash_looping,
+    gpu_unschedulable,
+)
 from tests.support.logs import lines_of
 
 SPEC = dataclasses.replace(
@@ -64,6 +73,14 @@ def make_pod(
         labels={f"{KN}/revision": f"dy-c1-r{revision}"},
         sidecars=(QUEUE_PROXY,),
     )
+
+
+async def ready_revision(runtime: KnativeRuntime, knative: KnativeController) -> str:
+    """Apply ``SPEC`` and let Knative make its first revision ready with one instance."""
+    await runtime.apply(SPEC)
+    name = await asyncio.to_thread(knative.sync, "dy-c1")
+    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    return name
 
 
 def enable_gpu_features(k8s: EmulatorThread, value: str = "enabled") -> None:
@@ -140,9 +157,7 @@ async def test_pending_ready_and_scaled_to_zero(
 async def test_revision_phases_come_from_its_pods(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    name = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     day = "2026-12-03"
     status = {
         "conditions": [
@@ -184,9 +199,7 @@ async def test_revision_phases_come_from_its_pods(
 async def test_update_with_a_90_10_split_and_tag_urls(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    first = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, first, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     await asyncio.to_thread(knative.publish, "dy-c1")
     serving = await runtime.serving("c1")
     assert serving is not None
@@ -261,9 +274,7 @@ async def test_update_with_a_90_10_split_and_tag_urls(
 async def test_image_pull_failure_names_the_image_while_the_old_revision_serves(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    first = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, first, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     await runtime.apply(dataclasses.replace(SPEC, revision=2, image="nginx:nope"))
     await asyncio.to_thread(knative.sync, "dy-c1")
     waiting = {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}
@@ -303,19 +314,7 @@ async def test_crash_loop_names_the_exit_code_and_the_reason_survives_scale_to_z
         k8s,
         "dy-c1-r1-deployment-x",
         1,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:1.27",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 4,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m"}},
-                    "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
-                }
-            ]
-        },
+        crash_looping("back-off 1m", restarts=4, exit_code=3),
     )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason, state.message) == (
@@ -390,16 +389,7 @@ async def test_gpu_revision_needs_knative_feature_flags(
         k8s,
         "dy-c1-r1-deployment-x",
         1,
-        {
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                }
-            ]
-        },
+        gpu_unschedulable(),
     )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason) == (Phase.FAILED, "Unschedulable")
@@ -446,9 +436,7 @@ async def test_watch_reports_services_revisions_and_pods(
 async def test_logs_follow_pods_started_by_the_autoscaler(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    name = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     await asyncio.to_thread(make_pod, k8s, "dy-c1-r1-a", 1)
     k8s.append_log(NS, "dy-c1-r1-a", "first")
     lines = [line async for line in lines_of(runtime.log_batches("c1", follow=False))]

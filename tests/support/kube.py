@@ -131,3 +131,32 @@ def complete_rollout(k8s: EmulatorThread, name: str = "dy-c1") -> None:
             }
         },
     )
+
+
+def gpu_unschedulable() -> dict[str, Any]:
+    """The status the scheduler gives a pod no node has the GPUs for."""
+    condition = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    }
+    return {"conditions": [condition]}
+
+
+def crash_looping(
+    back_off: str, *, restarts: int, exit_code: int | None = None, image: str = "nginx:1.27"
+) -> dict[str, Any]:
+    """The status the kubelet gives a pod whose ``app`` container it keeps restarting: waiting in
+    CrashLoopBackOff with ``back_off`` as the message, and the last exit code if given."""
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": image,
+        "imageID": "",
+        "ready": False,
+        "restartCount": restarts,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": back_off}},
+    }
+    if exit_code is not None:
+        container["lastState"] = {"terminated": {"exitCode": exit_code, "reason": "Error"}}
+    return {"containerStatuses": [container]}
