@@ -18,6 +18,7 @@ from app.domain.principal import Principal
 from app.gql import schema as gql_schema
 from app.services import containers as svc
 from app.services.streams import LogChunk, LogEvent
+from tests.gql.clients import ws_subscribe
 
 Mint = Callable[..., str]
 TRANSPORT_WS = "graphql-transport-ws"
@@ -46,15 +47,7 @@ def test_connection_init_without_a_valid_token_is_refused(client: TestClient) ->
 def subscribe_status(ws: Any, token: str, container_id: str) -> None:
     """Open a graphql-transport-ws session with ``token`` and subscribe (id "1") to
     ``containerStatus`` of ``container_id``."""
-    ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
-    assert ws.receive_json() == {"type": "connection_ack"}
-    ws.send_json(
-        {
-            "type": "subscribe",
-            "id": "1",
-            "payload": {"query": STATUS, "variables": {"id": container_id}},
-        }
-    )
+    ws_subscribe(ws, token, STATUS, {"id": container_id})
 
 
 def test_container_status_emits_the_current_state(
@@ -116,15 +109,7 @@ def test_logs_without_a_runtime_are_unavailable(
 ) -> None:
     container_id = create(state)
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        ws.receive_json()
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": LOGS, "variables": {"id": container_id}},
-            }
-        )
+        ws_subscribe(ws, token(), LOGS, {"id": container_id})
         message = ws.receive_json()
         errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
         assert errors[0]["extensions"] == {"code": "UNAVAILABLE"}
@@ -159,15 +144,7 @@ def test_logs_come_from_the_streams_provider(
     monkeypatch.setattr(state, "streams", streams)
     container_id = create(state)
     with client.websocket_connect("/graphql", subprotocols=["graphql-ws"]) as ws:  # legacy
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        assert ws.receive_json()["type"] == "connection_ack"
-        ws.send_json(
-            {
-                "type": "start",
-                "id": "1",
-                "payload": {"query": LOGS, "variables": {"id": container_id}},
-            }
-        )
+        ws_subscribe(ws, token(), LOGS, {"id": container_id}, message="start")
         lines = [ws.receive_json()["payload"]["data"]["containerLogs"] for _ in range(2)]
         assert ws.receive_json() == {"type": "complete", "id": "1"}
     assert lines == [
