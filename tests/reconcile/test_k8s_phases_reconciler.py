@@ -14,7 +14,7 @@ import pytest
 from app.domain.logtime import parse_ns, to_ns
 from app.domain.principal import Principal
 from app.domain.views import as_utc
-from app.reconcile import Reconciler, ReconcilerOptions
+from app.reconcile import Reconciler
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_manifests import KubernetesConfig
 from app.services import containers as svc
@@ -27,13 +27,8 @@ SECOND = 1_000_000_000
 
 
 @pytest.fixture
-def reconciler(ctx: ServiceContext, api_client: kubernetes.client.ApiClient) -> Reconciler:
-    return Reconciler(
-        engine=ctx.engine,
-        runtime=KubernetesRuntime(api_client, KubernetesConfig()),
-        catalog=ctx.catalog,
-        options=ReconcilerOptions(drain_seconds=0.0),
-    )
+def runtime(api_client: kubernetes.client.ApiClient) -> KubernetesRuntime:
+    return KubernetesRuntime(api_client, KubernetesConfig())
 
 
 def rfc3339(ns: int) -> str:

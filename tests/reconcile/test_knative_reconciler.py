@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from app.domain.models import Container
 from app.domain.principal import Principal
-from app.reconcile import Reconciler, ReconcilerOptions
+from app.reconcile import Reconciler
 from app.runtime.k8s_manifests import KubernetesConfig
 from app.runtime.knative import KnativeRuntime
 from app.services import containers as svc
@@ -25,13 +25,8 @@ ALICE = Principal("alice")
 
 
 @pytest.fixture
-def reconciler(ctx: ServiceContext, api_client: kubernetes.client.ApiClient) -> Reconciler:
-    return Reconciler(
-        engine=ctx.engine,
-        runtime=KnativeRuntime(api_client, KubernetesConfig()),
-        catalog=ctx.catalog,
-        options=ReconcilerOptions(drain_seconds=0.0),
-    )
+def runtime(api_client: kubernetes.client.ApiClient) -> KnativeRuntime:
+    return KnativeRuntime(api_client, KubernetesConfig())
 
 
 def status(ctx: ServiceContext, container_id: str) -> tuple[str, str | None, int | None]:
