@@ -44,6 +44,16 @@ def test_connection_init_without_a_valid_token_is_refused(client: TestClient) ->
             assert refused.value.code == 4403
 
 
+def update_image(state: AppState, container_id: str, image: str) -> None:
+    """Alice deploys ``image`` as the container's next revision."""
+    svc.update_container(
+        ctx=state.ctx,
+        principal=Principal(subject="alice"),
+        container_id=container_id,
+        data={"image": image},
+    )
+
+
 def subscribe_status(ws: Any, token: str, container_id: str) -> None:
     """Open a graphql-transport-ws session with ``token`` and subscribe (id "1") to
     ``containerStatus`` of ``container_id``."""
@@ -82,12 +92,7 @@ def test_container_status_polls_for_changes_without_streams(
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
         subscribe_status(ws, token(), container_id)
         assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
-        svc.update_container(
-            ctx=state.ctx,
-            principal=Principal(subject="alice"),
-            container_id=container_id,
-            data={"image": "x:2"},
-        )
+        update_image(state, container_id, "x:2")
         changed = ws.receive_json()["payload"]["data"]["containerStatus"]
         assert (changed["image"], changed["revision"]) == ("x:2", 2)
         ws.send_json({"type": "complete", "id": "1"})
@@ -173,12 +178,7 @@ def test_status_changes_come_from_the_streams_provider(
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
         subscribe_status(ws, token(), container_id)
         assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
-        svc.update_container(
-            ctx=state.ctx,
-            principal=Principal(subject="alice"),
-            container_id=container_id,
-            data={"image": "x:2"},
-        )
+        update_image(state, container_id, "x:2")
         streams.changed.set()
         changed = ws.receive_json()["payload"]["data"]["containerStatus"]
         assert (changed["image"], changed["revision"]) == ("x:2", 2)
