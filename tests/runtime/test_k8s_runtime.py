@@ -203,13 +203,7 @@ async def test_image_pull_failure_while_old_revision_serves(
 
 async def test_unschedulable_names_the_gpu(runtime: KubernetesRuntime, k8s: EmulatorThread) -> None:
     await runtime.apply(GPU_SPEC)
-    await asyncio.to_thread(
-        make_pod,
-        k8s,
-        "dy-c1-1-x",
-        1,
-        gpu_unschedulable(),
-    )
+    await asyncio.to_thread(make_pod, k8s, "dy-c1-1-x", 1, gpu_unschedulable())
     [state] = await runtime.observe("c1")
     assert state.phase is Phase.FAILED
     assert state.reason == "Unschedulable"
@@ -241,11 +235,7 @@ async def test_crash_loop_and_progress_deadline(
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason) == (Phase.FAILED, "ProgressDeadlineExceeded")
     await asyncio.to_thread(
-        make_pod,
-        k8s,
-        "dy-c1-1-x",
-        1,
-        crash_looping("back-off 5m0s", restarts=5),
+        make_pod, k8s, "dy-c1-1-x", 1, crash_looping("back-off 5m0s", restarts=5)
     )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason, state.message) == (

@@ -384,13 +384,7 @@ async def test_gpu_revision_needs_knative_feature_flags(
     assert await runtime.observe("c1") == [RevisionState("c1", 1, Phase.PENDING)]
     # Unschedulable names the wanted GPU models.
     await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(
-        make_pod,
-        k8s,
-        "dy-c1-r1-deployment-x",
-        1,
-        gpu_unschedulable(),
-    )
+    await asyncio.to_thread(make_pod, k8s, "dy-c1-r1-deployment-x", 1, gpu_unschedulable())
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason) == (Phase.FAILED, "Unschedulable")
     assert "NVIDIA H100" in state.message and "NVIDIA L4" in state.message
