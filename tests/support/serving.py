@@ -1,5 +1,5 @@
 """What the tests that run a `dockyard serve` process on Podman share: its environment, tokens its
-local key accepts, a started-and-stopped server, and looks at the engine and the clock.
+local key accepts, a started-and-stopped server, and a look at the engine.
 
 The server process itself is ``tests.support.server.Server``; this module builds on it.
 """
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import docker
 
@@ -79,15 +77,3 @@ def engine_instances(engine_url: str, container_id: str) -> list[str]:
         )
     finally:
         client.close()
-
-
-def until(check: Callable[[], Any], *, within: float = 60, what: str = "") -> Any:
-    """Poll ``check`` every 0.1 s until it returns something true; return that."""
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        time.sleep(0.1)
