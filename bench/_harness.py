@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ __all__ = [
     "ensure_wrk",
     "free_port",
     "mint_token",
+    "print_against_raw",
     "published_port",
     "raw_run",
     "remove_run_containers",
@@ -233,3 +235,17 @@ def dockyard_on_podman(env: Mapping[str, str] | None = None) -> Iterator[Bench]:
                 remove_run_containers(engine.base_url)
             finally:
                 engine.stop()
+
+
+def print_against_raw(runs: int, raw: list[float], ours: list[float], ours_label: str) -> None:
+    """Print the run count, the median (min, max) of the raw engine path and of Dockyard's path
+    ``ours_label`` in aligned columns, and the ratio of the medians against the 1.3x target."""
+    rows = [("raw engine run -> first TCP accept", raw), (ours_label, ours)]
+    width = max(len(label) for label, _ in rows) + 1
+    print(f"runs: {runs}")
+    for label, seconds in rows:
+        print(
+            f"{label + ':':<{width}} median {statistics.median(seconds) * 1000:.0f} ms "
+            f"(min {min(seconds) * 1000:.0f}, max {max(seconds) * 1000:.0f})"
+        )
+    print(f"ratio: {statistics.median(ours) / statistics.median(raw):.2f}x (target <= 1.3x)")

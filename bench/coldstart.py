@@ -14,7 +14,6 @@ root on a machine with Podman (scripts/setup-podman.sh):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import dockyard_on_podman, raw_run, wait_no_containers
+from bench._harness import dockyard_on_podman, print_against_raw, raw_run, wait_no_containers
 from tests.support.podman import HTTPD_V1, PAGE_V1
 
 LABEL_CONTAINER_ID = "dockyard.dev/container-id"
@@ -81,17 +80,7 @@ def main() -> None:
             ours.append(first_answer(url, host))
         api.delete(f"/v1/containers/{container_id}").raise_for_status()
         wait_zero(client, container_id)
-    raw_median, our_median = statistics.median(raw), statistics.median(ours)
-    print(f"runs: {args.runs}")
-    print(
-        f"raw engine run -> first TCP accept:         median {raw_median * 1000:.0f} ms "
-        f"(min {min(raw) * 1000:.0f}, max {max(raw) * 1000:.0f})"
-    )
-    print(
-        f"revision at zero -> first answer via Caddy: median {our_median * 1000:.0f} ms "
-        f"(min {min(ours) * 1000:.0f}, max {max(ours) * 1000:.0f})"
-    )
-    print(f"ratio: {our_median / raw_median:.2f}x (target <= 1.3x)")
+    print_against_raw(args.runs, raw, ours, "revision at zero -> first answer via Caddy")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Run as root on a machine with Podman (scripts/setup-podman.sh):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import dockyard_on_podman, raw_run, wait_deployed, wait_no_containers
+from bench._harness import (
+    dockyard_on_podman,
+    print_against_raw,
+    raw_run,
+    wait_deployed,
+    wait_no_containers,
+)
 from tests.support.podman import HTTPD_V1
 
 POLL = 0.005
@@ -50,17 +55,7 @@ def main() -> None:
             raw.append(raw_run(bench.client))
             ours.append(dockyard_deploy(bench.api, n))
             wait_no_containers(bench.client)  # no removal overlaps the next measurement
-    raw_median, our_median = statistics.median(raw), statistics.median(ours)
-    print(f"runs: {args.runs}")
-    print(
-        f"raw engine run -> first TCP accept: median {raw_median * 1000:.0f} ms "
-        f"(min {min(raw) * 1000:.0f}, max {max(raw) * 1000:.0f})"
-    )
-    print(
-        f"dockyard POST -> deployed:          median {our_median * 1000:.0f} ms "
-        f"(min {min(ours) * 1000:.0f}, max {max(ours) * 1000:.0f})"
-    )
-    print(f"ratio: {our_median / raw_median:.2f}x (target <= 1.3x)")
+    print_against_raw(args.runs, raw, ours, "dockyard POST -> deployed")
 
 
 if __name__ == "__main__":
