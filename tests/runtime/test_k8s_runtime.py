@@ -31,6 +31,7 @@ from tests.support.kube import (
     H100,
     L4,
     NS,
+    app_waiting,
     apps,
     complete_rollout,
     core,
@@ -174,23 +175,7 @@ async def test_image_pull_failure_while_old_revision_serves(
         k8s,
         "dy-c1-2-x",
         2,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:nope",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {
-                        "waiting": {
-                            "reason": "ImagePullBackOff",
-                            "message": 'Back-off pulling image "nginx:nope"',
-                        }
-                    },
-                }
-            ]
-        },
+        app_waiting("ImagePullBackOff", 'Back-off pulling image "nginx:nope"', image="nginx:nope"),
     )
     states = await runtime.observe("c1")
     assert states == [

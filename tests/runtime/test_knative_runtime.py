@@ -38,6 +38,7 @@ from tests.support.kube import (
     L4,
     NS,
     RUNTIME_SPEC,
+    app_waiting,
     core,
     crash_looping,
     gpu_unschedulable,
@@ -277,24 +278,12 @@ async def test_image_pull_failure_names_the_image_while_the_old_revision_serves(
     await ready_revision(runtime, knative)
     await runtime.apply(dataclasses.replace(SPEC, revision=2, image="nginx:nope"))
     await asyncio.to_thread(knative.sync, "dy-c1")
-    waiting = {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}
     await asyncio.to_thread(
         make_pod,
         k8s,
         "dy-c1-r2-deployment-x",
         2,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:nope",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"waiting": waiting},
-                }
-            ]
-        },
+        app_waiting("ImagePullBackOff", "Back-off pulling image", image="nginx:nope"),
     )
     states = await runtime.observe("c1")
     assert states[0] == RevisionState(

@@ -144,19 +144,34 @@ def gpu_unschedulable() -> dict[str, Any]:
     return {"conditions": [condition]}
 
 
-def crash_looping(
-    back_off: str, *, restarts: int, exit_code: int | None = None, image: str = "nginx:1.27"
+def app_waiting(
+    reason: str,
+    message: str,
+    *,
+    restarts: int = 0,
+    exit_code: int | None = None,
+    image: str = "nginx:1.27",
 ) -> dict[str, Any]:
-    """The status the kubelet gives a pod whose ``app`` container it keeps restarting: waiting in
-    CrashLoopBackOff with ``back_off`` as the message, and the last exit code if given."""
+    """The status the kubelet gives a pod whose ``app`` container waits (``reason``, ``message``),
+    after ``restarts`` restarts, the last one exiting with ``exit_code`` if given."""
     container: dict[str, Any] = {
         "name": "app",
         "image": image,
         "imageID": "",
         "ready": False,
         "restartCount": restarts,
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": back_off}},
+        "state": {"waiting": {"reason": reason, "message": message}},
     }
     if exit_code is not None:
         container["lastState"] = {"terminated": {"exitCode": exit_code, "reason": "Error"}}
     return {"containerStatuses": [container]}
+
+
+def crash_looping(
+    back_off: str, *, restarts: int, exit_code: int | None = None, image: str = "nginx:1.27"
+) -> dict[str, Any]:
+    """A pod whose ``app`` container the kubelet keeps restarting: CrashLoopBackOff, ``back_off``
+    as the message."""
+    return app_waiting(
+        "CrashLoopBackOff", back_off, restarts=restarts, exit_code=exit_code, image=image
+    )
