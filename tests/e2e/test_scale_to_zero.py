@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import pytest
 from fastapi import FastAPI
-from sqlmodel import Session, select
 
 from app.deps import AppState
 from app.domain.models import Revision, ServingState
@@ -24,6 +23,7 @@ from app.server import create_app
 from app.services import containers as svc
 from app.settings import Settings
 from tests.support.podman import CRASH, HTTPD_V1, PAGE_V1, RUN_LABELS
+from tests.support.rows import stored_revision
 from tests.support.serving import engine_instances
 
 pytestmark = pytest.mark.podman
@@ -70,14 +70,7 @@ def create(state: AppState, image: str = HTTPD_V1, **scaling: int) -> str:
 
 
 def revision_row(state: AppState, container_id: str, number: int = 1) -> Revision:
-    with Session(state.ctx.engine) as session:
-        row = session.exec(
-            select(Revision).where(
-                Revision.container_id == container_id, Revision.revision_number == number
-            )
-        ).one()
-        session.expunge(row)
-        return row
+    return stored_revision(state.ctx.engine, container_id, number)
 
 
 async def until(check: Callable[[], Any], *, within: float = 30, what: str = "") -> Any:

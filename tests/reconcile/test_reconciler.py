@@ -36,6 +36,7 @@ from app.runtime.base import (
 from app.services import containers as svc
 from app.services.context import ServiceContext
 from app.settings import Settings
+from tests.support.rows import stored_revision
 
 ALICE = Principal("alice")
 
@@ -350,14 +351,7 @@ def set_desired(ctx: ServiceContext, container_id: str, revision: int, desired: 
 
 
 def revision_of(ctx: ServiceContext, container_id: str, number: int) -> Revision:
-    with Session(ctx.engine) as session:
-        row = session.exec(
-            select(Revision).where(
-                Revision.container_id == container_id, Revision.revision_number == number
-            )
-        ).one()
-        session.expunge(row)
-        return row
+    return stored_revision(ctx.engine, container_id, number)
 
 
 async def test_scaled_to_zero_is_healthy_and_the_revision_stays_routable(
