@@ -32,7 +32,7 @@ from tests.support.podman import (
     RUN_LABELS,
     PodmanService,
 )
-from tests.support.server import CONFIG_LOAD_DROP, Server
+from tests.support.server import Server
 from tests.support.serving import bearer, serve_env, serving
 
 pytestmark = pytest.mark.podman
@@ -148,7 +148,6 @@ def test_deploy_update_fail_delete(server: Server, podman_service: PodmanService
     assert server.through_ingress(container).status_code == 404
 
 
-@CONFIG_LOAD_DROP
 def test_a_missing_image_fails_with_a_reason_and_a_redeploy_recovers(
     server: Server, podman_service: PodmanService
 ) -> None:
@@ -315,7 +314,6 @@ def test_phase_timeline_adds_up_to_the_deploy_time(server: Server) -> None:
     assert last["phase"] == "failed" and last["reason"].startswith("started: "), timeline
 
 
-@CONFIG_LOAD_DROP
 def test_the_data_plane_outlives_a_killed_server_and_is_adopted(
     server: Server, podman_service: PodmanService
 ) -> None:

@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 
 from tests.support import serving
 from tests.support.podman import HTTPD_V1, LOGGER, PodmanService
-from tests.support.server import CONFIG_LOAD_DROP, Server
+from tests.support.server import Server
 from tests.support.serving import bearer
 from tests.support.sse import SseEvent, iter_events
 
@@ -148,7 +148,6 @@ def test_sse_backlog_follow_resume_and_release(server: Server) -> None:
     assert log_streams(server)["upstreamOpened"] in (1, 2)
 
 
-@CONFIG_LOAD_DROP
 def test_idle_streams_get_keep_alives_and_end_on_delete(server: Server) -> None:
     container_id = create(server, HTTPD_V1, "quiet")
     server.wait_for(container_id, lambda c: c["status"] == "deployed")
@@ -330,6 +329,12 @@ def test_a_follower_sees_every_line_of_both_revisions_across_a_switch(server: Se
         received += [e.json() for e in take_lines(events, 5)]
         updated = server.api("PUT", f"/v1/containers/{container_id}", json={"env": {"R": "2"}})
         assert updated.status_code == 200, updated.text
+        # Reading blocks while no line comes: see revision 2 deployed (or why not) first.
+        switched = server.wait_for(
+            container_id,
+            lambda c: c["status"] == "failed" or c.get("readyRevision") == 2,
+        )
+        assert switched["status"] != "failed", switched
         # Read until revision 1 was drained and stopped, and revision 2 printed on for a while.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

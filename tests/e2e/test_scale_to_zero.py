@@ -1,6 +1,6 @@
 """Scale to zero and wake on a request, on real Podman: the app's own reconciler, autoscaler and
 activator (in process, short windows), busybox httpd revisions, requests over the activator's
-real unix socket."""
+real loopback port."""
 
 from __future__ import annotations
 
@@ -84,11 +84,14 @@ async def until(check: Callable[[], Any], *, within: float = 30, what: str = "")
         await asyncio.sleep(0.05)
 
 
-async def get(socket: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
-    connector = aiohttp.UnixConnector(path=socket.removeprefix("unix/"))
+async def get(address: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
     async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.get(f"http://web.localhost{path}", timeout=aiohttp.ClientTimeout(60)) as r,
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://{address}{path}",
+            headers={"Host": "web.localhost"},
+            timeout=aiohttp.ClientTimeout(60),
+        ) as r,
     ):
         return r.status, await r.text(), dict(r.headers)
 

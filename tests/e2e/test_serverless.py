@@ -135,13 +135,6 @@ def test_scale_to_zero_then_a_request_and_a_burst_wake_one_instance(
     server.api("DELETE", f"/v1/containers/{cid}")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, not fixed: every endpoint change is a Caddy config load, and now and then a "
-    "load closes a client connection without an answer (RemoteProtocolError, also on fresh "
-    "connections); in about one run in four a few requests got a 502 dialing an instance of the "
-    "retired revision during the switch (cause not found yet). See docs/serverless.md.",
-)
 def test_load_scales_out_and_back_in_and_a_switch_without_a_failed_request(
     server: Server, podman_service: PodmanService
 ) -> None:
