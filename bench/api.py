@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.auth import LocalKeys  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from bench._harness import ensure_wrk, free_port  # noqa: E402
 
 BIG_OWNER = "big"
 SMALL_OWNER = "small"
@@ -56,20 +56,6 @@ CONTAINER_FIELDS = (
 )
 GQL_LIST = "{ containers { total page rowsPerPage items { " + CONTAINER_FIELDS + " } } }"
 GQL_ONE = 'query { container(id: "ID") { ' + CONTAINER_FIELDS + " } }"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    return "wrk"
 
 
 def wait_up(url: str) -> None:

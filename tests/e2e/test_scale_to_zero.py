@@ -11,21 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import docker
 import pytest
 from fastapi import FastAPI
-from sqlmodel import Session, select
 
 from app.deps import AppState
 from app.domain.models import Revision, ServingState
 from app.domain.principal import Principal
 from app.reconcile import ReconcilerOptions
-from app.runtime.base import LABEL_CONTAINER_ID
 from app.runtime.docker import DockerRuntime
 from app.server import create_app
 from app.services import containers as svc
 from app.settings import Settings
 from tests.support.podman import CRASH, HTTPD_V1, PAGE_V1, RUN_LABELS
+from tests.support.rows import stored_revision
+from tests.support.serving import engine_instances
 
 pytestmark = pytest.mark.podman
 ALICE = Principal("alice")
@@ -71,14 +70,7 @@ def create(state: AppState, image: str = HTTPD_V1, **scaling: int) -> str:
 
 
 def revision_row(state: AppState, container_id: str, number: int = 1) -> Revision:
-    with Session(state.ctx.engine) as session:
-        row = session.exec(
-            select(Revision).where(
-                Revision.container_id == container_id, Revision.revision_number == number
-            )
-        ).one()
-        session.expunge(row)
-        return row
+    return stored_revision(state.ctx.engine, container_id, number)
 
 
 async def until(check: Callable[[], Any], *, within: float = 30, what: str = "") -> Any:
@@ -90,21 +82,6 @@ async def until(check: Callable[[], Any], *, within: float = 30, what: str = "")
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within}s: {what}")
         await asyncio.sleep(0.05)
-
-
-def engine_instances(podman_url: str, container_id: str) -> list[str]:
-    client = docker.DockerClient(base_url=podman_url)
-    try:
-        return sorted(
-            c.name
-            for c in client.containers.list(
-                all=True,
-                sparse=True,  # no inspect: Podman answers 500 for one removed meanwhile
-                filters={"label": f"{LABEL_CONTAINER_ID}={container_id}"},
-            )
-        )
-    finally:
-        client.close()
 
 
 async def get(address: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
