@@ -15,7 +15,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
@@ -342,29 +342,85 @@ def _row_columns() -> list[Any]:
     ]
 
 
-@functools.lru_cache(maxsize=64)
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """A statement compiled once for a dialect and run on the DBAPI cursor: SQLAlchemy still
+    writes the SQL and converts the values both ways (its bind and result processors), but a
+    request no longer pays its per-execution machinery (cache key, execution context, result
+    object) for a query it runs thousands of times a second."""
+
+    sql: str
+    positions: tuple[str, ...] | None
+    """Parameter names in order for positional paramstyles (SQLite's ``?``), else None."""
+    defaults: dict[str, Any]
+    bind: Mapping[str, Callable[[Any], Any]]
+    names: tuple[str, ...]
+    """The result's column names."""
+    results: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def compile(cls, statement: sa.Select[Any], dialect: sa.Dialect) -> _Prepared:
+        compiled = statement.compile(dialect=dialect)
+        bind: dict[str, Callable[[Any], Any]] = {}
+        defaults: dict[str, Any] = {}
+        for name, param in compiled.binds.items():
+            processor = param.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                bind[name] = processor
+            if not param.required:
+                defaults[name] = param.effective_value
+        columns = list(statement.selected_columns)
+        return cls(
+            sql=compiled.string,
+            positions=tuple(compiled.positiontup or ()) if dialect.positional else None,
+            defaults=defaults,
+            bind=bind,
+            names=tuple(column.name for column in columns),
+            results=tuple(
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in columns
+            ),
+        )
+
+    def parameters(self, values: dict[str, Any]) -> Any:
+        merged = {**self.defaults, **values}
+        for name, processor in self.bind.items():
+            merged[name] = processor(merged[name])
+        if self.positions is None:
+            return merged
+        return tuple(merged[name] for name in self.positions)
+
+    def convert(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """A raw row as SQLAlchemy would have handed it back, by column name."""
+        return {
+            name: value if process is None or value is None else process(value)
+            for name, process, value in zip(self.names, self.results, row, strict=True)
+        }
+
+
+@functools.lru_cache(maxsize=128)
 def _list_statements(
-    dialect: str, all_users: bool, by_status: bool, by_cursor: bool
-) -> tuple[sa.Select[Any], sa.Select[Any]]:
-    """The count and the page statement of one shape of list request, built once: the values
-    (owner, status, position, limit, offset) are bound parameters, so SQLAlchemy's compiled
-    cache serves every request of that shape."""
-    return _build_list_statements(
-        dialect,
-        all_users,
-        status=sa.bindparam("status", type_=sa.String) if by_status else None,
-        search=None,
-        cursor=by_cursor,
+    dialect: sa.Dialect, all_users: bool, by_status: bool, by_search: bool, by_cursor: bool
+) -> tuple[_Prepared, _Prepared]:
+    """The count and the page statement of one shape of list request, compiled once: the
+    values (owner, status, search pattern, position, limit, offset) are bound parameters."""
+    count, rows = _build_list_statements(
+        dialect.name, all_users, by_status=by_status, by_search=by_search, cursor=by_cursor
     )
+    return _Prepared.compile(count, dialect), _Prepared.compile(rows, dialect)
+
+
+def _like_pattern(search: str) -> str:
+    """``search`` as a LIKE pattern matching names that contain it, with ``/`` escaping ``%``,
+    ``_`` and itself (what SQLAlchemy's ``contains(autoescape=True)`` does, as a value)."""
+    text = search.strip().lower()
+    for special in ("/", "%", "_"):
+        text = text.replace(special, "/" + special)
+    return f"%{text}%"
 
 
 def _build_list_statements(
-    dialect: str,
-    all_users: bool,
-    *,
-    status: Any,
-    search: str | None,
-    cursor: bool,
+    dialect: str, all_users: bool, *, by_status: bool, by_search: bool, cursor: bool
 ) -> tuple[sa.Select[Any], sa.Select[Any]]:
     table = _table()
     live: Any = table.c.deleted_at.is_(None)
@@ -379,15 +435,13 @@ def _build_list_statements(
     if not all_users:
         owner = table.c.created_by == sa.bindparam("owner", type_=sa.String)
         live, walk = sa.and_(live, owner), sa.and_(walk, owner)
-    if search:
-        # names are lower-case DNS labels; autoescape keeps % and _ literal
-        match = table.c.name.contains(search.strip().lower(), autoescape=True)
+    if by_search:
+        # names are lower-case DNS labels; the pattern escapes % and _ (``_like_pattern``)
+        match = table.c.name.like(sa.bindparam("search", type_=sa.String), escape="/")
         live, walk = sa.and_(live, match), sa.and_(walk, match)
-    if status is not None:
-        live, walk = (
-            sa.and_(live, table.c.status == status),
-            sa.and_(walk, table.c.status == status),
-        )
+    if by_status:
+        status = table.c.status == sa.bindparam("status", type_=sa.String)
+        live, walk = sa.and_(live, status), sa.and_(walk, status)
     order = (table.c.date_created.desc(), table.c.id.desc())
     ids = (
         sa.select(table.c.id)
@@ -426,40 +480,40 @@ def _list_page(
         raise ValidationFailed([FieldError("page", "must be left out when after is given")])
     if all_users and not principal.is_admin:
         raise Forbidden("all: listing every user's containers needs the ADMIN role")
-    dialect = ctx.engine.dialect.name
-    if search:
-        count, select_rows = _build_list_statements(
-            dialect,
-            all_users,
-            status=sa.bindparam("status", type_=sa.String) if status else None,
-            search=search,
-            cursor=cursor is not None,
-        )
-    else:
-        count, select_rows = _list_statements(dialect, all_users, bool(status), cursor is not None)
+    count, select_rows = _list_statements(
+        ctx.engine.dialect, all_users, bool(status), bool(search), cursor is not None
+    )
     params: dict[str, Any] = {"limit": rows_per_page + 1}
     if not all_users:
         params["owner"] = principal.subject
     if status:
         params["status"] = status
+    if search:
+        params["search"] = _like_pattern(search)
     if cursor is None:
         params["offset"] = (page - 1) * rows_per_page
     else:
         params["moment"], params["last_id"], page = cursor
-    count_params = {name: value for name, value in params.items() if name in ("owner", "status")}
+    count_params = {
+        name: value for name, value in params.items() if name in ("owner", "status", "search")
+    }
     with ctx.engine.connect() as connection:
-        total = connection.execute(count, count_params).scalar_one()
-        result = connection.execute(select_rows, params)
-        names = tuple(result.keys())
-        rows = [tuple(row) for row in result]
+        dbapi_cursor = connection.connection.cursor()
+        try:
+            dbapi_cursor.execute(count.sql, count.parameters(count_params))
+            (total,) = dbapi_cursor.fetchone() or (0,)
+            dbapi_cursor.execute(select_rows.sql, select_rows.parameters(params))
+            rows = [tuple(row) for row in dbapi_cursor.fetchall()]
+        finally:
+            dbapi_cursor.close()
     next_cursor = None
     if len(rows) > rows_per_page:
         rows = rows[:rows_per_page]
-        last = dict(zip(names, rows[-1], strict=True))
+        last = select_rows.convert(rows[-1])
         next_cursor = _encode_cursor(last["date_created"], last["id"], page + 1)
     domain = ctx.ingress_domain
     return _Listed(
-        items=[_item(names, row, domain) for row in rows],
+        items=[_item(select_rows, row, domain) for row in rows],
         total=total,
         page=page,
         next_cursor=next_cursor,
@@ -467,14 +521,15 @@ def _list_page(
 
 
 VIEW_CACHE_SIZE = 2048
-"""Container views kept, keyed by the whole row as read (every column, JSON as its text) and the
-ingress domain: a view is a function of exactly these, so a changed row is a new key and an
-entry can never be stale. Bounded; least recently used dropped."""
+"""Container views kept, keyed by the whole row as read (every column as the database driver
+returns it, JSON as its text; and the statement that read it) and the ingress domain: a view is
+a function of exactly these, so a changed row is a new key and an entry can never be stale.
+Bounded; least recently used dropped."""
 
 
 @functools.lru_cache(maxsize=VIEW_CACHE_SIZE)
-def _item(names: tuple[str, ...], row: tuple[Any, ...], ingress_domain: str) -> _Item:
-    columns = dict(zip(names, row, strict=True))
+def _item(statement: _Prepared, row: tuple[Any, ...], ingress_domain: str) -> _Item:
+    columns = statement.convert(row)
     for name in _JSON_COLUMNS:
         if name in columns and columns[name] is not None:
             columns[name] = json.loads(columns[name])
