@@ -325,13 +325,14 @@ class _Listed:
     next_cursor: str | None
 
 
-_JSON_COLUMNS = ("spec", "traffic", "observed_urls")
-"""Container columns read as their JSON text (so a row is hashable: the view cache's key) and
-decoded only when the view is built."""
-
-
 def _table() -> sa.Table:
     return cast(sa.Table, Container.__table__)  # type: ignore[attr-defined]
+
+
+_JSON_COLUMNS = frozenset(column.name for column in _table().c if isinstance(column.type, sa.JSON))
+"""Container columns of a JSON type (``spec``, ``traffic``, ``observed_urls``, and any added
+later): read as their JSON text, so a row is hashable (the view cache's key), and decoded only
+when the view is built."""
 
 
 def _row_columns() -> list[Any]:
