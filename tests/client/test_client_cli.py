@@ -25,6 +25,7 @@ from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAG
 from tests.support.server import Server, free_port
 
 pytestmark = pytest.mark.podman
+PHASES = ["accepted", "scheduled", "imageReady", "started", "ready", "serving"]
 
 
 @pytest.fixture
@@ -117,12 +118,29 @@ def test_deploy_update_rollback_redeploy_rm(
     )
     url = last.split(" at ")[1]
     assert page_at(server, url).text == PAGE_V1
+    # each deploy phase as it was reached, with how long it took to get there, then a summary
+    lines = created.stdout.strip().splitlines()
+    phase_lines = [line for line in lines if line.startswith("revision 1: phase ")]
+    assert [line.split()[3] for line in phase_lines] == PHASES, lines
+    assert phase_lines[0] == "revision 1: phase accepted"
+    assert all(
+        re.fullmatch(r"\+[0-9.]+ m?s", " ".join(line.split()[4:6])) for line in phase_lines[1:]
+    )
+    assert re.fullmatch(
+        r"revision 1: accepted -> serving in [0-9.]+ m?s "
+        r"\(accepted [0-9.]+ m?s, .*ready [0-9.]+ m?s\)",
+        lines[-2],
+    ), lines
 
     updated = run("deploy", str(spec), "--image", HTTPD_V2, "--json")  # flags override the file
     assert updated.exit_code == 0, updated.output
     body = json.loads(updated.stdout)
     assert body["revision"] == 2 and body["status"] == "deployed" and body["image"] == HTTPD_V2
     assert body["env"] == {"A": "1"}
+    # --json: the final event, the container with its newest revision's phases as data
+    assert [p["phase"] for p in body["phases"]] == PHASES
+    revision_2 = json.loads(run("revisions", "web", "--json").stdout)[0]
+    assert revision_2["revisionNumber"] == 2 and revision_2["phases"] == body["phases"]
     assert page_at(server, url).text == PAGE_V2
 
     listed = json.loads(run("ls", "--json").stdout)
@@ -155,6 +173,9 @@ def test_a_failed_deploy_exits_non_zero_with_the_reason(cli_env: dict[str, str])
     assert result.exit_code == 1, result.output
     assert "crash revision 1 failed:" in result.stderr
     assert "exited with code 3" in result.stderr
+    failed = [line for line in result.stdout.splitlines() if "phase failed" in line]
+    assert len(failed) == 1 and "started: " in failed[0], result.stdout
+    assert "revision 1: accepted -> failed in " in result.stdout
     bad = run("deploy", "--name", "Bad_Name", "--image", "nope")
     assert bad.exit_code == 1 and "name:" in bad.stderr and "image:" in bad.stderr
 
