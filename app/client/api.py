@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +157,7 @@ class Api:
 
     def status_events(
         self, container_id: str, *, retry_seconds: float = 1.0, give_up_after: float = 60.0
-    ) -> Iterator[Container]:
+    ) -> Generator[Container, None, None]:
         """The container now and after each change (``GET /v1/containers/{id}/events``), each
         with ``phases``: its newest revision's deploy phases so far. A dropped connection is
         reopened (its first event is the state then); ends when the container is deleted."""

@@ -125,9 +125,16 @@ it took to get here), or None for the first one."""
 def _read_events(
     watcher: Api, container_id: str, items: queue.Queue[Any], stop: threading.Event
 ) -> None:
-    """The status events, into ``items`` (None when the container was deleted, or the error)."""
+    """The status events, into ``items`` (None when the container was deleted, or the error).
+
+    Only this thread touches ``watcher``, and closes it: closing a connection from another
+    thread while this one reads it would free its file descriptor for reuse by the next
+    connection, which this read could then steal bytes from. After ``stop`` the thread ends at
+    the next status event, or when the server ends the stream (a daemon: it never delays an
+    exit)."""
+    events = watcher.status_events(container_id)
     try:
-        for event in watcher.status_events(container_id):
+        for event in events:
             if stop.is_set():
                 return
             items.put(event)
@@ -135,6 +142,9 @@ def _read_events(
     except Exception as e:  # handed over to the waiting thread, which raises it
         if not stop.is_set():
             items.put(e)
+    finally:
+        events.close()
+        watcher.close()
 
 
 def wait_for(
@@ -197,7 +207,6 @@ def wait_for(
             container = item
     finally:
         stop.set()
-        watcher.close()
 
 
 def _duration(ms: float | None) -> str:

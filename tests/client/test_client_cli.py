@@ -80,6 +80,19 @@ def page_at(server: Server, url: str) -> httpx.Response:
     return httpx.get(f"{server.url}/", headers={"Host": host}, timeout=10)
 
 
+def page_becomes(server: Server, url: str, expected: str, timeout: float = 10) -> str:
+    """The page at ``url`` once it is ``expected`` (or the last one read). `deploy` returns the
+    moment the status says deployed, and the data plane is reprogrammed a moment after the
+    status changed (batched Caddy loads: a known gap of issue 10), so a page that still shows
+    the previous revision is read again for a while."""
+    deadline = time.monotonic() + timeout
+    page = page_at(server, url).text
+    while page != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        page = page_at(server, url).text
+    return page
+
+
 def test_login_stores_url_and_token_0600_and_refuses_a_bad_token(
     tmp_path: Path, server: Server, token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,7 +130,7 @@ def test_deploy_update_rollback_redeploy_rm(
         f".localhost:{server.port}/"
     )
     url = last.split(" at ")[1]
-    assert page_at(server, url).text == PAGE_V1
+    assert page_becomes(server, url, PAGE_V1) == PAGE_V1
     # each deploy phase as it was reached, with how long it took to get there, then a summary
     lines = created.stdout.strip().splitlines()
     phase_lines = [line for line in lines if line.startswith("revision 1: phase ")]
@@ -141,7 +154,7 @@ def test_deploy_update_rollback_redeploy_rm(
     assert [p["phase"] for p in body["phases"]] == PHASES
     revision_2 = json.loads(run("revisions", "web", "--json").stdout)[0]
     assert revision_2["revisionNumber"] == 2 and revision_2["phases"] == body["phases"]
-    assert page_at(server, url).text == PAGE_V2
+    assert page_becomes(server, url, PAGE_V2) == PAGE_V2
 
     listed = json.loads(run("ls", "--json").stdout)
     assert [c["name"] for c in listed] == ["web"]
@@ -153,7 +166,7 @@ def test_deploy_update_rollback_redeploy_rm(
 
     rolled = run("rollback", "web", "1")
     assert rolled.exit_code == 0, rolled.output
-    assert page_at(server, url).text == PAGE_V1
+    assert page_becomes(server, url, PAGE_V1) == PAGE_V1
     redeployed = run("redeploy", body["id"], "--json")
     assert redeployed.exit_code == 0, redeployed.output
     assert json.loads(redeployed.stdout)["revision"] == 4
