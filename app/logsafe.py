@@ -48,6 +48,13 @@ class _Escaped:
 
 
 def _wrap(value: object) -> object:
+    # Fast paths for what nearly every record carries (uvicorn's access line: strings and an
+    # int): a string without control characters renders the same escaped or not, for %s and
+    # %r alike; exact ints and floats need no ABC check.
+    if type(value) is str:
+        return value if _CONTROL.search(value) is None else _Escaped(value)
+    if type(value) is int or type(value) is float:
+        return value
     return value if isinstance(value, numbers.Number) else _Escaped(value)
 
 

@@ -23,7 +23,7 @@ from app.auth import make_verifier
 from app.autoscale import Autoscaler, AutoscalerOptions
 from app.bus import Bus
 from app.console import oidc as console_oidc
-from app.dataplane.activator import Activator, ActivatorOptions, socket_dir_for
+from app.dataplane.activator import Activator, ActivatorOptions
 from app.dataplane.caddy import ProxyOptions
 from app.dataplane.controller import DataPlane
 from app.dataplane.routes import host_domain
@@ -218,7 +218,6 @@ def _serverless(
         return await run_in_threadpool(scaling.revision_serving, ctx, container_id, revision)
 
     activator = Activator(
-        socket_dir_for(settings.data_dir),
         wake=wake,
         serving=serving,
         options=ActivatorOptions(
@@ -277,7 +276,7 @@ def create_app(
     if dataplane is not None:
         state.ctx.listeners.append(dataplane.changed)
         if reconciler is not None:
-            reconciler.on_endpoints = dataplane.changed
+            reconciler.on_endpoints = dataplane.publish
             publish = reconciler.on_status
 
             async def on_status(container_id: str, kind: Literal["status", "deleted"]) -> None:

@@ -14,11 +14,7 @@ root on a machine with Podman (scripts/setup-podman.sh):
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,38 +23,18 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.auth import LocalKeys
-from app.settings import Settings
-from bench.deploy import free_port, raw_run
-from tests.support.podman import (
-    HTTPD_V1,
-    PAGE_V1,
-    ensure_test_images,
-    label_this_run,
-    start_service,
-)
+from bench._harness import dockyard_on_podman, print_against_raw, raw_run, wait_no_containers
+from tests.support.podman import HTTPD_V1, PAGE_V1
 
 LABEL_CONTAINER_ID = "dockyard.dev/container-id"
 
 
-def instances(client: docker.DockerClient, container_id: str) -> int:
-    try:
-        found = client.containers.list(
-            all=True,
-            sparse=True,
-            filters={"label": f"{LABEL_CONTAINER_ID}={container_id}"},
-        )
-    except docker.errors.APIError:  # Podman: 500 for a container removed mid-listing
-        return -1
-    return len(found)
-
-
 def wait_zero(client: docker.DockerClient, container_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while instances(client, container_id) != 0:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the revision did not scale to zero")
-        time.sleep(0.05)
+    wait_no_containers(
+        client,
+        f"{LABEL_CONTAINER_ID}={container_id}",
+        what="the revision's instances (it did not scale to zero)",
+    )
 
 
 def first_answer(url: str, host: str) -> float:
@@ -75,92 +51,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    label_this_run()
-    ensure_test_images()
     raw: list[float] = []
     ours: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
-        work = Path(tmp)
-        os.chmod(work, 0o755)
-        engine = start_service(work)
-        port = free_port()
-        env = {
-            **os.environ,
-            "DOCKYARD_DATA_DIR": str(work),
-            "DOCKYARD_RUNTIME": "docker",
-            "DOCKYARD_DOCKER_HOST": engine.base_url,
-            "DOCKYARD_STOP_TIMEOUT_SECONDS": "0",
-            "DOCKYARD_AUTOSCALE_TICK_SECONDS": "0.1",
-            "DOCKYARD_AUTOSCALE_STABLE_WINDOW_SECONDS": "1",
-            "DOCKYARD_AUTOSCALE_PANIC_WINDOW_SECONDS": "0.5",
-        }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
+    autoscale_env = {
+        "DOCKYARD_AUTOSCALE_TICK_SECONDS": "0.1",
+        "DOCKYARD_AUTOSCALE_STABLE_WINDOW_SECONDS": "1",
+        "DOCKYARD_AUTOSCALE_PANIC_WINDOW_SECONDS": "0.5",
+    }
+    with dockyard_on_podman(autoscale_env) as bench:
+        client, api, url = bench.client, bench.api, bench.url
+        created = api.post(
+            "/v1/containers",
+            json={
+                "name": "coldstart",
+                "image": HTTPD_V1,
+                "port": 8080,
+                "scaling": {"scaleToZeroAfterSeconds": 0},
+            },
         )
-        client = docker.DockerClient(base_url=engine.base_url, version="1.41")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            token = LocalKeys(Settings(data_dir=work)).mint(
-                subject="bench", roles=[], ttl_seconds=3600
-            )
-            with httpx.Client(
-                base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}
-            ) as api:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        if api.get("/healthz").status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.1)
-                created = api.post(
-                    "/v1/containers",
-                    json={
-                        "name": "coldstart",
-                        "image": HTTPD_V1,
-                        "port": 8080,
-                        "scaling": {"scaleToZeroAfterSeconds": 0},
-                    },
-                )
-                created.raise_for_status()
-                container_id, host = created.json()["id"], created.json()["urls"][0]
-                raw_run(client)  # warm the engine's caches once for both paths
-                wait_zero(client, container_id)
-                first_answer(url, host)  # and the first wake of this server
-                for _ in range(args.runs):
-                    wait_zero(client, container_id)
-                    raw.append(raw_run(client))
-                    ours.append(first_answer(url, host))
-                api.delete(f"/v1/containers/{container_id}").raise_for_status()
-                wait_zero(client, container_id)
-        finally:
-            client.close()
-            server.terminate()
-            server.wait(timeout=30)
-            engine.stop()
-    raw_median, our_median = statistics.median(raw), statistics.median(ours)
-    print(f"runs: {args.runs}")
-    print(
-        f"raw engine run -> first TCP accept:         median {raw_median * 1000:.0f} ms "
-        f"(min {min(raw) * 1000:.0f}, max {max(raw) * 1000:.0f})"
-    )
-    print(
-        f"revision at zero -> first answer via Caddy: median {our_median * 1000:.0f} ms "
-        f"(min {min(ours) * 1000:.0f}, max {max(ours) * 1000:.0f})"
-    )
-    print(f"ratio: {our_median / raw_median:.2f}x (target <= 1.3x)")
+        created.raise_for_status()
+        container_id, host = created.json()["id"], created.json()["urls"][0]
+        raw_run(client)  # warm the engine's caches once for both paths
+        wait_zero(client, container_id)
+        first_answer(url, host)  # and the first wake of this server
+        for _ in range(args.runs):
+            wait_zero(client, container_id)
+            raw.append(raw_run(client))
+            ours.append(first_answer(url, host))
+        api.delete(f"/v1/containers/{container_id}").raise_for_status()
+        wait_zero(client, container_id)
+    print_against_raw(args.runs, raw, ours, "revision at zero -> first answer via Caddy")
 
 
 if __name__ == "__main__":

@@ -25,19 +25,16 @@ import docker
 import httpx
 import psutil
 
-from app.auth import LocalKeys
-from app.settings import Settings
+from bench._harness import free_port, mint_token, remove_run_containers
 from tests.support.podman import (
     PAGE_V1,
-    RUN_ID,
-    RUN_LABEL,
     build_image,
     ensure_test_images,
     image_exists,
     label_this_run,
 )
 from tests.support.podman import start_service as start_podman
-from tests.support.server import Server, free_port
+from tests.support.server import Server
 
 SPAMMER = "localhost/dockyard-bench-spammer:v1"
 SPAMMER_CMD = '["/bin/sh","-c","i=0; while true; do i=$((i+1)); echo spam line $i; done"]'
@@ -90,18 +87,6 @@ def sse_phase(
     return results
 
 
-def remove_run_containers(base_url: str) -> None:
-    """Force-remove the engine containers this bench run created (its run label), nothing else."""
-    client = docker.DockerClient(base_url=base_url, version="1.41")
-    try:
-        for container in client.containers.list(
-            all=True, filters={"label": f"{RUN_LABEL}={RUN_ID}"}, ignore_removed=True
-        ):
-            container.remove(force=True)
-    finally:
-        client.close()
-
-
 def server_cpu(pid: int) -> float:
     """CPU seconds the server process has used (user + system)."""
     times = psutil.Process(pid).cpu_times()
@@ -123,9 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         data_dir = Path(tmp)
         podman = start_podman(data_dir)
-        token = LocalKeys(Settings(data_dir=data_dir)).mint(
-            subject="bench", roles=[], ttl_seconds=3600
-        )
+        token = mint_token(data_dir)
         env = {
             **os.environ,
             "DOCKYARD_DATA_DIR": str(data_dir),

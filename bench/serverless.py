@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,18 +37,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.auth import LocalKeys
 from app.dataplane.supervisor import caddy_binary
-from app.settings import Settings
-from tests.support.podman import (
-    HTTPD_V1,
-    RUN_ID,
-    RUN_LABEL,
-    ensure_test_images,
-    image_exists,
-    label_this_run,
-    start_service,
+from bench._harness import (
+    dockyard_on_podman,
+    ensure_wrk,
+    published_port,
+    wait_deployed,
+    wait_no_containers,
 )
+from tests.support.podman import HTTPD_V1, image_exists
 
 KEEPALIVE = "localhost/dockyard-bench-keepalive:v1"
 KEEPALIVE_CMD = '["/caddy","respond","--listen",":8080","--body","hello from a keep-alive server"]'
@@ -57,21 +53,6 @@ KEEPALIVE_CMD = '["/caddy","respond","--listen",":8080","--body","hello from a k
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 Run = tuple[float, float, int]
 """(requests per second, p50 latency in ms, errors) of one wrk run."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-        found = shutil.which("wrk")
-    assert found is not None, "wrk could not be installed"
-    return found
 
 
 def wrk(binary: str, url: str, host: str | None, seconds: int, connections: int) -> Run:
@@ -124,11 +105,7 @@ def deploy(api: httpx.Client, name: str, image: str) -> dict[str, Any]:
     created = api.post("/v1/containers", json={"name": name, "image": image, "port": 8080})
     created.raise_for_status()
     container: dict[str, Any] = created.json()
-    deadline = time.monotonic() + 60
-    while api.get(f"/v1/containers/{container['id']}").json()["status"] != "deployed":
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} was not deployed")
-        time.sleep(0.05)
+    wait_deployed(api, container["id"])
     while api.get("/", headers={"Host": container["urls"][0]}).status_code != 200:
         time.sleep(0.05)  # the data plane is programmed
     return container
@@ -138,21 +115,7 @@ def published(client: docker.DockerClient, container_id: str) -> str:
     (engine_container,) = client.containers.list(
         filters={"label": f"dockyard.dev/container-id={container_id}"}
     )
-    port = engine_container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
-    return f"http://127.0.0.1:{port}/"
-
-
-def wait_healthy(api: httpx.Client) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if api.get("/healthz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("dockyard serve did not start")
-        time.sleep(0.1)
+    return f"http://127.0.0.1:{published_port(engine_container)}/"
 
 
 def main() -> None:
@@ -162,63 +125,33 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     binary = ensure_wrk()
-    label_this_run()
-    ensure_test_images()
     ensure_keepalive_image()
     results: dict[str, tuple[list[Run], list[Run], tuple[Run, Run]]] = {}
-    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
-        work = Path(tmp)
-        os.chmod(work, 0o755)
-        engine = start_service(work)
-        port = free_port()
-        env = {
-            **os.environ,
-            "DOCKYARD_DATA_DIR": str(work),
-            "DOCKYARD_RUNTIME": "docker",
-            "DOCKYARD_DOCKER_HOST": engine.base_url,
-            "DOCKYARD_STOP_TIMEOUT_SECONDS": "0",
-        }
-        command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-        server = subprocess.Popen([*command, "--log-level", "warning"], env=env)
-        client = docker.DockerClient(base_url=engine.base_url, version="1.41")
-        try:
-            token = LocalKeys(Settings(data_dir=work)).mint(
-                subject="bench", roles=[], ttl_seconds=3600
+    with dockyard_on_podman() as bench:
+        client, api = bench.client, bench.api
+        proxy_url = f"{bench.url}/"
+        for label, image in (
+            ("busybox httpd (closes connections)", HTTPD_V1),
+            ("keep-alive server", KEEPALIVE),
+        ):
+            container = deploy(api, "bench", image)
+            host = container["urls"][0]
+            direct_url = published(client, container["id"])
+            wrk(binary, direct_url, None, 2, args.connections)  # warm both paths
+            wrk(binary, proxy_url, host, 2, args.connections)
+            direct: list[Run] = []
+            proxied: list[Run] = []
+            for _ in range(args.rounds):
+                direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
+                proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
+            # One connection: the latency a single hop adds when nothing queues.
+            single = (
+                wrk(binary, direct_url, None, args.seconds, 1),
+                wrk(binary, proxy_url, host, args.seconds, 1),
             )
-            with httpx.Client(
-                base_url=f"http://127.0.0.1:{port}",
-                timeout=30,
-                headers={"Authorization": f"Bearer {token}"},
-            ) as api:
-                wait_healthy(api)
-                proxy_url = f"http://127.0.0.1:{port}/"
-                for label, image in (
-                    ("busybox httpd (closes connections)", HTTPD_V1),
-                    ("keep-alive server", KEEPALIVE),
-                ):
-                    container = deploy(api, "bench", image)
-                    host = container["urls"][0]
-                    direct_url = published(client, container["id"])
-                    wrk(binary, direct_url, None, 2, args.connections)  # warm both paths
-                    wrk(binary, proxy_url, host, 2, args.connections)
-                    direct: list[Run] = []
-                    proxied: list[Run] = []
-                    for _ in range(args.rounds):
-                        direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
-                        proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
-                    # One connection: the latency a single hop adds when nothing queues.
-                    single = (
-                        wrk(binary, direct_url, None, args.seconds, 1),
-                        wrk(binary, proxy_url, host, args.seconds, 1),
-                    )
-                    results[label] = (direct, proxied, single)
-                    api.delete(f"/v1/containers/{container['id']}").raise_for_status()
-                    wait_gone(client)
-        finally:
-            client.close()
-            server.terminate()
-            server.wait(timeout=30)
-            engine.stop()
+            results[label] = (direct, proxied, single)
+            api.delete(f"/v1/containers/{container['id']}").raise_for_status()
+            wait_no_containers(client, poll=0.1)
     print(f"wrk, {args.connections} connections, {args.rounds} x {args.seconds}s each, interleaved")
     for label, (direct, proxied, (alone, alone_proxied)) in results.items():
         report(label, direct, proxied, args.connections)
@@ -227,15 +160,6 @@ def main() -> None:
             f"({alone_proxied[1] - alone[1]:+.2f} ms); "
             f"{alone[0]:.0f} vs {alone_proxied[0]:.0f} req/s"
         )
-
-
-def wait_gone(client: docker.DockerClient) -> None:
-    deadline = time.monotonic() + 60
-    mine = {"label": f"{RUN_LABEL}={RUN_ID}"}
-    while client.containers.list(all=True, filters=mine, ignore_removed=True):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the bench's engine containers are still there")
-        time.sleep(0.1)
 
 
 def report(label: str, direct: list[Run], proxied: list[Run], connections: int) -> None:

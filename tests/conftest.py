@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from tests.support.podman import (
     remove_run_containers,
     start_service,
 )
+from tests.support.redis import start_redis
 
 label_this_run()
 
@@ -176,8 +175,7 @@ def postgres_bus_url() -> str:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on 127.0.0.1 and a free port, for the whole session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         message = "redis-server not installed (apt-get install redis-server)"
         if os.environ.get("DOCKYARD_REQUIRE_REDIS") == "1":
             pytest.fail(f"DOCKYARD_REQUIRE_REDIS=1 but {message}")
@@ -186,31 +184,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    process = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_redis(directory, port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
-            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}"
     finally:
         process.terminate()

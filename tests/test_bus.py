@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 from app.bus import RECONNECTED, Bus, Message, PostgresBackend
 from app.streams import LogHub
+from tests.support.redis import start_redis
 
 
 def bus_url(kind: str, request: pytest.FixtureRequest) -> str:
@@ -53,24 +52,6 @@ async def test_a_message_published_right_after_subscribing_arrives(
             await subscriber.disconnect()
 
 
-def _start_redis(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not installed")
-    process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
-        time.sleep(0.05)
-
-
 async def _until_delivered(publisher: Bus, messages: AsyncIterator[Message], n: int) -> Message:
     """Publish ``{"n": n}`` until it arrives (the publisher's own connection may still be
     coming back); other messages that arrive first are skipped."""
@@ -93,7 +74,7 @@ async def test_a_subscription_survives_a_redis_restart(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    redis = _start_redis(tmp_path, port)
+    redis = start_redis(tmp_path, port)
     url = f"redis://127.0.0.1:{port}"
     publisher, subscriber = Bus(url), Bus(url, retry_first_seconds=0.05)
     await publisher.connect()
@@ -106,7 +87,7 @@ async def test_a_subscription_survives_a_redis_restart(tmp_path: Path) -> None:
             redis.wait(timeout=10)
             await asyncio.sleep(0.5)  # the bus notices and keeps trying
             assert not subscriber.connected
-            redis = _start_redis(tmp_path, port)
+            redis = start_redis(tmp_path, port)
             assert await asyncio.wait_for(anext(messages), 20) is RECONNECTED
             assert subscriber.reconnects == 1
             assert await _until_delivered(publisher, messages, 1) == {"n": 1}
@@ -157,7 +138,7 @@ async def test_a_status_watcher_hears_once_when_the_bus_is_back(tmp_path: Path) 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    redis = _start_redis(tmp_path, port)
+    redis = start_redis(tmp_path, port)
     reconnects: list[None] = []
     hub = LogHub(
         Bus(f"redis://127.0.0.1:{port}", retry_first_seconds=0.05),
@@ -172,7 +153,7 @@ async def test_a_status_watcher_hears_once_when_the_bus_is_back(tmp_path: Path) 
         redis.terminate()
         redis.wait(timeout=10)
         await asyncio.sleep(0.5)
-        redis = _start_redis(tmp_path, port)
+        redis = start_redis(tmp_path, port)
         assert await asyncio.wait_for(first, 20) == "reconnected"
         assert len(reconnects) == 1  # the data plane re-reads its routes once
         deadline = time.monotonic() + 20

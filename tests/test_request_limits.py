@@ -36,6 +36,24 @@ def _chunks(total: int, size: int = 1000) -> Iterator[bytes]:
         total -= size
 
 
+def post_containers(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The ASGI scope of ``POST /v1/containers`` from 127.0.0.1 with ``headers`` after Host."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/containers",
+        "raw_path": b"/v1/containers",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
 @pytest.mark.parametrize("path", ["/v1/containers", "/graphql"])
 def test_bodies_over_the_limit_get_413(small_app: FastAPI, auth: Auth, path: str) -> None:
     with TestClient(small_app) as client:
@@ -64,20 +82,7 @@ async def test_declared_length_over_the_limit_is_refused_unread(small_app: FastA
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/containers",
-        "raw_path": b"/v1/containers",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-length", b"50000000")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = post_containers((b"content-length", b"50000000"))
     await small_app(scope, receive, send)
     assert reads == 0
     assert sent[0]["status"] == 413
@@ -97,20 +102,7 @@ async def test_chunked_body_reading_stops_at_the_limit(small_app: FastAPI, auth:
         sent.append(message)
 
     token = auth()["Authorization"].encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/containers",
-        "raw_path": b"/v1/containers",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1"), (b"authorization", token)],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = post_containers((b"authorization", token))
     await small_app(scope, receive, send)
     assert reads == LIMIT // 1000 + 1  # an endless body: read only until it passed the limit
     assert sent[0]["status"] == 413

@@ -17,6 +17,14 @@ from app.client.config import ClientConfig
 Container = dict[str, Any]
 
 
+UNAVAILABLE = frozenset({502, 503, 504})
+"""Answers of the proxy in front of the API while the API is down or restarting."""
+
+
+class _Unavailable(Exception):
+    """The server is there but cannot answer right now: a follower retries."""
+
+
 class ApiError(Exception):
     """The server refused or could not be reached; ``str()`` is the message for the user."""
 
@@ -233,9 +241,13 @@ class Api:
                     headers=headers,
                     timeout=httpx.Timeout(30.0, read=None),
                 ) as source:
-                    if source.response.status_code >= 400:
+                    status = source.response.status_code
+                    if follow and status in UNAVAILABLE:
+                        # The proxy in front answers while the API behind it restarts.
+                        raise _Unavailable(f"the server answered {status}")
+                    if status >= 400:
                         source.response.read()
-                        raise ApiError(_problem_text(source.response), source.response.status_code)
+                        raise ApiError(_problem_text(source.response), status)
                     down_since = None
                     for sse in source.iter_sse():
                         if sse.event == "end":
@@ -258,7 +270,7 @@ class Api:
                             str(data.get("stream", "")),
                             data.get("revision"),
                         )
-            except (httpx.TransportError, SSEError) as e:
+            except (httpx.TransportError, SSEError, _Unavailable) as e:
                 if not follow:
                     raise ApiError(f"the log stream broke: {e}") from e
                 now = time.monotonic()

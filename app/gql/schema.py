@@ -83,6 +83,7 @@ class Query:
     ) -> ContainerPage:
         result = await info.context.call(
             svc.list_containers,
+            inline=svc.list_runs_inline(info.context.state.ctx),
             page=page,
             rows_per_page=rows_per_page,
             all_users=all_users,

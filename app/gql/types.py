@@ -6,6 +6,7 @@ request body can be sent unchanged as the ``input`` variable of ``createContaine
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NewType, cast
 
@@ -222,6 +223,22 @@ class Container:
         return [Revision.from_view(view) for view in views]
 
     @classmethod
+    def from_listed_view(cls, view: ContainerView) -> Container:
+        """``from_view`` for the items of a list: the same object again for the same view (the
+        list hands out one view object per unchanged row, ``svc.VIEW_CACHE_SIZE``), so polling
+        a list does not rebuild its items. Nothing mutates these objects after they are built."""
+        key = id(view)
+        cached = _CONTAINER_OBJECTS.get(key)
+        if cached is not None and cached[0] is view:
+            _CONTAINER_OBJECTS.move_to_end(key)
+            return cached[1]
+        built = cls.from_view(view)
+        _CONTAINER_OBJECTS[key] = (view, built)  # holding the view keeps its id unique
+        if len(_CONTAINER_OBJECTS) > svc.VIEW_CACHE_SIZE:
+            _CONTAINER_OBJECTS.popitem(last=False)
+        return built
+
+    @classmethod
     def from_view(cls, view: ContainerView) -> Container:
         return cls(
             id=strawberry.ID(view.id),
@@ -249,6 +266,11 @@ class Container:
             probes=cast(JSON, view.probes),
             known_phases=view.phases if isinstance(view, ContainerStatusView) else None,
         )
+
+
+_CONTAINER_OBJECTS: OrderedDict[int, tuple[ContainerView, Container]] = OrderedDict()
+"""``Container.from_listed_view``'s objects by view identity, least recently used first (the event
+loop's only: resolvers run there)."""
 
 
 @strawberry.type(description="A GPU model containers may ask for in `desiredGPUs`.")
@@ -279,7 +301,7 @@ class ContainerPage:
     @classmethod
     def from_page(cls, page: CursorPage[ContainerView]) -> ContainerPage:
         return cls(
-            items=[Container.from_view(item) for item in page.items],
+            items=[Container.from_listed_view(item) for item in page.items],
             next_cursor=page.nextCursor,
             **_paging(page),
         )

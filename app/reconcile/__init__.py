@@ -323,8 +323,10 @@ class Reconciler:
         self._elected = asyncio.Event()
         if self._leading:
             self._elected.set()
-        self.on_endpoints: Callable[[str], None] | None = None
-        """Called with the container id after the ready endpoints of its revisions changed."""
+        self.on_endpoints: Callable[[str], Awaitable[None]] | None = None
+        """Awaited with the container id after the ready endpoints of its revisions changed,
+        before the status that moves traffic is written (this replica's data plane publishes
+        the new routes meanwhile, so "deployed" is not said before they can be served)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -598,7 +600,7 @@ class Reconciler:
         # the time traffic moves to it.
         rows_changed = await asyncio.to_thread(self._write_revisions, container.id, rows, records)
         if rows_changed and self.on_endpoints is not None:
-            self.on_endpoints(container.id)
+            await self.on_endpoints(container.id)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
         if urls is not None:
             changed = await asyncio.to_thread(self._write_urls, container.id, urls) or changed
@@ -686,13 +688,16 @@ class Reconciler:
             desired = max(row.instances_desired, 0)
             state = states.get(number)
             present = state.instances_desired if state is not None else 0
+            # Never-started instances (their creator, e.g. a killed leader, died before starting
+            # them): scaling, even to the same count, starts them or removes the surplus.
+            unstarted = state.instances_unstarted if state is not None else 0
             key = (container.id, number)
-            if present == desired:
+            if present == desired and not unstarted:
                 self._shrink_since.pop(key, None)
                 continue
             if present < desired:
                 self._shrink_since.pop(key, None)
-                if state is not None and state.phase is Phase.FAILED:
+                if state is not None and state.phase is Phase.FAILED and not unstarted:
                     continue  # not retried until it scales to zero (or a new revision)
             elif state is not None and state.phase is Phase.READY and state.instances_ready:
                 since = self._shrink_since.setdefault(key, loop.time())

@@ -180,11 +180,16 @@ class RevisionState:
     """``host:port`` of every ready instance, when the runtime exposes them locally."""
     instances_ready: int = 0
     instances_desired: int = 0
+    """Instances the runtime is asked to run (or, on Knative, decided to run); a READY revision
+    with 0 desired is scaled to zero: healthy, not failed."""
     moments: tuple[tuple[str, int], ...] = ()
     """Deploy phases the runtime saw (``app.domain.phases`` names: scheduled, imageReady,
     started…) with when, in nanoseconds since the epoch."""
-    """Instances the runtime is asked to run (or, on Knative, decided to run); a READY revision
-    with 0 desired is scaled to zero: healthy, not failed."""
+    instances_unstarted: int = 0
+    """Instances that exist but were never started and that nothing in this process is starting
+    (a replica that died between creating an engine container and starting it, e.g. a leader
+    killed mid-deploy): counted in ``instances_desired``, yet asking the runtime to scale the
+    revision (even to the same count) is what starts them, or removes them when surplus."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ without it is instance 0) and ``LABEL_MANAGED_BY=dockyard``. :meth:`DockerRuntim
 the missing instances and removes the surplus, highest ``k`` first, never one still starting
 unless asked to (a GPU revision may take many minutes to start). Each container port is published
 on ``127.0.0.1`` with an ephemeral host port; the data plane reaches the ready instances at the
-``endpoints`` that :meth:`DockerRuntime.observe` reports (lowest ``k`` first).
+``endpoints`` that :meth:`DockerRuntime.observe` reports (lowest ``k`` first). An instance left
+``created`` by a Dockyard that died between creating and starting it (a leader killed mid-deploy)
+is adopted: :meth:`DockerRuntime.observe` counts it in ``instances_unstarted``, and the next
+:meth:`DockerRuntime.scale` starts it, or removes it first when it is surplus. Exited instances
+follow the engine's restart policy (``on-failure``, at most ``crashloop_restarts``), then fail.
 
 The official ``docker`` SDK is synchronous: every call runs in a worker thread
 (``asyncio.to_thread``). The long-lived streams of :meth:`DockerRuntime.watch` and
@@ -44,6 +48,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import socket
 import time
@@ -84,6 +89,7 @@ from app.runtime.engine_streams import EngineStreams, LogParser, read_json_lines
 from app.runtime.probing import Prober, Target, budget_of, probes_from_label, probes_to_label
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MANAGED_FILTER = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 LABEL_PROBES = "dockyard.dev/probes"
@@ -432,10 +438,14 @@ class DockerRuntime:
             for c in self._list(spec.container_id)
             if self._revision(c) == spec.revision
         }
-        for replica, c in sorted(present.items()):
-            if replica < instances and c.status == "created":
-                # created but never started (a failed start before a restart of ours)
+        for _, c in sorted(present.items())[:instances]:  # the lowest instances stay
+            if self._status(c) == "created":
+                # created but never started: a failed start before a restart of ours, or a
+                # replica (a killed leader) that died between creating and starting it
+                log.info("starting %s: created but never started", c.name)
                 self._start(spec, c)
+                with contextlib.suppress(docker.errors.NotFound):
+                    c.reload()  # started now: not a never-started victim below
         if len(present) < instances:
             free = (k for k in range(instances + len(present)) if k not in present)
             for _ in range(instances - len(present)):
@@ -453,11 +463,14 @@ class DockerRuntime:
     def _victims(
         self, container_id: str, revision: int, present: dict[int, Any], urgent: bool
     ) -> list[Any]:
-        """Instances to remove when shrinking, in order: failed ones, then ready ones from the
-        highest instance down (the data plane is told the lowest ones first), then, only when
-        urgent, those still starting."""
-        failed, ready, starting = [], [], []
+        """Instances to remove when shrinking, in order: never-started ones, failed ones, then
+        ready ones from the highest instance down (the data plane is told the lowest ones
+        first), then, only when urgent, those still starting."""
+        unstarted, failed, ready, starting = [], [], [], []
         for _, c in sorted(present.items(), reverse=True):
+            if self._status(c) == "created":
+                unstarted.append(c)  # never started: it serves nothing and is not starting
+                continue
             phase = self._state_of(container_id, revision, c).phase
             if phase is Phase.FAILED:
                 failed.append(c)
@@ -465,7 +478,7 @@ class DockerRuntime:
                 ready.append(c)
             elif urgent:
                 starting.append(c)
-        return failed + ready + starting
+        return unstarted + failed + ready + starting
 
     def _create_instance(self, spec: WorkloadSpec, replica: int) -> bool:
         """Create and start one instance; False when the revision cannot run (image, GPUs)."""
@@ -655,12 +668,15 @@ class DockerRuntime:
 
     def _observe_sync(self, container_id: str) -> list[RevisionState]:
         instances: dict[int, list[tuple[int, RevisionState]]] = {}
+        unstarted: dict[int, int] = {}
         found = self._list(container_id)
         self._prober.forget_missing(container_id, {str(c.id) for c in found})
         for c in found:
             revision = self._revision(c)
             if revision is None:
                 continue
+            if self._never_started(container_id, revision, c):
+                unstarted[revision] = unstarted.get(revision, 0) + 1
             stopped = self._stopped.get((container_id, revision))
             if stopped is not None:
                 state = stopped
@@ -677,7 +693,10 @@ class DockerRuntime:
                     state = self._stop_failed(c, state)
             instances.setdefault(revision, []).append((self._replica(c), state))
         states = {
-            revision: _revision_state(container_id, revision, found)
+            revision: dataclasses.replace(
+                _revision_state(container_id, revision, found),
+                instances_unstarted=unstarted.get(revision, 0),
+            )
             for revision, found in instances.items()
         }
         for (cid, revision), failure in list(self._failures.items()):
@@ -689,6 +708,14 @@ class DockerRuntime:
                     failure, instances_desired=len(instances.get(revision, ()))
                 )
         return [states[r] for r in sorted(states)]
+
+    def _never_started(self, container_id: str, revision: int, c: Any) -> bool:
+        """An engine container of ours left ``created``: its creator died before starting it
+        (a leader killed mid-deploy; here one scale call creates and starts an instance, and
+        the reconciler never observes a container while it scales it). One whose start this
+        process saw fail is not counted: that revision is failed, and only a new apply or
+        scale tries the start again."""
+        return self._status(c) == "created" and (container_id, revision) not in self._failures
 
     @staticmethod
     def _status(c: Any) -> str:

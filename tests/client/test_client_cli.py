@@ -18,11 +18,10 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from app.auth import LocalKeys
 from app.client.cli import client
-from app.settings import Settings
 from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2, PodmanService
-from tests.support.server import Server, free_port
+from tests.support.server import Server
+from tests.support.serving import mint, serve_env, serving
 
 pytestmark = pytest.mark.podman
 PHASES = ["accepted", "scheduled", "imageReady", "started", "ready", "serving"]
@@ -30,27 +29,15 @@ PHASES = ["accepted", "scheduled", "imageReady", "started", "ready", "serving"]
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
-    env = {
-        **os.environ,
-        "DOCKYARD_DATA_DIR": str(tmp_path / "data"),
-        "DOCKYARD_DATABASE_URL": database_url,
-        "DOCKYARD_RUNTIME": "docker",
-        "DOCKYARD_DOCKER_HOST": podman_service.base_url,
-        "DOCKYARD_READINESS_TIMEOUT_SECONDS": "30",
-        "DOCKYARD_STOP_TIMEOUT_SECONDS": "1",
-        "DOCKYARD_RECONCILE_INTERVAL_SECONDS": "5",
-    }
     (tmp_path / "data").mkdir()
-    server = Server(env=env, port=free_port(), log_path=tmp_path / "server.log")
-    server.start()
-    yield server
-    server.stop()
+    env = serve_env(tmp_path / "data", database_url, podman_service)
+    with serving(env, tmp_path / "server.log") as server:
+        yield server
 
 
 @pytest.fixture
 def token(tmp_path: Path, server: Server) -> str:
-    keys = LocalKeys(Settings(data_dir=tmp_path / "data"))
-    return keys.mint(subject="alice", roles=[], ttl_seconds=900)
+    return mint(tmp_path / "data")
 
 
 @pytest.fixture

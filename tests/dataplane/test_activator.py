@@ -1,11 +1,10 @@
-"""The activator on its real unix sockets, forwarding to a real local HTTP server; the database
+"""The activator on its real loopback ports, forwarding to a real local HTTP server; the database
 side (``wake``/``serving``) is an in-memory stand-in behind the activator's own interface. The
 same activator wakes real Podman revisions in tests/e2e/test_scale_to_zero.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -82,7 +81,6 @@ async def upstream() -> AsyncIterator[str]:
 
 async def make(tmp_path: Path, revision: Revision, **options: float) -> Activator:
     activator = Activator(
-        tmp_path / "act",
         wake=revision.wake,
         serving=revision.serving,
         options=ActivatorOptions(poll_seconds=0.01, **options),  # type: ignore[arg-type]
@@ -94,14 +92,13 @@ async def make(tmp_path: Path, revision: Revision, **options: float) -> Activato
 async def send(
     address: str, method: str = "GET", path: str = "/", body: bytes | None = None
 ) -> tuple[int, str, dict[str, str]]:
-    connector = aiohttp.UnixConnector(path=address.removeprefix("unix/"))
     async with (
-        aiohttp.ClientSession(connector=connector) as session,
+        aiohttp.ClientSession() as session,
         session.request(
             method,
-            f"http://web.example.test{path}",
+            f"http://{address}{path}",
             data=body,
-            headers={"X-Custom": "kept"},
+            headers={"X-Custom": "kept", "Host": "web.example.test"},
             timeout=aiohttp.ClientTimeout(10),
         ) as response,
     ):
@@ -115,8 +112,9 @@ async def test_holds_a_request_wakes_the_revision_and_forwards_it(
     activator = await make(tmp_path, revision)
     try:
         address = activator.address("c1", 3)
-        assert address == f"unix/{tmp_path / 'act' / 'c1-r3.sock'}"
-        assert await asyncio.to_thread(os.path.exists, address.removeprefix("unix/"))
+        host, _, port = address.rpartition(":")
+        assert host == "127.0.0.1" and int(port) > 0
+        assert activator.address("c1", 3) == address  # one port per revision, kept
         status, text, headers = await send(address, "POST", "/cgi?x=1", b"hello body")
         assert status == 201 and headers["X-Upstream"] == "yes"
         assert text.startswith("POST /cgi?x=1\n")

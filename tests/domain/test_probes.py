@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from app.domain.errors import ValidationFailed
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits, spec_for_create, spec_for_update
+from tests.support.validation import field_errors
 
 CATALOG = load_catalog()
 LIMITS = Limits(max_startup_seconds=240, max_gpu_startup_seconds=1800)
@@ -20,9 +20,7 @@ def create(probes: object, **extra: Any) -> Any:
 
 
 def errors_of(probes: object, **extra: Any) -> dict[str, str]:
-    with pytest.raises(ValidationFailed) as caught:
-        create(probes, **extra)
-    return {error.field: error.message for error in caught.value.errors}
+    return field_errors(lambda: create(probes, **extra))
 
 
 def test_no_probes_keeps_the_stored_json_unchanged() -> None:

@@ -18,6 +18,7 @@ from app.domain.spec import (
     spec_for_update,
 )
 from app.runtime.base import Scaling
+from tests.support.validation import field_errors
 
 CATALOG = load_catalog()
 LIMITS = Limits(max_instances=50)
@@ -30,9 +31,7 @@ def create(data: Any, *, scale_to_zero: bool = True, limits: Limits = LIMITS) ->
 
 
 def errors_of(scaling: Any, *, scale_to_zero: bool = True) -> dict[str, str]:
-    with pytest.raises(ValidationFailed) as caught:
-        create({**BASE, "scaling": scaling}, scale_to_zero=scale_to_zero)
-    return {error.field: error.message for error in caught.value.errors}
+    return field_errors(lambda: create({**BASE, "scaling": scaling}, scale_to_zero=scale_to_zero))
 
 
 def test_defaults_are_cloud_runs_and_match_the_runtime_contract() -> None:

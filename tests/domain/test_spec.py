@@ -10,6 +10,7 @@ from app.domain.errors import ValidationFailed
 from app.domain.gpus import load_catalog
 from app.domain.quantity import parse_quantity
 from app.domain.spec import Limits, spec_for_create, spec_for_update
+from tests.support.validation import field_errors
 
 CATALOG = load_catalog()
 LIMITS = Limits(max_cpu=8, max_gpu=4)
@@ -17,9 +18,7 @@ BASE = {"name": "web", "image": "nginx:1.27"}
 
 
 def errors_of(data: Any) -> dict[str, str]:
-    with pytest.raises(ValidationFailed) as caught:
-        spec_for_create(data, limits=LIMITS, catalog=CATALOG)
-    return {error.field: error.message for error in caught.value.errors}
+    return field_errors(lambda: spec_for_create(data, limits=LIMITS, catalog=CATALOG))
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from app.domain.errors import ValidationFailed
 from app.domain.traffic import (
     ObservedUrls,
     ResolvedTarget,
@@ -20,15 +19,14 @@ from app.domain.traffic import (
     traffic_json,
     traffic_of,
 )
+from tests.support.validation import field_errors
 
 SLUG = "a" * 26
 REVISIONS = (1, 2, 3)
 
 
 def errors_of(data: Any) -> dict[str, str]:
-    with pytest.raises(ValidationFailed) as caught:
-        parse_traffic(data, revisions=REVISIONS, slug=SLUG)
-    return {error.field: error.message for error in caught.value.errors}
+    return field_errors(lambda: parse_traffic(data, revisions=REVISIONS, slug=SLUG))
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from tests.e2e.test_log_streams import (
     take_lines,
 )
 from tests.support.podman import HTTPD_V1, HTTPD_V2, LOGGER, PodmanService, start_service
-from tests.support.server import CONFIG_LOAD_DROP, Server, free_port
+from tests.support.server import Server, free_port
 from tests.support.sse import iter_events
 
 pytestmark = pytest.mark.podman
@@ -54,12 +54,6 @@ def served_eventually(server: Server, container: dict[str, Any], timeout: float 
             return status
         time.sleep(0.2)
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: when the leader dies between creating a revision's engine container "
-    "and starting it, the new leader leaves it 'created' (it does not start an adopted, "
-    "never-started instance) until the start-up budget fails it; seen once in CI-like runs",
-)
 def test_killing_the_leader_mid_deploy_loses_nothing_acknowledged(
     tmp_path: Path, database_url: str, podman_service: PodmanService, redis_url: str
 ) -> None:
@@ -193,7 +187,6 @@ def test_bus_outage_keeps_reads_and_writes_and_converges(bus_replicas: BusReplic
     assert served_eventually(a, state) == 200
 
 
-@CONFIG_LOAD_DROP
 def test_live_status_resumes_after_the_bus_restarts(bus_replicas: BusReplicas) -> None:
     b = bus_replicas.b
     _stop(bus_replicas.redis)
@@ -260,12 +253,6 @@ def _pg_ctl(directory: Path, *args: str) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="a request through the Caddy data plane during the database outage was once closed "
-    "without an answer (Caddy config loads can drop a connection arriving during the swap: "
-    "docs/dataplane.md, issue 10); the outage answers and the recovery are checked regardless",
-    strict=False,
-)
 def test_postgres_restart_under_a_running_platform(
     tmp_path: Path, podman_service: PodmanService
 ) -> None:

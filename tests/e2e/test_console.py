@@ -20,13 +20,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from app.auth import LocalKeys
 from app.console import DEFAULT_DIST_DIR
-from app.settings import Settings
 from tests.e2e.test_log_streams import serve_env
 from tests.support.oidc_issuer import Issuer
 from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, PodmanService
 from tests.support.server import Server, free_port
+from tests.support.serving import mint as serving_mint
+from tests.support.serving import serving
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -82,19 +82,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
-    server = Server(
-        env=serve_env(tmp_path, database_url, podman_service),
-        port=free_port(),
-        log_path=tmp_path / "server.log",
-    )
-    server.start()
-    yield server
-    server.stop()
+    with serving(serve_env(tmp_path, database_url, podman_service), tmp_path / "server.log") as s:
+        yield s
 
 
 def mint(server: Server, subject: str, *roles: str) -> str:
-    keys = LocalKeys(Settings(data_dir=Path(server.env["DOCKYARD_DATA_DIR"])))
-    return keys.mint(subject=subject, roles=list(roles), ttl_seconds=900)
+    return serving_mint(Path(server.env["DOCKYARD_DATA_DIR"]), subject, *roles)
 
 
 class Offline:

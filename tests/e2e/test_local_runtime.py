@@ -20,9 +20,7 @@ import docker
 import httpx
 import pytest
 
-from app.auth import LocalKeys
 from app.db import installation_id, make_engine
-from app.settings import Settings
 from tests.support.podman import (
     CRASH,
     ECHO,
@@ -34,33 +32,17 @@ from tests.support.podman import (
     RUN_LABELS,
     PodmanService,
 )
-from tests.support.server import CONFIG_LOAD_DROP, Server, free_port
+from tests.support.server import Server
+from tests.support.serving import bearer, serve_env, serving
 
 pytestmark = pytest.mark.podman
 
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
-    env = {
-        **os.environ,
-        "DOCKYARD_DATA_DIR": str(tmp_path),
-        "DOCKYARD_DATABASE_URL": database_url,
-        "DOCKYARD_RUNTIME": "docker",
-        "DOCKYARD_DOCKER_HOST": podman_service.base_url,
-        "DOCKYARD_READINESS_TIMEOUT_SECONDS": "30",
-        "DOCKYARD_STOP_TIMEOUT_SECONDS": "1",
-        "DOCKYARD_RECONCILE_INTERVAL_SECONDS": "5",
-    }
-    token = LocalKeys(Settings(data_dir=tmp_path)).mint(subject="alice", roles=[], ttl_seconds=900)
-    server = Server(
-        env=env,
-        port=free_port(),
-        log_path=tmp_path / "server.log",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    server.start()
-    yield server
-    server.stop()
+    env = serve_env(tmp_path, database_url, podman_service)
+    with serving(env, tmp_path / "server.log", bearer(tmp_path)) as server:
+        yield server
 
 
 def engine_containers(podman_service: PodmanService, container_id: str) -> list[Any]:
@@ -166,7 +148,6 @@ def test_deploy_update_fail_delete(server: Server, podman_service: PodmanService
     assert server.through_ingress(container).status_code == 404
 
 
-@CONFIG_LOAD_DROP
 def test_a_missing_image_fails_with_a_reason_and_a_redeploy_recovers(
     server: Server, podman_service: PodmanService
 ) -> None:
@@ -333,7 +314,6 @@ def test_phase_timeline_adds_up_to_the_deploy_time(server: Server) -> None:
     assert last["phase"] == "failed" and last["reason"].startswith("started: "), timeline
 
 
-@CONFIG_LOAD_DROP
 def test_the_data_plane_outlives_a_killed_server_and_is_adopted(
     server: Server, podman_service: PodmanService
 ) -> None:

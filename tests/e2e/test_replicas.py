@@ -30,7 +30,7 @@ from tests.e2e.test_log_streams import (
     wait_streams,
 )
 from tests.support.podman import HTTPD_V1, PodmanService
-from tests.support.server import CONFIG_LOAD_DROP, Server, free_port
+from tests.support.server import Server, free_port
 
 pytestmark = pytest.mark.podman
 
@@ -56,7 +56,6 @@ def replicas(
         a.stop()
 
 
-@CONFIG_LOAD_DROP
 def test_replica_b_streams_what_leader_a_produces(replicas: tuple[Server, Server]) -> None:
     a, b = replicas
     logger_id = create(a)

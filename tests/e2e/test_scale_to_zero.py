@@ -1,6 +1,6 @@
 """Scale to zero and wake on a request, on real Podman: the app's own reconciler, autoscaler and
 activator (in process, short windows), busybox httpd revisions, requests over the activator's
-real unix socket."""
+real loopback port."""
 
 from __future__ import annotations
 
@@ -11,21 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import docker
 import pytest
 from fastapi import FastAPI
-from sqlmodel import Session, select
 
 from app.deps import AppState
 from app.domain.models import Revision, ServingState
 from app.domain.principal import Principal
 from app.reconcile import ReconcilerOptions
-from app.runtime.base import LABEL_CONTAINER_ID
 from app.runtime.docker import DockerRuntime
 from app.server import create_app
 from app.services import containers as svc
 from app.settings import Settings
 from tests.support.podman import CRASH, HTTPD_V1, PAGE_V1, RUN_LABELS
+from tests.support.rows import stored_revision
+from tests.support.serving import engine_instances
 
 pytestmark = pytest.mark.podman
 ALICE = Principal("alice")
@@ -71,14 +70,7 @@ def create(state: AppState, image: str = HTTPD_V1, **scaling: int) -> str:
 
 
 def revision_row(state: AppState, container_id: str, number: int = 1) -> Revision:
-    with Session(state.ctx.engine) as session:
-        row = session.exec(
-            select(Revision).where(
-                Revision.container_id == container_id, Revision.revision_number == number
-            )
-        ).one()
-        session.expunge(row)
-        return row
+    return stored_revision(state.ctx.engine, container_id, number)
 
 
 async def until(check: Callable[[], Any], *, within: float = 30, what: str = "") -> Any:
@@ -92,26 +84,14 @@ async def until(check: Callable[[], Any], *, within: float = 30, what: str = "")
         await asyncio.sleep(0.05)
 
 
-def engine_instances(podman_url: str, container_id: str) -> list[str]:
-    client = docker.DockerClient(base_url=podman_url)
-    try:
-        return sorted(
-            c.name
-            for c in client.containers.list(
-                all=True,
-                sparse=True,  # no inspect: Podman answers 500 for one removed meanwhile
-                filters={"label": f"{LABEL_CONTAINER_ID}={container_id}"},
-            )
-        )
-    finally:
-        client.close()
-
-
-async def get(socket: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
-    connector = aiohttp.UnixConnector(path=socket.removeprefix("unix/"))
+async def get(address: str, path: str = "/") -> tuple[int, str, dict[str, str]]:
     async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.get(f"http://web.localhost{path}", timeout=aiohttp.ClientTimeout(60)) as r,
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://{address}{path}",
+            headers={"Host": "web.localhost"},
+            timeout=aiohttp.ClientTimeout(60),
+        ) as r,
     ):
         return r.status, await r.text(), dict(r.headers)
 

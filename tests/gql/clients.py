@@ -224,3 +224,17 @@ CLIENTS: dict[str, type[RestClient | GraphQLClient]] = {
     "rest": RestClient,
     "graphql": GraphQLClient,
 }
+
+
+def ws_subscribe(
+    ws: Any, token: str, query: str, variables: dict[str, Any], *, message: str = "subscribe"
+) -> None:
+    """Open a GraphQL WebSocket session authenticated by ``token`` in ``connection_init``, check
+    it is acknowledged, and start operation "1": ``query`` with ``variables``. ``message`` is
+    ``"start"`` on the legacy graphql-ws protocol."""
+    ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
+    ack = ws.receive_json()
+    assert ack["type"] == "connection_ack", ack
+    if message == "subscribe":  # graphql-transport-ws acknowledges with nothing else
+        assert ack == {"type": "connection_ack"}
+    ws.send_json({"type": message, "id": "1", "payload": {"query": query, "variables": variables}})

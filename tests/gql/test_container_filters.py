@@ -50,6 +50,9 @@ def test_search_and_status_filter_before_paging(
     assert listing(client, headers, search="web") == (2, ["web-b", "web-a"])
     assert listing(client, headers, search="WEB-A") == (1, ["web-a"])
     assert listing(client, headers, search="%") == (0, [])  # a literal, not a wildcard
+    assert listing(client, headers, search="_") == (0, [])  # a literal, not one character
+    assert listing(client, headers, search="/") == (0, [])  # the LIKE escape, literal too
+    assert listing(client, headers, search="-b") == (1, ["web-b"])
     assert listing(client, headers, status="deploying")[0] == 3  # no runtime: still deploying
     assert listing(client, headers, status="failed") == (0, [])
     assert listing(client, headers, search="db", status="deploying") == (1, ["db"])

@@ -19,6 +19,7 @@ from app.gql.schema import DEPTH_LIMIT, schema
 from app.server import create_app
 from app.services import containers as svc
 from app.settings import Settings
+from tests.support.bodies import HELLO
 
 Header = Callable[..., dict[str, str]]
 
@@ -101,19 +102,7 @@ def test_bad_user_input_names_the_fields(client: TestClient, auth: Header) -> No
 
 
 def test_a_rest_body_is_a_valid_input_unchanged(client: TestClient, auth: Header) -> None:
-    body = {
-        "name": "hello-world",
-        "image": "nginxdemos/hello:latest",
-        "cpu": 1,
-        "ram": "512Mi",
-        "gpu": 0,
-        "ephemeralStorage": "10Gi",
-        "command": None,
-        "arguments": None,
-        "port": "80",
-        "env": {"FOO": "bar"},
-        "desiredGPUs": None,
-    }
+    body = {**HELLO, "command": None, "arguments": None, "desiredGPUs": None}
     result = post(
         client,
         "mutation($input: CreateContainerInput!) { createContainer(input: $input) "

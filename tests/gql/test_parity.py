@@ -45,6 +45,28 @@ def normalise(value: Any, *, ids: dict[str, str], subject: str) -> Any:
     return value
 
 
+Scenario = Callable[[str, TestClient, Header, str], list[Outcome]]
+"""Steps of one user (``subject``) over one transport (``kind``)."""
+
+
+def assert_transports_agree(scenario: Scenario, client: TestClient, auth: Header) -> None:
+    """Run ``scenario`` over each transport as a user of its own; the transcripts (ids, times,
+    slugs and the user normalised) must be equal step by step."""
+    transcripts = {}
+    for kind in CLIENTS:
+        subject = f"user-{kind}"
+        steps = scenario(kind, client, auth, subject)
+        ids = {steps[0].data["id"]: "<id>"}
+        transcripts[kind] = [
+            normalise(
+                {"data": s.data, "code": s.code, "fields": s.fields}, ids=ids, subject=subject
+            )
+            for s in steps
+        ]
+    for rest, graphql in zip(transcripts["rest"], transcripts["graphql"], strict=True):
+        assert graphql == rest
+
+
 def scenario(api: ApiClient, intruder: ApiClient, anonymous: ApiClient) -> list[Outcome]:
     """Every operation and every error class, in an order that exercises the lifecycle."""
     created = api.create(HELLO)
@@ -121,19 +143,7 @@ def test_scenario(kind: str, client: TestClient, auth: Header) -> None:
 
 
 def test_transports_agree(client: TestClient, auth: Header) -> None:
-    transcripts = {}
-    for kind in CLIENTS:
-        subject = f"user-{kind}"
-        steps = run(kind, client, auth, subject)
-        ids = {steps[0].data["id"]: "<id>"}
-        transcripts[kind] = [
-            normalise(
-                {"data": s.data, "code": s.code, "fields": s.fields}, ids=ids, subject=subject
-            )
-            for s in steps
-        ]
-    for rest, graphql in zip(transcripts["rest"], transcripts["graphql"], strict=True):
-        assert graphql == rest
+    assert_transports_agree(run, client, auth)
 
 
 def test_reads_are_identical_json(client: TestClient, auth: Header) -> None:

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.gql.clients import CLIENTS, Outcome
-from tests.gql.test_parity import make, normalise
+from tests.gql.test_parity import assert_transports_agree, make
 from tests.support.bodies import HELLO
 
 Header = Callable[..., dict[str, str]]
@@ -58,15 +58,4 @@ def test_probes_scenario(kind: str, client: TestClient, auth: Header) -> None:
 
 
 def test_probes_transports_agree(client: TestClient, auth: Header) -> None:
-    transcripts = {}
-    for kind in CLIENTS:
-        subject = f"user-{kind}"
-        steps = scenario(kind, client, auth, subject)
-        ids = {steps[0].data["id"]: "<id>"}
-        transcripts[kind] = [
-            normalise(
-                {"data": s.data, "code": s.code, "fields": s.fields}, ids=ids, subject=subject
-            )
-            for s in steps
-        ]
-    assert transcripts["graphql"] == transcripts["rest"]
+    assert_transports_agree(scenario, client, auth)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app.deps import AppState
 from app.runtime.base import Capabilities
 from tests.gql.clients import CLIENTS, Outcome
-from tests.gql.test_parity import make, normalise
+from tests.gql.test_parity import assert_transports_agree, make
 from tests.support.bodies import HELLO
 
 Header = Callable[..., dict[str, str]]
@@ -130,19 +130,7 @@ def test_serverless_scenario(kind: str, client: TestClient, auth: Header) -> Non
 
 
 def test_serverless_transports_agree(client: TestClient, auth: Header) -> None:
-    transcripts = {}
-    for kind in CLIENTS:
-        subject = f"user-{kind}"
-        steps = serverless_scenario(kind, client, auth, subject)
-        ids = {steps[0].data["id"]: "<id>"}
-        transcripts[kind] = [
-            normalise(
-                {"data": s.data, "code": s.code, "fields": s.fields}, ids=ids, subject=subject
-            )
-            for s in steps
-        ]
-    for rest, graphql in zip(transcripts["rest"], transcripts["graphql"], strict=True):
-        assert graphql == rest
+    assert_transports_agree(serverless_scenario, client, auth)
 
 
 @pytest.mark.parametrize("kind", sorted(CLIENTS))

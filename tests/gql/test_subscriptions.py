@@ -18,6 +18,7 @@ from app.domain.principal import Principal
 from app.gql import schema as gql_schema
 from app.services import containers as svc
 from app.services.streams import LogChunk, LogEvent
+from tests.gql.clients import ws_subscribe
 from tests.support.phases import record_phases
 
 Mint = Callable[..., str]
@@ -44,18 +45,20 @@ def test_connection_init_without_a_valid_token_is_refused(client: TestClient) ->
             assert refused.value.code == 4403
 
 
+def update_image(state: AppState, container_id: str, image: str) -> None:
+    """Alice deploys ``image`` as the container's next revision."""
+    svc.update_container(
+        ctx=state.ctx,
+        principal=Principal(subject="alice"),
+        container_id=container_id,
+        data={"image": image},
+    )
+
+
 def subscribe_status(ws: Any, token: str, container_id: str) -> None:
     """Open a graphql-transport-ws session with ``token`` and subscribe (id "1") to
     ``containerStatus`` of ``container_id``."""
-    ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
-    assert ws.receive_json() == {"type": "connection_ack"}
-    ws.send_json(
-        {
-            "type": "subscribe",
-            "id": "1",
-            "payload": {"query": STATUS, "variables": {"id": container_id}},
-        }
-    )
+    ws_subscribe(ws, token, STATUS, {"id": container_id})
 
 
 def test_container_status_emits_the_current_state(
@@ -90,12 +93,7 @@ def test_container_status_polls_for_changes_without_streams(
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
         subscribe_status(ws, token(), container_id)
         assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
-        svc.update_container(
-            ctx=state.ctx,
-            principal=Principal(subject="alice"),
-            container_id=container_id,
-            data={"image": "x:2"},
-        )
+        update_image(state, container_id, "x:2")
         changed = ws.receive_json()["payload"]["data"]["containerStatus"]
         assert (changed["image"], changed["revision"]) == ("x:2", 2)
         ws.send_json({"type": "complete", "id": "1"})
@@ -117,15 +115,7 @@ def test_logs_without_a_runtime_are_unavailable(
 ) -> None:
     container_id = create(state)
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        ws.receive_json()
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": LOGS, "variables": {"id": container_id}},
-            }
-        )
+        ws_subscribe(ws, token(), LOGS, {"id": container_id})
         message = ws.receive_json()
         errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
         assert errors[0]["extensions"] == {"code": "UNAVAILABLE"}
@@ -160,15 +150,7 @@ def test_logs_come_from_the_streams_provider(
     monkeypatch.setattr(state, "streams", streams)
     container_id = create(state)
     with client.websocket_connect("/graphql", subprotocols=["graphql-ws"]) as ws:  # legacy
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        assert ws.receive_json()["type"] == "connection_ack"
-        ws.send_json(
-            {
-                "type": "start",
-                "id": "1",
-                "payload": {"query": LOGS, "variables": {"id": container_id}},
-            }
-        )
+        ws_subscribe(ws, token(), LOGS, {"id": container_id}, message="start")
         lines = [ws.receive_json()["payload"]["data"]["containerLogs"] for _ in range(2)]
         assert ws.receive_json() == {"type": "complete", "id": "1"}
     assert lines == [
@@ -197,12 +179,7 @@ def test_status_changes_come_from_the_streams_provider(
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
         subscribe_status(ws, token(), container_id)
         assert ws.receive_json()["payload"]["data"]["containerStatus"]["revision"] == 1
-        svc.update_container(
-            ctx=state.ctx,
-            principal=Principal(subject="alice"),
-            container_id=container_id,
-            data={"image": "x:2"},
-        )
+        update_image(state, container_id, "x:2")
         streams.changed.set()
         changed = ws.receive_json()["payload"]["data"]["containerStatus"]
         assert (changed["image"], changed["revision"]) == ("x:2", 2)
@@ -223,15 +200,7 @@ def test_container_status_emits_each_phase_as_it_is_recorded(
     )
     order = ["accepted", "scheduled", "imageReady", "started"]
     with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token()}"}})
-        assert ws.receive_json() == {"type": "connection_ack"}
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": query, "variables": {"id": container_id}},
-            }
-        )
+        ws_subscribe(ws, token(), query, {"id": container_id})
         seen = []
         for n in range(1, len(order) + 1):
             if n > 1:

@@ -21,6 +21,7 @@ from app.server import create_app
 from app.services import containers as svc
 from app.services.streams import LogChunk, LogEvent
 from app.settings import Settings
+from tests.gql.clients import ws_subscribe
 from tests.support.sse import iter_events
 
 TRANSPORT_WS = "graphql-transport-ws"
@@ -59,15 +60,7 @@ def test_websocket_is_closed_when_its_token_expires(
         TestClient(strict_app) as client,
         client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws,
     ):
-        ws.send_json({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
-        assert ws.receive_json() == {"type": "connection_ack"}
-        ws.send_json(
-            {
-                "type": "subscribe",
-                "id": "1",
-                "payload": {"query": STATUS, "variables": {"id": container_id}},
-            }
-        )
+        ws_subscribe(ws, token, STATUS, {"id": container_id})
         assert ws.receive_json()["type"] == "next"
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()  # nothing changes: the next message is the close at expiry

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import kubernetes.client
 import pytest
@@ -16,35 +14,21 @@ import pytest
 from app.domain.logtime import parse_ns, to_ns
 from app.domain.principal import Principal
 from app.domain.views import as_utc
-from app.reconcile import Reconciler, ReconcilerOptions
+from app.reconcile import Reconciler
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_manifests import KubernetesConfig
-from app.server import build_state
 from app.services import containers as svc
 from app.services.context import ServiceContext
-from app.settings import Settings
 from tests.support.kmock_k8s import EmulatorThread
+from tests.support.kube import complete_rollout, make_pod
 
 ALICE = Principal("alice")
-NS = "dockyard-workloads"
 SECOND = 1_000_000_000
 
 
 @pytest.fixture
-def ctx(settings: Settings) -> Iterator[ServiceContext]:
-    context = build_state(settings).ctx
-    yield context
-    context.engine.dispose()
-
-
-@pytest.fixture
-def reconciler(ctx: ServiceContext, api_client: kubernetes.client.ApiClient) -> Reconciler:
-    return Reconciler(
-        engine=ctx.engine,
-        runtime=KubernetesRuntime(api_client, KubernetesConfig()),
-        catalog=ctx.catalog,
-        options=ReconcilerOptions(drain_seconds=0.0),
-    )
+def runtime(api_client: kubernetes.client.ApiClient) -> KubernetesRuntime:
+    return KubernetesRuntime(api_client, KubernetesConfig())
 
 
 def rfc3339(ns: int) -> str:
@@ -54,19 +38,6 @@ def rfc3339(ns: int) -> str:
 def running_pod(k8s: EmulatorThread, container_id: str, base_ns: int) -> None:
     """A pod of revision 1 as the kubelet leaves it: scheduled at +0 s, app container running
     with its image resolved from +2 s, ready at +3 s."""
-    api: Any = kubernetes.client.CoreV1Api(k8s.api_client())
-    labels = {
-        "dockyard.dev/container-id": container_id,
-        "dockyard.dev/revision": "1",
-        "dockyard.dev/managed-by": "dockyard",
-    }
-    api.create_namespaced_pod(
-        NS,
-        {
-            "metadata": {"name": "web-1", "labels": labels},
-            "spec": {"containers": [{"name": "app", "image": "localhost/web:v1"}]},
-        },
-    )
     status = {
         "phase": "Running",
         "conditions": [
@@ -89,25 +60,7 @@ def running_pod(k8s: EmulatorThread, container_id: str, base_ns: int) -> None:
             }
         ],
     }
-    api.patch_namespaced_pod_status("web-1", NS, {"status": status})
-
-
-def complete_rollout(k8s: EmulatorThread, name: str) -> None:
-    apps: Any = kubernetes.client.AppsV1Api(k8s.api_client())
-    deployment = apps.read_namespaced_deployment(name, NS)
-    apps.patch_namespaced_deployment_status(
-        name,
-        NS,
-        {
-            "status": {
-                "observedGeneration": deployment.metadata.generation,
-                "replicas": 1,
-                "updatedReplicas": 1,
-                "availableReplicas": 1,
-                "readyReplicas": 1,
-            }
-        },
-    )
+    make_pod(k8s, "web-1", 1, status, container_id=container_id, image="localhost/web:v1")
 
 
 async def test_a_revisions_phases_on_kubernetes_come_from_its_pod(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import kubernetes.client
@@ -13,36 +12,21 @@ from sqlmodel import Session
 
 from app.domain.models import Container
 from app.domain.principal import Principal
-from app.reconcile import Reconciler, ReconcilerOptions
+from app.reconcile import Reconciler
 from app.runtime.k8s_manifests import KubernetesConfig
 from app.runtime.knative import KnativeRuntime
-from app.server import build_state
 from app.services import containers as svc
 from app.services.context import ServiceContext
-from app.settings import Settings
 from tests.support.kmock_k8s import EmulatorThread
 from tests.support.knative import KnativeController
+from tests.support.kube import KN, NS, crash_looping, make_pod
 
 ALICE = Principal("alice")
-NS = "dockyard-workloads"
-KN = "serving.knative.dev"
 
 
 @pytest.fixture
-def ctx(settings: Settings) -> Iterator[ServiceContext]:
-    context = build_state(settings).ctx
-    yield context
-    context.engine.dispose()
-
-
-@pytest.fixture
-def reconciler(ctx: ServiceContext, api_client: kubernetes.client.ApiClient) -> Reconciler:
-    return Reconciler(
-        engine=ctx.engine,
-        runtime=KnativeRuntime(api_client, KubernetesConfig()),
-        catalog=ctx.catalog,
-        options=ReconcilerOptions(drain_seconds=0.0),
-    )
+def runtime(api_client: kubernetes.client.ApiClient) -> KnativeRuntime:
+    return KnativeRuntime(api_client, KubernetesConfig())
 
 
 def status(ctx: ServiceContext, container_id: str) -> tuple[str, str | None, int | None]:
@@ -51,30 +35,9 @@ def status(ctx: ServiceContext, container_id: str) -> tuple[str, str | None, int
 
 
 def crash_looping_pod(k8s: EmulatorThread, container_id: str, revision: int) -> None:
-    labels = {
-        "dockyard.dev/container-id": container_id,
-        "dockyard.dev/revision": str(revision),
-        "dockyard.dev/managed-by": "dockyard",
-    }
-    api: Any = kubernetes.client.CoreV1Api(k8s.api_client())
-    name = f"crash-{revision}"
-    api.create_namespaced_pod(
-        NS,
-        {
-            "metadata": {"name": name, "labels": labels},
-            "spec": {"containers": [{"name": "app", "image": "localhost/web:v2"}]},
-        },
-    )
-    container_status = {
-        "name": "app",
-        "image": "localhost/web:v2",
-        "imageID": "",
-        "ready": False,
-        "restartCount": 5,
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m"}},
-        "lastState": {"terminated": {"exitCode": 2, "reason": "Error"}},
-    }
-    api.patch_namespaced_pod_status(name, NS, {"status": {"containerStatuses": [container_status]}})
+    image = "localhost/web:v2"
+    status = crash_looping("back-off 5m", restarts=5, exit_code=2, image=image)
+    make_pod(k8s, f"crash-{revision}", revision, status, container_id=container_id, image=image)
 
 
 async def test_deploy_scale_to_zero_fail_and_delete_through_knative(

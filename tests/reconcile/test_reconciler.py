@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +26,6 @@ from app.runtime.base import (
     LogLine,
     Phase,
     RevisionState,
-    Runtime,
     RuntimeConflict,
     RuntimeEvent,
     RuntimeUnavailable,
@@ -34,10 +33,10 @@ from app.runtime.base import (
     TrafficTarget,
     WorkloadSpec,
 )
-from app.server import build_state
 from app.services import containers as svc
 from app.services.context import ServiceContext
 from app.settings import Settings
+from tests.support.rows import stored_revision
 
 ALICE = Principal("alice")
 
@@ -148,31 +147,22 @@ class MemoryRuntime:
 
 
 @pytest.fixture
-def ctx(settings: Settings) -> Iterator[ServiceContext]:
-    context = build_state(settings).ctx
-    yield context
-    context.engine.dispose()
-
-
-@pytest.fixture
 def runtime() -> MemoryRuntime:
     return MemoryRuntime()
-
-
-@pytest.fixture
-def reconciler(ctx: ServiceContext, runtime: MemoryRuntime) -> Reconciler:
-    assert isinstance(runtime, Runtime)
-    return Reconciler(
-        engine=ctx.engine,
-        runtime=runtime,
-        catalog=ctx.catalog,
-        options=ReconcilerOptions(drain_seconds=0.0),
-    )
 
 
 def create(ctx: ServiceContext, **spec: Any) -> str:
     body = {"name": "web", "image": "localhost/web:v1", "port": 8080, **spec}
     return svc.create_container(ctx=ctx, principal=ALICE, data=body).id
+
+
+async def deployed(ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler) -> str:
+    """A new container whose revision 1 was applied, became ready and was reconciled again."""
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    return container_id
 
 
 def status(ctx: ServiceContext, container_id: str) -> tuple[str, str | None, int | None]:
@@ -207,10 +197,7 @@ async def test_create_applies_revision_and_reports_runtime_phases(
 async def test_update_switches_when_ready_and_retires_the_old_revision(
     ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
 ) -> None:
-    container_id = create(ctx)
-    await reconciler.reconcile(container_id)
-    runtime.set_phase(container_id, 1, Phase.READY)
-    await reconciler.reconcile(container_id)
+    container_id = await deployed(ctx, runtime, reconciler)
     svc.update_container(
         ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/web:v2"}
     )
@@ -230,10 +217,7 @@ async def test_update_switches_when_ready_and_retires_the_old_revision(
 async def test_failed_revision_keeps_the_old_one_serving(
     ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
 ) -> None:
-    container_id = create(ctx)
-    await reconciler.reconcile(container_id)
-    runtime.set_phase(container_id, 1, Phase.READY)
-    await reconciler.reconcile(container_id)
+    container_id = await deployed(ctx, runtime, reconciler)
     svc.update_container(
         ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/missing:v9"}
     )
@@ -348,10 +332,7 @@ async def test_status_of_an_outdated_generation_is_not_written(
 async def test_a_runtime_error_keeps_the_ready_revision_serving(
     ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
 ) -> None:
-    container_id = create(ctx)
-    await reconciler.reconcile(container_id)
-    runtime.set_phase(container_id, 1, Phase.READY)
-    await reconciler.reconcile(container_id)
+    container_id = await deployed(ctx, runtime, reconciler)
     runtime.failure = RuntimeConflict("the object changed underneath")
     await reconciler.reconcile(container_id)
     state, reason, ready = status(ctx, container_id)
@@ -370,23 +351,13 @@ def set_desired(ctx: ServiceContext, container_id: str, revision: int, desired: 
 
 
 def revision_of(ctx: ServiceContext, container_id: str, number: int) -> Revision:
-    with Session(ctx.engine) as session:
-        row = session.exec(
-            select(Revision).where(
-                Revision.container_id == container_id, Revision.revision_number == number
-            )
-        ).one()
-        session.expunge(row)
-        return row
+    return stored_revision(ctx.engine, container_id, number)
 
 
 async def test_scaled_to_zero_is_healthy_and_the_revision_stays_routable(
     ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
 ) -> None:
-    container_id = create(ctx)
-    await reconciler.reconcile(container_id)
-    runtime.set_phase(container_id, 1, Phase.READY)
-    await reconciler.reconcile(container_id)
+    container_id = await deployed(ctx, runtime, reconciler)
     row = revision_of(ctx, container_id, 1)
     assert (row.serving_state, row.instances_ready, row.endpoints) == (
         "serving",
@@ -419,10 +390,7 @@ async def test_removing_instances_first_takes_them_out_of_the_data_plane(
         catalog=ctx.catalog,
         options=ReconcilerOptions(drain_seconds=30.0),
     )
-    container_id = create(ctx)
-    await reconciler.reconcile(container_id)
-    runtime.set_phase(container_id, 1, Phase.READY)
-    await reconciler.reconcile(container_id)
+    container_id = await deployed(ctx, runtime, reconciler)
     set_desired(ctx, container_id, 1, 0)
     await reconciler.reconcile(container_id)
     row = revision_of(ctx, container_id, 1)
@@ -461,10 +429,7 @@ async def test_a_failure_reason_survives_scale_to_zero(
 async def test_traffic_keeps_a_pinned_revision_and_retires_the_others(
     ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
 ) -> None:
-    container_id = create(ctx)
-    await reconciler.reconcile(container_id)
-    runtime.set_phase(container_id, 1, Phase.READY)
-    await reconciler.reconcile(container_id)
+    container_id = await deployed(ctx, runtime, reconciler)
     for image in ("localhost/web:v2", "localhost/web:v3"):
         svc.update_container(
             ctx=ctx, principal=ALICE, container_id=container_id, data={"image": image}
@@ -534,10 +499,7 @@ async def test_a_runtime_that_rolls_out_by_itself_gets_only_the_newest_revision(
         catalog=ctx.catalog,
         options=ReconcilerOptions(drain_seconds=0.0),
     )
-    container_id = create(ctx)
-    await reconciler.reconcile(container_id)
-    runtime.set_phase(container_id, 1, Phase.READY)
-    await reconciler.reconcile(container_id)
+    container_id = await deployed(ctx, runtime, reconciler)
     svc.update_container(
         ctx=ctx, principal=ALICE, container_id=container_id, data={"image": "localhost/web:v2"}
     )

@@ -10,8 +10,7 @@ import kubernetes.client
 
 from app.runtime.k8s_lease import LeaseElector, default_identity
 from tests.support.kmock_k8s import EmulatorThread
-
-NS = "dockyard-workloads"
+from tests.support.kube import NS
 
 
 def elector(k8s: EmulatorThread, identity: str, lease_seconds: int = 15) -> LeaseElector:

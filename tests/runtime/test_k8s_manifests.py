@@ -8,7 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from app.runtime.base import GpuSelector, Scaling, WorkloadSpec
+from app.runtime.base import Scaling, WorkloadSpec
 from app.runtime.k8s_manifests import (
     KubernetesConfig,
     Toleration,
@@ -20,35 +20,11 @@ from app.runtime.k8s_manifests import (
     namespace_for,
     object_name,
 )
+from tests.support.kube import A100, H100, L4
+from tests.support.kube import MANIFEST_SPEC as BASE
 
 K8S_VERSION = "1.30"
 
-H100 = GpuSelector(code="h100", name="NVIDIA H100", label_values=("NVIDIA-H100-80GB-HBM3",))
-A100 = GpuSelector(
-    code="a100",
-    name="NVIDIA A100",
-    label_values=("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-PCIE-40GB"),
-)
-L4 = GpuSelector(code="l4", name="NVIDIA L4", label_values=("NVIDIA-L4",))
-
-BASE = WorkloadSpec(
-    container_id="c0ffee",
-    revision=3,
-    name="web",
-    owner="alice@example.com",
-    slug="web-alice",
-    image="nginx:1.27",
-    cpu=0.5,
-    ram="512Mi",
-    ram_bytes=536870912,
-    gpu=0,
-    ephemeral_storage="1Gi",
-    ephemeral_storage_bytes=1073741824,
-    port=8080,
-    command=("nginx",),
-    arguments=("-g", "daemon off;"),
-    env={"B": "2", "A": "1"},
-)
 GPU = dataclasses.replace(BASE, gpu=2, desired_gpus=(H100, A100, L4))
 CFG = KubernetesConfig()
 

@@ -16,7 +16,6 @@ from kubernetes.client import ApiException
 
 from app.domain.logtime import to_ns
 from app.runtime.base import (
-    GpuSelector,
     Phase,
     RevisionState,
     Runtime,
@@ -24,94 +23,31 @@ from app.runtime.base import (
     RuntimeEvent,
     RuntimeRejected,
     RuntimeUnavailable,
-    WorkloadSpec,
 )
 from app.runtime.k8s import KubernetesRuntime, parse_log_line, translate_error
 from app.runtime.k8s_manifests import KubernetesConfig, namespace_for
 from tests.support.kmock_k8s import EmulatorThread
+from tests.support.kube import (
+    H100,
+    L4,
+    NS,
+    app_waiting,
+    apps,
+    complete_rollout,
+    core,
+    crash_looping,
+    gpu_unschedulable,
+    make_pod,
+)
+from tests.support.kube import RUNTIME_SPEC as SPEC
 from tests.support.logs import lines_of
 
-NS = "dockyard-workloads"
-H100 = GpuSelector(code="h100", name="NVIDIA H100", label_values=("NVIDIA-H100-80GB-HBM3",))
-L4 = GpuSelector(code="l4", name="NVIDIA L4", label_values=("NVIDIA-L4",))
-SPEC = WorkloadSpec(
-    container_id="c1",
-    revision=1,
-    name="web",
-    owner="alice",
-    slug="web-alice",
-    image="nginx:1.27",
-    cpu=0.25,
-    ram="256Mi",
-    ram_bytes=268435456,
-    gpu=0,
-    ephemeral_storage="1Gi",
-    ephemeral_storage_bytes=1073741824,
-    port=8080,
-    env={"MODE": "prod"},
-)
 GPU_SPEC = dataclasses.replace(SPEC, gpu=1, desired_gpus=(H100, L4))
 
 
 @pytest.fixture
 async def runtime(api_client: kubernetes.client.ApiClient) -> AsyncIterator[KubernetesRuntime]:
     yield KubernetesRuntime(api_client, KubernetesConfig(ingress_domain="run.example.org"))
-
-
-def apps(k8s: EmulatorThread) -> Any:
-    return kubernetes.client.AppsV1Api(k8s.api_client())
-
-
-def core(k8s: EmulatorThread) -> Any:
-    return kubernetes.client.CoreV1Api(k8s.api_client())
-
-
-def complete_rollout(k8s: EmulatorThread, name: str = "dy-c1") -> None:
-    deployment = apps(k8s).read_namespaced_deployment(name, NS)
-    apps(k8s).patch_namespaced_deployment_status(
-        name,
-        NS,
-        {
-            "status": {
-                "observedGeneration": deployment.metadata.generation,
-                "replicas": 1,
-                "updatedReplicas": 1,
-                "availableReplicas": 1,
-                "readyReplicas": 1,
-            }
-        },
-    )
-
-
-def make_pod(
-    k8s: EmulatorThread,
-    name: str,
-    revision: int,
-    status: dict[str, Any] | None = None,
-    owner: Any = None,
-) -> None:
-    metadata: dict[str, Any] = {
-        "name": name,
-        "labels": {
-            "dockyard.dev/container-id": "c1",
-            "dockyard.dev/revision": str(revision),
-            "dockyard.dev/managed-by": "dockyard",
-        },
-    }
-    if owner is not None:
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "name": owner.metadata.name,
-                "uid": owner.metadata.uid,
-            }
-        ]
-    core(k8s).create_namespaced_pod(
-        NS, {"metadata": metadata, "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}
-    )
-    if status is not None:
-        core(k8s).patch_namespaced_pod_status(name, NS, {"status": status})
 
 
 def make_replica_set(k8s: EmulatorThread, revision: int, available: int) -> Any:
@@ -239,23 +175,7 @@ async def test_image_pull_failure_while_old_revision_serves(
         k8s,
         "dy-c1-2-x",
         2,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:nope",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {
-                        "waiting": {
-                            "reason": "ImagePullBackOff",
-                            "message": 'Back-off pulling image "nginx:nope"',
-                        }
-                    },
-                }
-            ]
-        },
+        app_waiting("ImagePullBackOff", 'Back-off pulling image "nginx:nope"', image="nginx:nope"),
     )
     states = await runtime.observe("c1")
     assert states == [
@@ -268,22 +188,7 @@ async def test_image_pull_failure_while_old_revision_serves(
 
 async def test_unschedulable_names_the_gpu(runtime: KubernetesRuntime, k8s: EmulatorThread) -> None:
     await runtime.apply(GPU_SPEC)
-    await asyncio.to_thread(
-        make_pod,
-        k8s,
-        "dy-c1-1-x",
-        1,
-        {
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                }
-            ]
-        },
-    )
+    await asyncio.to_thread(make_pod, k8s, "dy-c1-1-x", 1, gpu_unschedulable())
     [state] = await runtime.observe("c1")
     assert state.phase is Phase.FAILED
     assert state.reason == "Unschedulable"
@@ -315,24 +220,7 @@ async def test_crash_loop_and_progress_deadline(
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason) == (Phase.FAILED, "ProgressDeadlineExceeded")
     await asyncio.to_thread(
-        make_pod,
-        k8s,
-        "dy-c1-1-x",
-        1,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:1.27",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 5,
-                    "state": {
-                        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}
-                    },
-                }
-            ]
-        },
+        make_pod, k8s, "dy-c1-1-x", 1, crash_looping("back-off 5m0s", restarts=5)
     )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason, state.message) == (

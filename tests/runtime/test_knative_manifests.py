@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 from cloudcoil.models.knative_serving.serving.v1 import Service
 
-from app.runtime.base import GpuSelector, Scaling, TrafficTarget, WorkloadSpec
+from app.runtime.base import Scaling, TrafficTarget, WorkloadSpec
 from app.runtime.k8s_manifests import KubernetesConfig, Toleration
 from app.runtime.knative_manifests import (
     make_knative_service,
@@ -31,27 +31,9 @@ from app.runtime.knative_manifests import (
     scaling_annotations,
     service_name,
 )
+from tests.support.kube import H100, L4
+from tests.support.kube import MANIFEST_SPEC as BASE
 
-H100 = GpuSelector(code="h100", name="NVIDIA H100", label_values=("NVIDIA-H100-80GB-HBM3",))
-L4 = GpuSelector(code="l4", name="NVIDIA L4", label_values=("NVIDIA-L4",))
-BASE = WorkloadSpec(
-    container_id="c0ffee",
-    revision=3,
-    name="web",
-    owner="alice@example.com",
-    slug="web-alice",
-    image="nginx:1.27",
-    cpu=0.5,
-    ram="512Mi",
-    ram_bytes=536870912,
-    gpu=0,
-    ephemeral_storage="1Gi",
-    ephemeral_storage_bytes=1073741824,
-    port=8080,
-    command=("nginx",),
-    arguments=("-g", "daemon off;"),
-    env={"B": "2", "A": "1"},
-)
 GPU = dataclasses.replace(BASE, gpu=2, desired_gpus=(H100, L4))
 CFG = KubernetesConfig()
 

@@ -17,46 +17,39 @@ import yaml
 from app.domain.traffic import ObservedUrls
 from app.runtime.base import (
     Capabilities,
-    GpuSelector,
     Phase,
     RevisionState,
     Runtime,
     RuntimeEvent,
     Scaling,
     TrafficTarget,
-    WorkloadSpec,
 )
 from app.runtime.factory import kubernetes_runtime
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_manifests import KubernetesConfig
 from app.runtime.knative import KnativeRuntime, ServedTarget, serves_knative
 from tests.runtime.test_knative_manifests import validate
+from tests.support import kube
 from tests.support.kmock_k8s import EmulatorThread
 from tests.support.knative import KnativeController
+from tests.support.kube import (
+    H100,
+    KN,
+    L4,
+    NS,
+    RUNTIME_SPEC,
+    app_waiting,
+    core,
+    crash_looping,
+    gpu_unschedulable,
+)
 from tests.support.logs import lines_of
 
-NS = "dockyard-workloads"
-KN = "serving.knative.dev"
-H100 = GpuSelector(code="h100", name="NVIDIA H100", label_values=("NVIDIA-H100-80GB-HBM3",))
-L4 = GpuSelector(code="l4", name="NVIDIA L4", label_values=("NVIDIA-L4",))
-SPEC = WorkloadSpec(
-    container_id="c1",
-    revision=1,
-    name="web",
-    owner="alice",
-    slug="web-alice",
-    image="nginx:1.27",
-    cpu=0.25,
-    ram="256Mi",
-    ram_bytes=268435456,
-    gpu=0,
-    ephemeral_storage="1Gi",
-    ephemeral_storage_bytes=1073741824,
-    port=8080,
-    env={"MODE": "prod"},
-    scaling=Scaling(min_instances=0, max_instances=4, concurrency=20),
+SPEC = dataclasses.replace(
+    RUNTIME_SPEC, scaling=Scaling(min_instances=0, max_instances=4, concurrency=20)
 )
 GPU_SPEC = dataclasses.replace(SPEC, gpu=1, desired_gpus=(H100, L4))
+QUEUE_PROXY = {"name": "queue-proxy", "image": "q:1"}
 
 
 @pytest.fixture
@@ -69,25 +62,26 @@ def knative(k8s: EmulatorThread) -> KnativeController:
     return KnativeController(k8s)
 
 
-def core(k8s: EmulatorThread) -> Any:
-    return kubernetes.client.CoreV1Api(k8s.api_client())
-
-
 def make_pod(
     k8s: EmulatorThread, name: str, revision: int, status: dict[str, Any] | None = None
 ) -> None:
-    labels = {
-        "dockyard.dev/container-id": "c1",
-        "dockyard.dev/revision": str(revision),
-        "dockyard.dev/managed-by": "dockyard",
-        "serving.knative.dev/revision": f"dy-c1-r{revision}",
-    }
-    containers = [{"name": "app", "image": "nginx:1.27"}, {"name": "queue-proxy", "image": "q:1"}]
-    core(k8s).create_namespaced_pod(
-        NS, {"metadata": {"name": name, "labels": labels}, "spec": {"containers": containers}}
+    """A pod of Knative revision ``dy-c1-r<revision>``, with Knative's queue-proxy beside it."""
+    kube.make_pod(
+        k8s,
+        name,
+        revision,
+        status,
+        labels={f"{KN}/revision": f"dy-c1-r{revision}"},
+        sidecars=(QUEUE_PROXY,),
     )
-    if status is not None:
-        core(k8s).patch_namespaced_pod_status(name, NS, {"status": status})
+
+
+async def ready_revision(runtime: KnativeRuntime, knative: KnativeController) -> str:
+    """Apply ``SPEC`` and let Knative make its first revision ready with one instance."""
+    await runtime.apply(SPEC)
+    name = await asyncio.to_thread(knative.sync, "dy-c1")
+    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    return name
 
 
 def enable_gpu_features(k8s: EmulatorThread, value: str = "enabled") -> None:
@@ -164,9 +158,7 @@ async def test_pending_ready_and_scaled_to_zero(
 async def test_revision_phases_come_from_its_pods(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    name = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     day = "2026-12-03"
     status = {
         "conditions": [
@@ -208,9 +200,7 @@ async def test_revision_phases_come_from_its_pods(
 async def test_update_with_a_90_10_split_and_tag_urls(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    first = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, first, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     await asyncio.to_thread(knative.publish, "dy-c1")
     serving = await runtime.serving("c1")
     assert serving is not None
@@ -285,29 +275,15 @@ async def test_update_with_a_90_10_split_and_tag_urls(
 async def test_image_pull_failure_names_the_image_while_the_old_revision_serves(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    first = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, first, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     await runtime.apply(dataclasses.replace(SPEC, revision=2, image="nginx:nope"))
     await asyncio.to_thread(knative.sync, "dy-c1")
-    waiting = {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}
     await asyncio.to_thread(
         make_pod,
         k8s,
         "dy-c1-r2-deployment-x",
         2,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:nope",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"waiting": waiting},
-                }
-            ]
-        },
+        app_waiting("ImagePullBackOff", "Back-off pulling image", image="nginx:nope"),
     )
     states = await runtime.observe("c1")
     assert states[0] == RevisionState(
@@ -327,19 +303,7 @@ async def test_crash_loop_names_the_exit_code_and_the_reason_survives_scale_to_z
         k8s,
         "dy-c1-r1-deployment-x",
         1,
-        {
-            "containerStatuses": [
-                {
-                    "name": "app",
-                    "image": "nginx:1.27",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 4,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m"}},
-                    "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}},
-                }
-            ]
-        },
+        crash_looping("back-off 1m", restarts=4, exit_code=3),
     )
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason, state.message) == (
@@ -409,22 +373,7 @@ async def test_gpu_revision_needs_knative_feature_flags(
     assert await runtime.observe("c1") == [RevisionState("c1", 1, Phase.PENDING)]
     # Unschedulable names the wanted GPU models.
     await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(
-        make_pod,
-        k8s,
-        "dy-c1-r1-deployment-x",
-        1,
-        {
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                }
-            ]
-        },
-    )
+    await asyncio.to_thread(make_pod, k8s, "dy-c1-r1-deployment-x", 1, gpu_unschedulable())
     [state] = await runtime.observe("c1")
     assert (state.phase, state.reason) == (Phase.FAILED, "Unschedulable")
     assert "NVIDIA H100" in state.message and "NVIDIA L4" in state.message
@@ -470,9 +419,7 @@ async def test_watch_reports_services_revisions_and_pods(
 async def test_logs_follow_pods_started_by_the_autoscaler(
     runtime: KnativeRuntime, k8s: EmulatorThread, knative: KnativeController
 ) -> None:
-    await runtime.apply(SPEC)
-    name = await asyncio.to_thread(knative.sync, "dy-c1")
-    await asyncio.to_thread(knative.revision_status, name, "True", actual=1, desired=1)
+    await ready_revision(runtime, knative)
     await asyncio.to_thread(make_pod, k8s, "dy-c1-r1-a", 1)
     k8s.append_log(NS, "dy-c1-r1-a", "first")
     lines = [line async for line in lines_of(runtime.log_batches("c1", follow=False))]

@@ -26,7 +26,8 @@ from app.runtime.local import (
 from app.server import create_app
 from app.settings import Settings
 from tests.support.podman import HTTPD_V1, RUN_LABELS, PodmanService, start_service
-from tests.support.server import Server, free_port
+from tests.support.server import Server
+from tests.support.serving import bearer, serving
 
 pytestmark = pytest.mark.podman
 
@@ -154,23 +155,9 @@ def serve_without_engine(
         DOCKYARD_READINESS_TIMEOUT_SECONDS="30",
         DOCKYARD_STOP_TIMEOUT_SECONDS="1",
     )
-    from app.auth import LocalKeys
-
     (tmp_path / "data").mkdir()
-    token = LocalKeys(Settings(data_dir=tmp_path / "data")).mint(
-        subject="alice", roles=[], ttl_seconds=900
-    )
-    server = Server(
-        env=env,
-        port=free_port(),
-        log_path=tmp_path / "server.log",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    server.start()
-    try:
+    with serving(env, tmp_path / "server.log", bearer(tmp_path / "data")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_serve_starts_podman_itself_and_stops_it_on_exit(

@@ -37,7 +37,7 @@ import datetime
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import aiohttp.web
@@ -137,8 +137,9 @@ def _is_keyed_list(value: Any) -> bool:
     )
 
 
-def json_merge(base: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge recursively, ``null`` deletes, everything else replaces."""
+def _merge_objects(base: Any, patch: Any, merge: Callable[[Any, Any], Any]) -> Any:
+    """What both merges do with objects: a non-object patch replaces, ``null`` deletes a key,
+    any other value is merged into the key's old value by ``merge``."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = copy.deepcopy(base) if isinstance(base, dict) else {}
@@ -146,8 +147,13 @@ def json_merge(base: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
         else:
-            result[key] = json_merge(result.get(key), value)
+            result[key] = merge(result.get(key), value)
     return result
+
+
+def json_merge(base: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge recursively, ``null`` deletes, everything else replaces."""
+    return _merge_objects(base, patch, json_merge)
 
 
 def strategic_merge(base: Any, patch: Any) -> Any:
@@ -169,15 +175,7 @@ def strategic_merge(base: Any, patch: Any) -> Any:
             else:
                 result[index] = strategic_merge(result[index], item)
         return result
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(base) if isinstance(base, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = strategic_merge(result.get(key), value)
-    return result
+    return _merge_objects(base, patch, strategic_merge)
 
 
 def prune(live: Any, previous: Any, current: Any) -> Any:

