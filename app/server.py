@@ -39,6 +39,7 @@ from app.observability.metrics import Metrics
 from app.reconcile import Reconciler, ReconcilerOptions
 from app.reconcile.leader import Elector, database_elector
 from app.rest import problems
+from app.rest.events import router as events_router
 from app.rest.logs import router as logs_router
 from app.rest.routes import router as rest_router
 from app.runtime.base import Capabilities, Runtime
@@ -336,6 +337,7 @@ def create_app(
         )
     app.include_router(rest_router)
     app.include_router(logs_router)
+    app.include_router(events_router)
     # GraphQL documents itself (introspection, graphql/schema.graphql), not in the OpenAPI.
     app.include_router(
         graphql_router(allowed_origins=settings.cors_origins),

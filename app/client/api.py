@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +160,50 @@ class Api:
             if len(items) >= body["total"] or not body["items"]:
                 return items
             page += 1
+
+    # -- status events ---------------------------------------------------------------------------
+
+    def status_events(
+        self, container_id: str, *, retry_seconds: float = 1.0, give_up_after: float = 60.0
+    ) -> Generator[Container, None, None]:
+        """The container now and after each change (``GET /v1/containers/{id}/events``), each
+        with ``phases``: its newest revision's deploy phases so far. A dropped connection is
+        reopened (its first event is the state then); ends when the container is deleted."""
+        down_since: float | None = None
+        while True:
+            try:
+                with connect_sse(
+                    self.http,
+                    "GET",
+                    f"/v1/containers/{container_id}/events",
+                    headers={"Accept": "text/event-stream"},
+                    timeout=httpx.Timeout(30.0, read=None),
+                ) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        raise ApiError(_problem_text(source.response), source.response.status_code)
+                    down_since = None
+                    for sse in source.iter_sse():
+                        if sse.event == "end":
+                            return
+                        if sse.event == "reauthenticate":
+                            raise ApiError(
+                                f"the token expired while waiting (token from "
+                                f"{self.config.source}; run `dockyard login`)",
+                                401,
+                            )
+                        if sse.event == "status" and sse.data:
+                            event: Container = sse.json()
+                            yield event
+            except (httpx.TransportError, SSEError) as e:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > give_up_after:
+                    raise ApiError(
+                        f"the status stream broke and the server stayed unreachable for "
+                        f"{give_up_after:g}s: {e}"
+                    ) from e
+                time.sleep(retry_seconds)
 
     # -- logs ------------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,6 @@ from app.client import config as client_config
 from app.client.api import Api, ApiError, Container
 
 TERMINAL = ("deployed", "failed")
-POLL_SECONDS = 0.25
 
 
 def _console(*, stderr: bool = False) -> Console:
@@ -116,35 +117,126 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str] | None:
     return env
 
 
+PhaseShow = Callable[[dict[str, Any], dict[str, Any] | None], None]
+"""Called with a phase newly reached and the phase before it (whose ``durationMs`` is the time
+it took to get here), or None for the first one."""
+
+
+def _read_events(
+    watcher: Api, container_id: str, items: queue.Queue[Any], stop: threading.Event
+) -> None:
+    """The status events, into ``items`` (None when the container was deleted, or the error).
+
+    Only this thread touches ``watcher``, and closes it: closing a connection from another
+    thread while this one reads it would free its file descriptor for reuse by the next
+    connection, which this read could then steal bytes from. After ``stop`` the thread ends at
+    the next status event, or when the server ends the stream (a daemon: it never delays an
+    exit)."""
+    events = watcher.status_events(container_id)
+    try:
+        for event in events:
+            if stop.is_set():
+                return
+            items.put(event)
+        items.put(None)
+    except Exception as e:  # handed over to the waiting thread, which raises it
+        if not stop.is_set():
+            items.put(e)
+    finally:
+        events.close()
+        watcher.close()
+
+
 def wait_for(
     api: Api,
     container: Container,
     *,
     timeout: float,
     show: Callable[[Container], None],
+    show_phase: PhaseShow | None = None,
 ) -> Container:
-    """Poll until the container's newest revision is deployed or failed; ``show`` is called on
-    every change of status, reason or revision."""
+    """Follow the container's status events until its newest revision is deployed or failed;
+    ``show`` is called on every change of status, reason or revision, ``show_phase`` on each
+    deploy phase of that revision as it is reached. The events are read by a thread of their
+    own (with its own connection), so the timeout holds even while the server is silent."""
     revision = container["revision"]
     last: tuple[Any, ...] | None = None
+    shown: set[str] = set()
     deadline = time.monotonic() + timeout
-    while True:
-        key = (container["status"], container.get("statusReason"), container.get("revision"))
-        if key != last:
-            show(container)
-            last = key
-        done = container["status"] in TERMINAL and (
-            container["status"] == "failed" or container.get("readyRevision") == revision
-        )
-        if done or container.get("revision") != revision:
-            return container
-        if time.monotonic() > deadline:
-            raise ApiError(
-                f"timed out after {timeout:g}s; last status {container['status']}: "
-                f"{container.get('statusReason') or ''}"
+    items: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+    watcher = Api(api.config)
+    reader = threading.Thread(
+        target=_read_events,
+        args=(watcher, container["id"], items, stop),
+        name="dockyard-status-events",
+        daemon=True,
+    )
+    reader.start()
+    try:
+        while True:
+            key = (container["status"], container.get("statusReason"), container.get("revision"))
+            if key != last:
+                show(container)
+                last = key
+            phases = container.get("phases") or []
+            if show_phase is not None and container.get("revision") == revision:
+                for index, phase in enumerate(phases):
+                    if phase["phase"] not in shown:
+                        shown.add(phase["phase"])
+                        show_phase(phase, phases[index - 1] if index else None)
+            done = container["status"] in TERMINAL and (
+                container["status"] == "failed" or container.get("readyRevision") == revision
             )
-        time.sleep(POLL_SECONDS)
-        container = api.get(container["id"])
+            if done or container.get("revision") != revision:
+                return container
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise queue.Empty
+                item = items.get(timeout=remaining)
+            except queue.Empty:
+                raise ApiError(
+                    f"timed out after {timeout:g}s; last status {container['status']}: "
+                    f"{container.get('statusReason') or ''}"
+                ) from None
+            if item is None:
+                raise ApiError(f"{container['name']} was deleted while deploying")
+            if isinstance(item, Exception):
+                raise item
+            container = item
+    finally:
+        stop.set()
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "?"
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def _phase_line(phase: dict[str, Any], before: dict[str, Any] | None) -> str:
+    """``scheduled +41 ms``: the phase, and how long it took to get there from the one before."""
+    text = str(phase["phase"])
+    if before is not None:
+        text += f" +{_duration(before.get('durationMs'))}"
+    if phase.get("reason"):
+        text += f"  {phase['reason']}"
+    return text
+
+
+def phase_summary(container: Container) -> str | None:
+    """One line: accepted -> the last phase in total, and how long each phase lasted."""
+    phases = container.get("phases") or []
+    if len(phases) < 2:
+        return None
+    lasted = [p for p in phases if p.get("durationMs") is not None]
+    total = sum(float(p["durationMs"]) for p in lasted)
+    each = ", ".join(f"{p['phase']} {_duration(p['durationMs'])}" for p in lasted)
+    return (
+        f"revision {container['revision']}: {phases[0]['phase']} -> {phases[-1]['phase']} "
+        f"in {_duration(total)} ({each})"
+    )
 
 
 def _phase_text(container: Container) -> str:
@@ -153,8 +245,10 @@ def _phase_text(container: Container) -> str:
 
 
 def watch_and_report(api: Api, container: Container, *, timeout: float, as_json: bool) -> None:
-    """Live progress until deployed or failed: a spinner in a terminal, one line per change
-    otherwise, nothing but the final JSON with ``--json``. Exits 1 with the reason on failure."""
+    """Live progress until deployed or failed: a spinner in a terminal, one line per change and
+    per deploy phase otherwise, then a summary of the phases; nothing but the final JSON (the
+    container with its newest revision's ``phases``) with ``--json``. Exits 1 with the reason on
+    failure."""
     out = _out()
     if as_json:
         final = wait_for(api, container, timeout=timeout, show=lambda _c: None)
@@ -165,16 +259,26 @@ def watch_and_report(api: Api, container: Container, *, timeout: float, as_json:
                 status.update(f"revision {c['revision']}: {escape(_phase_text(c))}")
                 out.print(f"  {escape(_phase_text(c))}")
 
-            final = wait_for(api, container, timeout=timeout, show=show)
+            def show_phase(phase: dict[str, Any], before: dict[str, Any] | None) -> None:
+                status.update(f"revision {container['revision']}: {escape(phase['phase'])}…")
+                out.print(f"  [dim]phase[/dim] {escape(_phase_line(phase, before))}")
+
+            final = wait_for(api, container, timeout=timeout, show=show, show_phase=show_phase)
     else:
         final = wait_for(
             api,
             container,
             timeout=timeout,
             show=lambda c: click.echo(f"revision {c['revision']}: {_phase_text(c)}"),
+            show_phase=lambda phase, before: click.echo(
+                f"revision {container['revision']}: phase {_phase_line(phase, before)}"
+            ),
         )
     if as_json:
         _print_json(final)
+    summary = phase_summary(final) if final.get("revision") == container["revision"] else None
+    if summary is not None and not as_json:
+        out.print(escape(summary))
     if final["status"] != "deployed":
         _fail(
             f"{final['name']} revision {container['revision']} {final['status']}: "

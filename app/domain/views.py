@@ -93,6 +93,13 @@ class PhaseView(_Camel):
     reason: str | None = None
 
 
+class ContainerStatusView(ContainerView):
+    """One status event: the container and its newest revision's deploy phases so far (the
+    revision ``revision``), so a watcher sees each phase as it is recorded."""
+
+    phases: list[PhaseView] = []
+
+
 class RevisionView(_Camel):
     containerID: str
     revisionNumber: int
@@ -206,6 +213,15 @@ def phase_views(revision: Revision) -> list[PhaseView]:
         )
         for e in entries
     ]
+
+
+def container_status_view(
+    container: Container, newest: Revision | None, *, ingress_domain: str
+) -> ContainerStatusView:
+    view = container_view(container, ingress_domain=ingress_domain)
+    return ContainerStatusView(
+        **dict(view), phases=phase_views(newest) if newest is not None else []
+    )
 
 
 def traffic_shares(container: Container) -> dict[int, int]:

@@ -202,14 +202,17 @@ class Subscription:
                 for event in chunk:
                     yield LogLine.from_event(event)
 
-    @strawberry.subscription(description="The container now, then again after each change.")
+    @strawberry.subscription(
+        description="The container now, then again after each change, including each deploy "
+        "phase its newest revision enters (`phases`)."
+    )
     async def container_status(
         self, info: Info, id: strawberry.ID
     ) -> AsyncGenerator[Container, None]:
-        current = await info.context.call(svc.get_container, container_id=id)
+        current = await info.context.call(svc.get_container_status, container_id=id)
         yield Container.from_view(current)
         async for _change in _status_changes(info, str(id)):
-            latest = await info.context.call(svc.get_container, container_id=id)
+            latest = await info.context.call(svc.get_container_status, container_id=id)
             if latest != current:
                 current = latest
                 yield Container.from_view(current)

@@ -16,10 +16,12 @@ from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
 from app.domain.views import (
+    ContainerStatusView,
     ContainerView,
     CursorPage,
     GpuModelView,
     Page,
+    PhaseView,
     RevisionView,
     ScalingView,
     TrafficView,
@@ -52,6 +54,10 @@ class RevisionPhase:
         description="Until the next phase began; null for the last one."
     )
     reason: str | None = strawberry.field(description="For failed: the phase it failed in and why.")
+
+    @classmethod
+    def from_view(cls, view: PhaseView) -> RevisionPhase:
+        return cls(phase=view.phase, at=view.at, duration_ms=view.durationMs, reason=view.reason)
 
 
 @strawberry.type(description="One revision: an immutable snapshot of a container's spec.")
@@ -91,10 +97,7 @@ class Revision:
             date_created=rfc3339(view.dateCreated),  # as REST serializes it
             created_by=view.createdBy,
             spec=view.spec,
-            phases=[
-                RevisionPhase(phase=p.phase, at=p.at, duration_ms=p.durationMs, reason=p.reason)
-                for p in view.phases
-            ],
+            phases=[RevisionPhase.from_view(p) for p in view.phases],
             instances_desired=view.instancesDesired,
             instances_ready=view.instancesReady,
             serving_state=view.servingState,
@@ -181,6 +184,20 @@ class Container:
         description="Health probes of the newest revision (REST JSON, defaults filled in); "
         "null: the port accepting TCP connections is the readiness check.",
     )
+    known_phases: strawberry.Private[list[PhaseView] | None] = None
+    """Loaded with the container by the status subscription; otherwise read on demand."""
+
+    @strawberry.field(
+        description="The newest revision's deploy phases so far (those of `revisions[0]`): "
+        "`containerStatus` emits the container again each time one is recorded."
+    )
+    async def phases(self, info: strawberry.Info[Context, None]) -> list[RevisionPhase]:
+        known = self.known_phases
+        if known is None:
+            views = await info.context.revisions.load(str(self.id))
+            newest = next((v for v in views if v.revisionNumber == self.revision), None)
+            known = newest.phases if newest is not None else []
+        return [RevisionPhase.from_view(p) for p in known]
 
     @strawberry.field(
         description="Revisions, newest first: a page of at most 100 like "
@@ -247,6 +264,7 @@ class Container:
             scaling=Scaling.from_view(view.scaling),
             traffic=[TrafficTarget.from_view(target) for target in view.traffic],
             probes=cast(JSON, view.probes),
+            known_phases=view.phases if isinstance(view, ContainerStatusView) else None,
         )
 
 

@@ -232,7 +232,10 @@ def revision_phases(
         if serving:
             moments[phases.SERVING] = now_ns
     elif state is not None and state.phase is Phase.FAILED:
-        reached = phases.last_phase(row.phases) or phases.ACCEPTED
+        # What this pass saw counts too: a container that crashed before the first look
+        # failed after it started, not while accepted.
+        seen = [*row.phases, *({"phase": name, "at": at} for name, at in moments.items())]
+        reached = phases.last_phase(seen) or phases.ACCEPTED
         failed_reason = f"{reached}: {state.reason}"
     updated = phases.record(row.phases, moments, failed_reason=failed_reason)
     return _phase_tuples(updated if updated is not None else row.phases)

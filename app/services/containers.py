@@ -47,12 +47,14 @@ from app.domain.spec import (
 from app.domain.status import mark_spec_changed
 from app.domain.traffic import TrafficEntry, parse_traffic, traffic_json
 from app.domain.views import (
+    ContainerStatusView,
     ContainerView,
     CursorPage,
     GpuModelView,
     Page,
     RevisionView,
     as_utc,
+    container_status_view,
     container_view,
     revision_view,
     traffic_shares,
@@ -245,6 +247,22 @@ def get_container(*, ctx: ServiceContext, principal: Principal, container_id: st
     with session_scope(ctx.engine) as session:
         container = _load(session, container_id, principal)
     return container_view(container, ingress_domain=ctx.ingress_domain)
+
+
+def get_container_status(
+    *, ctx: ServiceContext, principal: Principal, container_id: str
+) -> ContainerStatusView:
+    """One container (as ``get_container``) with its newest revision's deploy phases so far:
+    what the live status streams send after each change."""
+    with session_scope(ctx.engine) as session:
+        container = _load(session, container_id, principal)
+        newest = session.exec(
+            select(Revision).where(
+                Revision.container_id == container.id,
+                Revision.revision_number == container.generation,
+            )
+        ).first()
+    return container_status_view(container, newest, ingress_domain=ctx.ingress_domain)
 
 
 def list_containers(

@@ -19,6 +19,7 @@ from app.gql import schema as gql_schema
 from app.services import containers as svc
 from app.services.streams import LogChunk, LogEvent
 from tests.gql.clients import ws_subscribe
+from tests.support.phases import record_phases
 
 Mint = Callable[..., str]
 TRANSPORT_WS = "graphql-transport-ws"
@@ -184,3 +185,41 @@ def test_status_changes_come_from_the_streams_provider(
         assert (changed["image"], changed["revision"]) == ("x:2", 2)
         assert ws.receive_json() == {"type": "complete", "id": "1"}  # the provider ended
     assert streams.calls == [("status", container_id)]
+
+
+def test_container_status_emits_each_phase_as_it_is_recorded(
+    client: TestClient, token: Mint, state: AppState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`phases` on each emitted container: the newest revision's timeline so far; recording a
+    phase alone (no status change) emits the container again."""
+    monkeypatch.setattr(gql_schema, "STATUS_POLL_SECONDS", 0.01)
+    container_id = create(state)
+    query = (
+        "subscription($id: ID!) { containerStatus(id: $id) "
+        "{ status revision phases { phase at durationMs reason } } }"
+    )
+    order = ["accepted", "scheduled", "imageReady", "started"]
+    with client.websocket_connect("/graphql", subprotocols=[TRANSPORT_WS]) as ws:
+        ws_subscribe(ws, token(), query, {"id": container_id})
+        seen = []
+        for n in range(1, len(order) + 1):
+            if n > 1:
+                record_phases(state.ctx.engine, container_id, 1, order[:n])
+            emitted = ws.receive_json()["payload"]["data"]["containerStatus"]
+            assert emitted["status"] == "deploying"
+            seen.append([p["phase"] for p in emitted["phases"]])
+        assert seen == [order[:n] for n in range(1, len(order) + 1)]
+        assert [p["durationMs"] for p in emitted["phases"]] == [1000.0, 1000.0, 1000.0, None]
+        ws.send_json({"type": "complete", "id": "1"})
+    # A query reads the same field from the revisions (batched), equal to revisions[0].phases.
+    response = client.post(
+        "/graphql",
+        json={
+            "query": "query($id: ID!) { container(id: $id) { phases { phase at durationMs reason } "
+            "revisions { phases { phase at durationMs reason } } } }",
+            "variables": {"id": container_id},
+        },
+        headers={"Authorization": f"Bearer {token()}"},
+    )
+    container = response.json()["data"]["container"]
+    assert container["phases"] == container["revisions"][0]["phases"] == emitted["phases"]

@@ -46,6 +46,21 @@ def test_failure_names_the_phase_reached() -> None:
     assert timeline[-1][0] == "failed" and timeline[-1][2] == "started: CrashLoopBackOff"
 
 
+def test_a_failure_seen_at_the_first_look_names_the_phase_the_runtime_reported() -> None:
+    """A container that crashed before the reconciler first looked: the runtime's moments of
+    this same pass say how far it got."""
+    failed = RevisionState(
+        "c1",
+        1,
+        Phase.FAILED,
+        reason="CrashLoopBackOff",
+        moments=(("scheduled", 10 * MS), ("imageReady", 12 * MS), ("started", 20 * MS)),
+    )
+    timeline = revision_phases(row(), failed, now_ns=30 * MS, serving=False)
+    assert [p[0] for p in timeline] == ["scheduled", "imageReady", "started", "failed"]
+    assert timeline[-1][2] == "started: CrashLoopBackOff"
+
+
 def test_not_serving_until_traffic_reaches_it() -> None:
     ready = RevisionState("c1", 1, Phase.READY)
     timeline = revision_phases(row(), ready, now_ns=5 * MS, serving=False)
