@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,11 +74,42 @@ def run_dir(data_dir: Path, name: str) -> Path:
     return wanted
 
 
+PRIVATE_PORTS = 12000
+"""How many ports below the kernel's ephemeral range the private listeners are picked from."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port for a private listener (the resolver, the responders), free for TCP and
+    UDP right now.
+
+    Picked at random *below* the kernel's ephemeral range, never with ``bind(0)``: a port the
+    kernel hands out is what other programs (and test harnesses) pick for their own servers
+    the same way, and Caddy binds with SO_REUSEPORT, so a responder that landed on another
+    server's port-to-be would silently share it (requests to that server answered by ours)."""
+    high = _ephemeral_low() - 1
+    low = max(1024, high - PRIVATE_PORTS)
+    for _ in range(200):
+        port = random.randint(low, high)
+        if _bindable(port):
+            return port
+    raise CaddyStartError(f"no free loopback port in {low}-{high}")
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
 
 
 def _answers(port: int) -> bool:
@@ -285,7 +317,7 @@ class CaddySupervisor:
 
     async def _spawn_resolver(self, port: int) -> int:
         port_file = self.directory / "dnsd.port"
-        for attempt in (port, 0):
+        for attempt in (port, free_port()):
             with contextlib.suppress(FileNotFoundError):
                 port_file.unlink()
             process = self._launch_resolver(attempt, port_file)

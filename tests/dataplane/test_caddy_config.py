@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from app.dataplane.caddy import ProxyOptions, Responders, render, resolver_table, table_version
 from app.dataplane.routes import Backend, HostRoute
+from app.dataplane.supervisor import _ephemeral_low, free_port
 
 RESPONDERS = Responders(unknown=7001, unavailable=7002, failed=7003)
 OPTIONS = ProxyOptions(
@@ -99,3 +100,11 @@ def test_resolver_table_lists_backends_and_responders_by_why() -> None:
     }
     assert table_version(document) == table_version(resolver_table(tuple(table), RESPONDERS))
     assert table_version(document) != table_version(resolver_table(table[:1], RESPONDERS))
+
+
+def test_private_ports_are_picked_below_the_ephemeral_range() -> None:
+    # A port the kernel hands out with bind(0) is what other servers pick for themselves; Caddy
+    # binds with SO_REUSEPORT, so a responder there would silently share another server's port.
+    low = _ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports)
