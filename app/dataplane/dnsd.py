@@ -293,6 +293,9 @@ async def serve(table_file: Path, host: str, port: int, port_file: Path | None) 
     resolver = Resolver(table_file)
     resolver.reload()
     loop = asyncio.get_running_loop()
+    # The writer's nudge after a new table: read it now rather than at the next poll. Installed
+    # before the port is announced, so no nudge can meet SIGUSR1's default action (exit).
+    loop.add_signal_handler(signal.SIGUSR1, resolver.reload)
     # TCP and UDP on one port number (a free TCP port's UDP twin may be taken: try another).
     for _ in range(20):
         server = await asyncio.start_server(resolver.handle, host, port, reuse_address=True)
@@ -316,6 +319,7 @@ async def serve(table_file: Path, host: str, port: int, port_file: Path | None) 
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
     follower = asyncio.create_task(resolver.follow())
     async with server:
         await stop.wait()

@@ -213,6 +213,10 @@ class CaddySupervisor:
         versioned = {**document, "version": table_version(document)}
         _write_atomically(self.table_file, json.dumps(versioned))
         self._written = document
+        pid = self._resolver_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)  # read it now, not at its next poll (20 ms)
         return True
 
     @property
