@@ -6,6 +6,7 @@ import json
 import logging
 import logging.config
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -114,13 +115,6 @@ def engine_client(tmp_path: Path, database_url: str, podman_url: str) -> Iterato
 def test_dashboard_uses_only_metrics_the_server_exposes(engine_client: TestClient) -> None:
     """Every series a panel of the shipped Grafana dashboard queries is one /metrics exposes
     (with a real engine, so the reconciler's and the log hub's are there too)."""
-    exposed = set(re.findall(r"^# TYPE (\w+) (\w+)", engine_client.get("/metrics").text, re.M))
-    names: set[str] = set()
-    for name, kind in exposed:
-        if kind == "histogram":
-            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
-        else:
-            names.add(name)
     dashboard = json.loads(DASHBOARD.read_text())
     queried = {
         metric
@@ -129,6 +123,20 @@ def test_dashboard_uses_only_metrics_the_server_exposes(engine_client: TestClien
         for metric in re.findall(r"\b(dockyard_\w+)", target["expr"])
     }
     assert queried, "the dashboard queries nothing"
+    # Some series exist only once their source has something to say (the seconds since the
+    # reconciler's last resync appear after its first one): read until they are all there.
+    deadline = time.monotonic() + 20
+    while True:
+        text = engine_client.get("/metrics").text
+        names: set[str] = set()
+        for name, kind in re.findall(r"^# TYPE (\w+) (\w+)", text, re.M):
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            else:
+                names.add(name)
+        if queried <= names or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert queried <= names, sorted(queried - names)
     for family in ("dockyard_reconciler_leader", "dockyard_log_lines_in_total"):
         assert family in names
