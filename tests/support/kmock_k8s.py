@@ -750,8 +750,14 @@ class EmulatorThread:
         return int(server.port)
 
     def stop(self) -> None:
-        self.call(self.emulator.close_streams())
-        self.call(self._stack.aclose())
+        # A client that keeps a watch open (a runtime under test not closed yet) must not hang
+        # the teardown: each step gets a bound, then the loop stops regardless.
+        for step in (self.emulator.close_streams, self._stack.aclose):
+            future = asyncio.run_coroutine_threadsafe(step(), self.loop)
+            try:
+                future.result(timeout=10)
+            except TimeoutError:
+                future.cancel()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
