@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +13,9 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from app.auth import LocalKeys
-from app.settings import Settings
 from tests.support.podman import HTTPD_V1, HTTPD_V2, PodmanService
-from tests.support.server import Server, free_port
+from tests.support.server import Server
+from tests.support.serving import bearer, serve_env, serving
 from tests.support.sse import iter_events
 
 pytestmark = pytest.mark.podman
@@ -28,27 +26,9 @@ PHASE_FIELDS = "phases { phase at durationMs reason }"
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
-    env = {
-        **os.environ,
-        "DOCKYARD_DATA_DIR": str(tmp_path),
-        "DOCKYARD_DATABASE_URL": database_url,
-        "DOCKYARD_RUNTIME": "docker",
-        "DOCKYARD_DOCKER_HOST": podman_service.base_url,
-        "DOCKYARD_READINESS_TIMEOUT_SECONDS": "30",
-        "DOCKYARD_STOP_TIMEOUT_SECONDS": "1",
-        "DOCKYARD_RECONCILE_INTERVAL_SECONDS": "5",
-        "DOCKYARD_SSE_HEARTBEAT_SECONDS": "0.5",
-    }
-    token = LocalKeys(Settings(data_dir=tmp_path)).mint(subject="alice", roles=[], ttl_seconds=900)
-    server = Server(
-        env=env,
-        port=free_port(),
-        log_path=tmp_path / "server.log",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    server.start()
-    yield server
-    server.stop()
+    env = serve_env(tmp_path, database_url, podman_service, DOCKYARD_SSE_HEARTBEAT_SECONDS="0.5")
+    with serving(env, tmp_path / "server.log", bearer(tmp_path)) as server:
+        yield server
 
 
 def deployed(event: dict[str, Any], revision: int) -> bool:

@@ -10,7 +10,6 @@ autoscaler and the reconciler, with short windows) on real Podman, requests thro
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -19,59 +18,29 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import docker
 import httpx
 import pytest
 
-from app.auth import LocalKeys
-from app.runtime.base import LABEL_CONTAINER_ID
-from app.settings import Settings
 from tests.support.podman import HTTPD_V1, PAGE_V1, PAGE_V2, SLOW_V1, SLOW_V2, PodmanService
-from tests.support.server import Server, free_port
+from tests.support.server import Server
+from tests.support.serving import bearer, engine_instances, serve_env, serving
 
 pytestmark = pytest.mark.podman
 
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str, podman_service: PodmanService) -> Iterator[Server]:
-    env = {
-        **os.environ,
-        "DOCKYARD_DATA_DIR": str(tmp_path),
-        "DOCKYARD_DATABASE_URL": database_url,
-        "DOCKYARD_RUNTIME": "docker",
-        "DOCKYARD_DOCKER_HOST": podman_service.base_url,
-        "DOCKYARD_READINESS_TIMEOUT_SECONDS": "30",
-        "DOCKYARD_STOP_TIMEOUT_SECONDS": "2",
-        "DOCKYARD_RECONCILE_INTERVAL_SECONDS": "5",
-        "DOCKYARD_AUTOSCALE_TICK_SECONDS": "0.25",
-        "DOCKYARD_AUTOSCALE_STABLE_WINDOW_SECONDS": "3",
-        "DOCKYARD_AUTOSCALE_PANIC_WINDOW_SECONDS": "1",
-    }
-    token = LocalKeys(Settings(data_dir=tmp_path)).mint(subject="alice", roles=[], ttl_seconds=900)
-    server = Server(
-        env=env,
-        port=free_port(),
-        log_path=tmp_path / "server.log",
-        headers={"Authorization": f"Bearer {token}"},
+    env = serve_env(
+        tmp_path,
+        database_url,
+        podman_service,
+        DOCKYARD_STOP_TIMEOUT_SECONDS="2",
+        DOCKYARD_AUTOSCALE_TICK_SECONDS="0.25",
+        DOCKYARD_AUTOSCALE_STABLE_WINDOW_SECONDS="3",
+        DOCKYARD_AUTOSCALE_PANIC_WINDOW_SECONDS="1",
     )
-    server.start()
-    yield server
-    server.stop()
-
-
-def engine_instances(podman: PodmanService, container_id: str) -> list[str]:
-    client = docker.DockerClient(base_url=podman.base_url)
-    try:
-        return sorted(
-            c.name
-            for c in client.containers.list(
-                all=True,
-                sparse=True,  # no inspect: Podman answers 500 for one removed meanwhile
-                filters={"label": f"{LABEL_CONTAINER_ID}={container_id}"},
-            )
-        )
-    finally:
-        client.close()
+    with serving(env, tmp_path / "server.log", bearer(tmp_path)) as server:
+        yield server
 
 
 def revisions(server: Server, container_id: str) -> dict[int, dict[str, Any]]:
@@ -111,7 +80,10 @@ def test_scale_to_zero_then_a_request_and_a_burst_wake_one_instance(
         lambda: revisions(server, cid)[1]["servingState"] == "scaled-to-zero",
         what="scaled to zero",
     )
-    until(lambda: engine_instances(podman_service, cid) == [], what="engine holds no instance")
+    until(
+        lambda: engine_instances(podman_service.base_url, cid) == [],
+        what="engine holds no instance",
+    )
     body = server.api("GET", f"/v1/containers/{cid}").json()
     assert body["status"] == "deployed"
 
@@ -119,7 +91,7 @@ def test_scale_to_zero_then_a_request_and_a_burst_wake_one_instance(
     response = httpx.get(f"{server.url}/", headers={"Host": created["urls"][0]}, timeout=60)
     assert (response.status_code, response.text) == (200, PAGE_V1)
 
-    until(lambda: engine_instances(podman_service, cid) == [], what="back to zero")
+    until(lambda: engine_instances(podman_service.base_url, cid) == [], what="back to zero")
     with ThreadPoolExecutor(max_workers=50) as pool:
         answers = list(
             pool.map(
@@ -131,7 +103,9 @@ def test_scale_to_zero_then_a_request_and_a_burst_wake_one_instance(
         )
     assert Counter(a.status_code for a in answers) == {200: 50}, {a.text for a in answers}
     assert {a.text for a in answers} == {PAGE_V1}
-    assert len(engine_instances(podman_service, cid)) == 1  # one instance for the whole burst
+    assert (
+        len(engine_instances(podman_service.base_url, cid)) == 1
+    )  # one instance for the whole burst
     server.api("DELETE", f"/v1/containers/{cid}")
 
 
@@ -192,7 +166,7 @@ def test_load_scales_out_and_back_in_and_a_switch_without_a_failed_request(
             within=60,
             what="scaled out to 3",
         )
-        assert len(engine_instances(podman_service, cid)) == 3
+        assert len(engine_instances(podman_service.base_url, cid)) == 3
         # a revision switch under load
         server.api("PUT", f"/v1/containers/{cid}", json={"image": SLOW_V2})
         server.wait_for(cid, lambda c: c["status"] == "deployed" and c["readyRevision"] == 2)
@@ -212,7 +186,10 @@ def test_load_scales_out_and_back_in_and_a_switch_without_a_failed_request(
             within=60,
             what="scaled back in to 1",
         )
-        until(lambda: len(engine_instances(podman_service, cid)) == 1, what="one engine instance")
+        until(
+            lambda: len(engine_instances(podman_service.base_url, cid)) == 1,
+            what="one engine instance",
+        )
         served = sum(results.values())
         until(lambda: sum(results.values()) > served + 10, what="requests after the scale-in")
     finally:
