@@ -319,6 +319,35 @@ class UpstreamCounters:
     """Lines dropped from slow local subscribers' queues, since the start."""
 
 
+class StatusWatch:
+    """Change signals of one container, registered when created (``LogHub.status``): a change
+    between creating the watch and a first read of the container is not lost (a watch that
+    registered on its first iteration would miss it). ``aclose`` unregisters it."""
+
+    def __init__(self, waiters: dict[str, set[asyncio.Queue[str]]], container_id: str) -> None:
+        self._waiters, self._container_id = waiters, container_id
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._closed = False
+        waiters.setdefault(container_id, set()).add(self._queue)
+
+    def __aiter__(self) -> StatusWatch:
+        return self
+
+    async def __anext__(self) -> object:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        waiters = self._waiters.get(self._container_id, set())
+        waiters.discard(self._queue)
+        if not waiters:
+            self._waiters.pop(self._container_id, None)
+
+
 class LogHub:
     """Implements ``ContainerStreams`` for the transports; one per process."""
 
@@ -456,18 +485,10 @@ class LogHub:
                 if desired and remote and self.on_remote_change is not None:
                     self.on_remote_change(container_id)
 
-    async def status(self, container_id: str) -> AsyncIterator[object]:
-        """One item per change event of the container (spec, status, deletion)."""
-        waiter: asyncio.Queue[str] = asyncio.Queue()
-        self._status_waiters.setdefault(container_id, set()).add(waiter)
-        try:
-            while True:
-                yield await waiter.get()
-        finally:
-            waiters = self._status_waiters.get(container_id, set())
-            waiters.discard(waiter)
-            if not waiters:
-                self._status_waiters.pop(container_id, None)
+    def status(self, container_id: str) -> StatusWatch:
+        """One item per change event of the container (spec, status, deletion), from now on:
+        the watch is registered by this call, before its first iteration."""
+        return StatusWatch(self._status_waiters, container_id)
 
     # -- subscribers ----------------------------------------------------------------------------
 

@@ -244,7 +244,23 @@ async def test_status_yields_on_every_change_of_that_container(hub: LogHub) -> N
     assert await first == "status"
     hub.service_changed("c1", "spec")
     assert await anext(changes) == "spec"
-    await changes.aclose()  # type: ignore[attr-defined]
+    await changes.aclose()
+
+
+async def test_a_status_watch_sees_changes_from_its_creation_not_its_first_read(
+    hub: LogHub,
+) -> None:
+    """A subscription creates the watch, reads the container, sends it, and only then waits for
+    changes: a change delivered in between must still wake it (it did not when the watch was
+    registered at its first iteration, and a replica's subscriber then missed `deployed`)."""
+    changes = hub.status("c1")
+    await hub.status_changed("c1", "status")
+    await asyncio.sleep(0.05)  # delivered by the bus before anyone iterates
+    assert await asyncio.wait_for(anext(changes), 2) == "status"
+    await changes.aclose()
+    assert "c1" not in hub._status_waiters
+    with pytest.raises(StopAsyncIteration):
+        await anext(changes)
 
 
 async def test_demand_from_a_silent_replica_expires(hub: LogHub, runtime: ScriptedRuntime) -> None:
@@ -365,7 +381,7 @@ async def test_desired_changes_from_other_replicas_wake_the_leader(hub: LogHub) 
     hub.service_changed("c1", "traffic")  # this replica's own write: already handled here
     assert await anext(changes) == "traffic"
     assert woken == ["c1", "c1"]
-    await changes.aclose()  # type: ignore[attr-defined]
+    await changes.aclose()
 class TwoRevisionRuntime(ScriptedRuntime):
     """Lists the revisions that printed and serves each one's lines on its own stream (the
     newest one's when no revision is asked for), as engines do."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
 import strawberry
@@ -43,6 +43,7 @@ from app.gql.types import (
     provided_fields,
 )
 from app.services import containers as svc
+from app.services.streams import StatusChanges
 
 Info = strawberry.Info[Context, None]
 
@@ -173,16 +174,19 @@ class Mutation:
         return Container.from_view(view)
 
 
-async def _status_changes(info: Info, container_id: str) -> AsyncIterator[object]:
-    """Change signals from the streams provider, or a clock when the process has none."""
-    streams = info.context.streams
-    if streams is not None:
-        async for change in streams.status(container_id):
-            yield change
-        return
+async def _clock() -> AsyncGenerator[object, None]:
     while True:
         await asyncio.sleep(STATUS_POLL_SECONDS)
         yield None
+
+
+def _status_changes(info: Info, container_id: str) -> StatusChanges:
+    """Change signals from the streams provider (watching from this call on), or a clock when
+    the process has none."""
+    streams = info.context.streams
+    if streams is not None:
+        return streams.status(container_id)
+    return _clock()
 
 
 @strawberry.type
@@ -209,13 +213,18 @@ class Subscription:
     async def container_status(
         self, info: Info, id: strawberry.ID
     ) -> AsyncGenerator[Container, None]:
-        current = await info.context.call(svc.get_container_status, container_id=id)
-        yield Container.from_view(current)
-        async for _change in _status_changes(info, str(id)):
-            latest = await info.context.call(svc.get_container_status, container_id=id)
-            if latest != current:
-                current = latest
-                yield Container.from_view(current)
+        # Watch before the first read: a change between the two is then not lost.
+        changes = _status_changes(info, str(id))
+        try:
+            current = await info.context.call(svc.get_container_status, container_id=id)
+            yield Container.from_view(current)
+            async for _change in changes:
+                latest = await info.context.call(svc.get_container_status, container_id=id)
+                if latest != current:
+                    current = latest
+                    yield Container.from_view(current)
+        finally:
+            await changes.aclose()
 
 
 # A console sends the same few documents over and over: Strawberry's parser and validation caches

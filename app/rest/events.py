@@ -32,7 +32,7 @@ from app.rest import problems
 from app.rest.logs import REAUTHENTICATE
 from app.services import containers as svc
 from app.services.context import ServiceContext
-from app.services.streams import ContainerStreams
+from app.services.streams import ContainerStreams, StatusChanges
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger(__name__)
@@ -47,9 +47,12 @@ def format_status(view: ContainerStatusView) -> str:
     return f"event: status\ndata: {view.model_dump_json()}\n\n"
 
 
-async def _signal(changes: AsyncIterator[object], changed: asyncio.Event) -> None:
-    async for _change in changes:
-        changed.set()
+async def _signal(changes: StatusChanges, changed: asyncio.Event) -> None:
+    try:
+        async for _change in changes:
+            changed.set()
+    finally:
+        await changes.aclose()
 
 
 async def status_stream(
@@ -68,15 +71,18 @@ async def status_stream(
     The change signals are read by a task of their own that only sets an event: a client going
     away cancels this generator, and the task is cancelled in turn."""
     loop = asyncio.get_running_loop()
-    yield format_status(first)
-    current, sent_at = first, loop.time()
     changed = asyncio.Event()
     watcher: asyncio.Task[None] | None = None
     if streams is not None:
+        # ``first`` was read before this watch existed: one read once it does, so that a change
+        # in between is not lost.
         watcher = asyncio.create_task(
             _signal(streams.status(container_id), changed), name="sse-status-watcher"
         )
+        changed.set()
     try:
+        yield format_status(first)
+        current, sent_at = first, loop.time()
         while True:
             wait = max(0.0, sent_at + heartbeat - loop.time())
             if streams is None:

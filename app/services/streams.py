@@ -13,7 +13,7 @@ as every other read), and only then open a stream.
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Protocol
 
@@ -153,6 +153,16 @@ class LogChunk:
         return "".join(self.batch.rendered(render)[self.start : self.stop])
 
 
+class StatusChanges(Protocol):
+    """What ``ContainerStreams.status`` returns: change signals, closed by ``aclose``."""
+
+    def __aiter__(self) -> AsyncIterator[object]: ...
+
+    def __anext__(self) -> Awaitable[object]: ...
+
+    def aclose(self) -> Awaitable[None]: ...
+
+
 class ContainerStreams(Protocol):
     """Live data about one container, provided by the app state (``AppState.streams``)."""
 
@@ -174,10 +184,12 @@ class ContainerStreams(Protocol):
         """
         ...
 
-    def status(self, container_id: str) -> AsyncIterator[object]:
+    def status(self, container_id: str) -> StatusChanges:
         """One item per change of the container's status; the item itself is not read.
 
         The subscription re-reads the container through the service after each item, so a
-        provider may signal spuriously or coalesce changes without harm.
+        provider may signal spuriously or coalesce changes without harm. A provider should
+        register the watch when called, not at the first iteration: a subscription creates it
+        before it reads the container for the first time, so that no change in between is lost.
         """
         ...
