@@ -222,7 +222,24 @@ def resolver_table(table: RoutingTable, responders: Responders | None) -> dict[s
     return {"hosts": hosts, "fallback": fallback}
 
 
+def table_json(document: dict[str, Any]) -> str:
+    """A resolver document as the text written (its keys in the order built: a table is sorted
+    by host, so equal tables give equal texts)."""
+    return json.dumps(document, separators=(",", ":"))
+
+
+def version_of(body: str) -> str:
+    """A digest of a document's text: equal documents, equal versions."""
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def versioned_json(body: str, version: str) -> str:
+    """``body`` (a JSON object) with ``"version"`` as its first key, without encoding it again."""
+    if not body.startswith("{") or body == "{}":
+        raise ValueError("a resolver document is a non-empty JSON object")
+    return '{"version":' + json.dumps(version) + "," + body[1:]
+
+
 def table_version(document: dict[str, Any]) -> str:
-    """A digest of a resolver document: equal documents, equal versions."""
-    encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(encoded).hexdigest()[:16]
+    """The version of a resolver document (what ``version.dy.`` answers once it is served)."""
+    return version_of(table_json(document))

@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from app.dataplane.admin import CaddyAdmin, CaddyAdminError, socket_path
-from app.dataplane.caddy import ProxyOptions, Responders, render, resolver_table, table_version
+from app.dataplane.caddy import (
+    ProxyOptions,
+    Responders,
+    render,
+    resolver_table,
+    table_json,
+    version_of,
+    versioned_json,
+)
 from app.dataplane.dnsd import served_version
 from app.dataplane.routes import RoutingTable
 
@@ -150,7 +158,9 @@ class CaddySupervisor:
         self.loads = 0
         """Caddy configuration loads since start (spawns excluded): a route change makes none."""
         self._table: RoutingTable = ()
-        self._written: dict[str, Any] | None = None
+        self._written: str | None = None
+        """The last table document handed to the resolver, as JSON (without its version)."""
+        self._version: str | None = None
         self._loaded: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
         self._process: subprocess.Popen[bytes] | None = None
@@ -207,12 +217,14 @@ class CaddySupervisor:
     # -- routes ---------------------------------------------------------------------------------
 
     def _write_table(self) -> bool:
-        document = resolver_table(self._table, self.options.responders)
-        if document == self._written:
+        # Compared and hashed as text: with 100k hosts, comparing and hashing the document with
+        # sorted keys took 0.4 s of this process's GIL per change; the text is written anyway.
+        body = table_json(resolver_table(self._table, self.options.responders))
+        if body == self._written:
             return False
-        versioned = {**document, "version": table_version(document)}
-        _write_atomically(self.table_file, json.dumps(versioned))
-        self._written = document
+        version = version_of(body)
+        _write_atomically(self.table_file, versioned_json(body, version))
+        self._written, self._version = body, version
         pid = self._resolver_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -222,7 +234,7 @@ class CaddySupervisor:
     @property
     def version(self) -> str | None:
         """The version of the last table handed to the resolver."""
-        return table_version(self._written) if self._written is not None else None
+        return self._version
 
     async def served(self, within: float = 10.0) -> bool:
         """Wait until the resolver serves the last table; False if not ``within`` seconds."""
@@ -267,7 +279,7 @@ class CaddySupervisor:
                     self._resolver = None
                     resolver, responders = self._ports()
                     self._use_ports(resolver, responders)
-                    self._written = None
+                    self._written = self._version = None
                     self._write_table()
                     await self._ensure_resolver_locked()
                     await self._spawn_locked()

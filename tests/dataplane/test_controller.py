@@ -5,6 +5,7 @@ reconciler wrote, served to a real Caddy by ``DataPlane`` and the route resolver
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -125,3 +126,51 @@ async def test_split_and_tag_host_come_from_the_database(
         assert await dataplane.supervisor.converged()
         gone = await client.get("/", headers={"Host": host})
         assert gone.status_code == 404
+
+
+def served_hosts(dataplane: DataPlane) -> dict[str, list[list[object]]]:
+    """The hosts of the table file the resolver reads."""
+    document = json.loads(dataplane.supervisor.table_file.read_text())
+    assert document["version"] == dataplane.supervisor.version
+    hosts: dict[str, list[list[object]]] = document["hosts"]
+    return hosts
+
+
+async def test_an_announced_change_rereads_that_container_only(
+    ctx: ServiceContext, dataplane: DataPlane
+) -> None:
+    """What makes 100k containers affordable: a change for one container re-reads its rows and
+    nothing else; a change naming no container (and the periodic safety net) reads them all."""
+    a = svc.create_container(
+        ctx=ctx, principal=ALICE, data={"name": "a", "image": "localhost/web:v1", "port": 8080}
+    )
+    b = svc.create_container(
+        ctx=ctx, principal=ALICE, data={"name": "b", "image": "localhost/web:v1", "port": 8080}
+    )
+    for view in (a, b):  # revision 1 is what their hosts route to once it has endpoints
+        svc.set_traffic(
+            ctx=ctx, principal=ALICE, container_id=view.id, data=[{"revision": 1, "percent": 100}]
+        )
+    host_a, host_b = (view.urls[0].split(":")[0] for view in (a, b))
+    await dataplane.sync()
+    before = served_hosts(dataplane)
+    assert host_a in before and host_b in before
+
+    # Rows written without telling anyone (as a lost announcement would leave them).
+    assert write_endpoints(ctx.engine, a.id, [ready(a.id, 1, "127.0.0.1:1001")])
+    assert write_endpoints(ctx.engine, b.id, [ready(b.id, 1, "127.0.0.1:1002")])
+    await dataplane.sync([b.id])
+    hosts = served_hosts(dataplane)
+    assert hosts[host_b] == [["127.0.0.1:1002", 1]]
+    assert hosts[host_a] == before[host_a]  # not re-read
+
+    svc.delete_container(ctx=ctx, principal=ALICE, container_id=b.id)
+    await dataplane.sync([b.id])
+    assert host_b not in served_hosts(dataplane)
+
+    dataplane.changed()  # no container named: everything is read again
+    for _ in range(100):
+        if served_hosts(dataplane)[host_a] == [["127.0.0.1:1001", 1]]:
+            break
+        await asyncio.sleep(0.05)
+    assert served_hosts(dataplane)[host_a] == [["127.0.0.1:1001", 1]]
