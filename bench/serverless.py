@@ -8,6 +8,12 @@ installed when missing) runs at 32 connections against the container's published
 the proxy by its host name, interleaved, several rounds in the same run; it prints the medians,
 the req/s ratio (target >= 0.8x) and the p50 latency the proxy adds (target <= 1 ms).
 
+A third path in the same rounds is the engine's floor: a plain Caddy (same binary, same server
+and transport settings from ``app.dataplane.caddy.render``) with the container's published port
+as a static upstream: no route resolver, no SRV lookups. Dockyard's proxied numbers against it
+show what Dockyard adds to the proxy engine; the plain ratio is what any proxy hop of that
+engine costs on this machine.
+
 wrk starts its latency clock when a request is written, after any connect: against a server that
 closes every connection, the direct p50 leaves out the connect and accept-queue time that the
 proxied p50 includes (Caddy connects to the upstream inside the measured request), so the
@@ -20,6 +26,8 @@ per-request cycle (connections / req/s) is printed too. Run as root with Podman
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -29,6 +37,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +46,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.dataplane.supervisor import caddy_binary
+from app.dataplane.caddy import ProxyOptions, render
+from app.dataplane.supervisor import caddy_binary, free_port
 from bench._harness import (
     dockyard_on_podman,
     ensure_wrk,
@@ -101,6 +111,44 @@ def ensure_keepalive_image() -> None:
         )
 
 
+@contextlib.contextmanager
+def plain_caddy(upstream: str) -> Iterator[str]:
+    """A Caddy of its own proxying every request to ``upstream`` (``127.0.0.1:port``); its URL."""
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-plain-") as tmp:
+        port = free_port()
+        options = ProxyOptions(
+            listen=f"127.0.0.1:{port}",
+            admin=f"unix/{tmp}/admin.sock",
+            domain="plain.invalid",
+            api=upstream,  # every host that is not a container's goes to this static upstream
+        )
+        config = Path(tmp) / "caddy.json"
+        config.write_text(json.dumps(render(options)))
+        with (Path(tmp) / "caddy.log").open("wb") as log:
+            process = subprocess.Popen(
+                [caddy_binary(), "run", "--config", str(config)],
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the plain Caddy did not start")
+                time.sleep(0.05)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
 def deploy(api: httpx.Client, name: str, image: str) -> dict[str, Any]:
     created = api.post("/v1/containers", json={"name": name, "image": image, "port": 8080})
     created.raise_for_status()
@@ -126,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     binary = ensure_wrk()
     ensure_keepalive_image()
-    results: dict[str, tuple[list[Run], list[Run], tuple[Run, Run]]] = {}
+    results: dict[str, tuple[list[Run], list[Run], list[Run], tuple[Run, Run]]] = {}
     with dockyard_on_podman() as bench:
         client, api = bench.client, bench.api
         proxy_url = f"{bench.url}/"
@@ -137,24 +185,37 @@ def main() -> None:
             container = deploy(api, "bench", image)
             host = container["urls"][0]
             direct_url = published(client, container["id"])
-            wrk(binary, direct_url, None, 2, args.connections)  # warm both paths
-            wrk(binary, proxy_url, host, 2, args.connections)
-            direct: list[Run] = []
-            proxied: list[Run] = []
-            for _ in range(args.rounds):
-                direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
-                proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
-            # One connection: the latency a single hop adds when nothing queues.
-            single = (
-                wrk(binary, direct_url, None, args.seconds, 1),
-                wrk(binary, proxy_url, host, args.seconds, 1),
-            )
-            results[label] = (direct, proxied, single)
+            upstream = direct_url.removeprefix("http://").rstrip("/")
+            with plain_caddy(upstream) as plain_url:
+                wrk(binary, direct_url, None, 2, args.connections)  # warm every path
+                wrk(binary, proxy_url, host, 2, args.connections)
+                wrk(binary, plain_url, None, 2, args.connections)
+                direct: list[Run] = []
+                proxied: list[Run] = []
+                plain: list[Run] = []
+                for _ in range(args.rounds):
+                    direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
+                    proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
+                    plain.append(wrk(binary, plain_url, None, args.seconds, args.connections))
+                # One connection: the latency a single hop adds when nothing queues.
+                single = (
+                    wrk(binary, direct_url, None, args.seconds, 1),
+                    wrk(binary, proxy_url, host, args.seconds, 1),
+                )
+            results[label] = (direct, proxied, plain, single)
             api.delete(f"/v1/containers/{container['id']}").raise_for_status()
             wait_no_containers(client, poll=0.1)
     print(f"wrk, {args.connections} connections, {args.rounds} x {args.seconds}s each, interleaved")
-    for label, (direct, proxied, (alone, alone_proxied)) in results.items():
+    for label, (direct, proxied, plain, (alone, alone_proxied)) in results.items():
         report(label, direct, proxied, args.connections)
+        plain_rps = statistics.median(r for r, _, _ in plain)
+        proxy_rps = statistics.median(r for r, _, _ in proxied)
+        print(
+            f"  plain Caddy, static upstream: {plain_rps:8.0f} req/s "
+            f"(ratio {plain_rps / statistics.median(r for r, _, _ in direct):.2f}x, "
+            f"errors {sum(e for *_, e in plain)}); Dockyard's proxy at "
+            f"{proxy_rps / plain_rps:.2f}x of it"
+        )
         print(
             f"  1 connection: p50 {alone[1]:.2f} ms direct, {alone_proxied[1]:.2f} ms proxied "
             f"({alone_proxied[1] - alone[1]:+.2f} ms); "
