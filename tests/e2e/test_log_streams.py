@@ -197,7 +197,8 @@ def test_graphql_subscriptions_carry_live_logs_and_status(server: Server) -> Non
     container_id = create(server)
     with graphql_ws(server) as ws:
         statuses = statuses_until_deployed(ws, web_id, op="status", fields="status revision")
-        assert statuses[0] == "deploying"
+        # The first state is the one at subscription time (a fast deploy may be done by then).
+        assert statuses[-1] == "deployed" and set(statuses) <= {"deploying", "deployed"}
         ws.send(json.dumps({"type": "complete", "id": "status"}))
         ws.send(
             json.dumps(

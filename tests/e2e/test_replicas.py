@@ -77,5 +77,7 @@ def test_replica_b_streams_what_leader_a_produces(replicas: tuple[Server, Server
     web_id = create(b, HTTPD_V1, "web")
     with graphql_ws(b) as ws:
         statuses = statuses_until_deployed(ws, web_id, op="1", fields="status readyRevision")
-    assert statuses[0] == "deploying"
+    # The first state is whatever B reads when the subscription starts (a fast deploy may be
+    # done by then); each change after it reached B from A over Redis.
+    assert statuses[-1] == "deployed" and set(statuses) <= {"deploying", "deployed"}
     assert "this replica now leads" not in b.log_path.read_text()
