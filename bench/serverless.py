@@ -12,7 +12,9 @@ A third path in the same rounds is the engine's floor: a plain Caddy (same binar
 and transport settings from ``app.dataplane.caddy.render``) with the container's published port
 as a static upstream: no route resolver, no SRV lookups. Dockyard's proxied numbers against it
 show what Dockyard adds to the proxy engine; the plain ratio is what any proxy hop of that
-engine costs on this machine.
+engine costs on this machine. When Debian's HAProxy is installed (``apt-get install haproxy``;
+Dockyard does not use it), a plain HAProxy with the same static upstream runs in the same rounds
+too: the floor of another engine, for choosing the data plane's engine by measurement.
 
 wrk starts its latency clock when a request is written, after any connect: against a server that
 closes every connection, the direct p50 leaves out the connect and accept-queue time that the
@@ -111,38 +113,65 @@ def ensure_keepalive_image() -> None:
         )
 
 
+HAPROXY_CONFIG = """global
+  nbthread 2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend bench
+  bind 127.0.0.1:{port}
+  default_backend upstream
+backend upstream
+  http-reuse always
+  server only {upstream}
+"""
+
+
+def _wait_answers(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"the plain {what} did not start")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
-def plain_caddy(upstream: str) -> Iterator[str]:
-    """A Caddy of its own proxying every request to ``upstream`` (``127.0.0.1:port``); its URL."""
+def plain_proxy(engine: str, upstream: str) -> Iterator[str]:
+    """A proxy of its own (``caddy``, or ``haproxy`` when Debian's is installed) sending every
+    request to ``upstream`` (``127.0.0.1:port``); its URL."""
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-plain-") as tmp:
         port = free_port()
-        options = ProxyOptions(
-            listen=f"127.0.0.1:{port}",
-            admin=f"unix/{tmp}/admin.sock",
-            domain="plain.invalid",
-            api=upstream,  # every host that is not a container's goes to this static upstream
-        )
-        config = Path(tmp) / "caddy.json"
-        config.write_text(json.dumps(render(options)))
-        with (Path(tmp) / "caddy.log").open("wb") as log:
+        if engine == "caddy":
+            options = ProxyOptions(
+                listen=f"127.0.0.1:{port}",
+                admin=f"unix/{tmp}/admin.sock",
+                domain="plain.invalid",
+                api=upstream,  # every host that is not a container's goes to this upstream
+            )
+            config = Path(tmp) / "caddy.json"
+            config.write_text(json.dumps(render(options)))
+            command = [caddy_binary(), "run", "--config", str(config)]
+        else:
+            config = Path(tmp) / "haproxy.cfg"
+            config.write_text(HAPROXY_CONFIG.format(port=port, upstream=upstream))
+            command = ["haproxy", "-f", str(config)]
+        with (Path(tmp) / "proxy.log").open("wb") as log:
             process = subprocess.Popen(
-                [caddy_binary(), "run", "--config", str(config)],
+                command,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         try:
             url = f"http://127.0.0.1:{port}/"
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    if httpx.get(url, timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the plain Caddy did not start")
-                time.sleep(0.05)
+            _wait_answers(url, process, engine)
             yield url
         finally:
             process.terminate()
@@ -150,7 +179,10 @@ def plain_caddy(upstream: str) -> Iterator[str]:
 
 
 def deploy(api: httpx.Client, name: str, image: str) -> dict[str, Any]:
-    created = api.post("/v1/containers", json={"name": name, "image": image, "port": 8080})
+    # One instance, always: the direct URL is that instance's port for the whole bench.
+    body = {"name": name, "image": image, "port": 8080}
+    body["scaling"] = {"minInstances": 1, "maxInstances": 1}
+    created = api.post("/v1/containers", json=body)
     created.raise_for_status()
     container: dict[str, Any] = created.json()
     wait_deployed(api, container["id"])
@@ -174,7 +206,7 @@ def main() -> None:
     args = parser.parse_args()
     binary = ensure_wrk()
     ensure_keepalive_image()
-    results: dict[str, tuple[list[Run], list[Run], list[Run], tuple[Run, Run]]] = {}
+    results: dict[str, tuple[list[Run], list[Run], dict[str, list[Run]], tuple[Run, Run]]] = {}
     with dockyard_on_podman() as bench:
         client, api = bench.client, bench.api
         proxy_url = f"{bench.url}/"
@@ -186,17 +218,23 @@ def main() -> None:
             host = container["urls"][0]
             direct_url = published(client, container["id"])
             upstream = direct_url.removeprefix("http://").rstrip("/")
-            with plain_caddy(upstream) as plain_url:
+            engines = ["caddy"] + (["haproxy"] if shutil.which("haproxy") else [])
+            with contextlib.ExitStack() as stack:
+                plain_urls = {e: stack.enter_context(plain_proxy(e, upstream)) for e in engines}
                 wrk(binary, direct_url, None, 2, args.connections)  # warm every path
                 wrk(binary, proxy_url, host, 2, args.connections)
-                wrk(binary, plain_url, None, 2, args.connections)
+                for plain_url in plain_urls.values():
+                    wrk(binary, plain_url, None, 2, args.connections)
                 direct: list[Run] = []
                 proxied: list[Run] = []
-                plain: list[Run] = []
+                plain: dict[str, list[Run]] = {e: [] for e in engines}
                 for _ in range(args.rounds):
                     direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
                     proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
-                    plain.append(wrk(binary, plain_url, None, args.seconds, args.connections))
+                    for engine, plain_url in plain_urls.items():
+                        plain[engine].append(
+                            wrk(binary, plain_url, None, args.seconds, args.connections)
+                        )
                 # One connection: the latency a single hop adds when nothing queues.
                 single = (
                     wrk(binary, direct_url, None, args.seconds, 1),
@@ -208,14 +246,15 @@ def main() -> None:
     print(f"wrk, {args.connections} connections, {args.rounds} x {args.seconds}s each, interleaved")
     for label, (direct, proxied, plain, (alone, alone_proxied)) in results.items():
         report(label, direct, proxied, args.connections)
-        plain_rps = statistics.median(r for r, _, _ in plain)
         proxy_rps = statistics.median(r for r, _, _ in proxied)
-        print(
-            f"  plain Caddy, static upstream: {plain_rps:8.0f} req/s "
-            f"(ratio {plain_rps / statistics.median(r for r, _, _ in direct):.2f}x, "
-            f"errors {sum(e for *_, e in plain)}); Dockyard's proxy at "
-            f"{proxy_rps / plain_rps:.2f}x of it"
-        )
+        direct_rps = statistics.median(r for r, _, _ in direct)
+        for engine, runs in plain.items():
+            plain_rps = statistics.median(r for r, _, _ in runs)
+            print(
+                f"  plain {engine}, static upstream: {plain_rps:8.0f} req/s "
+                f"(ratio {plain_rps / direct_rps:.2f}x, errors {sum(e for *_, e in runs)}); "
+                f"Dockyard's proxy at {proxy_rps / plain_rps:.2f}x of it"
+            )
         print(
             f"  1 connection: p50 {alone[1]:.2f} ms direct, {alone_proxied[1]:.2f} ms proxied "
             f"({alone_proxied[1] - alone[1]:+.2f} ms); "
