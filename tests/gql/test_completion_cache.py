@@ -67,8 +67,9 @@ def test_repeated_list_answers_the_same_and_reuses_completed_items(
         assert traffic == [{k: t[k] for k in traffic[0]} for t in rest_item["traffic"]]
         assert {k: rest_item[k] for k in item} == item
     # The listed objects now hold their completed selection.
-    listed = [obj for _view, obj in gql_types._CONTAINER_OBJECTS.values()]
-    assert listed and all(obj.completed_selections for obj in listed)
+    ids = {item["id"] for item in rest}
+    listed = [obj for _view, obj in gql_types._CONTAINER_OBJECTS.values() if obj.id in ids]
+    assert len(listed) == 2 and all(obj.completed_selections for obj in listed)
 
 
 def test_aliases_and_selection_shape_are_part_of_the_key(
