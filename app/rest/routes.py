@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,9 +12,10 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import Ctx, CurrentPrincipal
+from app.deps import Ctx, CurrentPrincipal, current_principal, service_context
 from app.domain.errors import FieldError, MalformedInput
 from app.domain.gpus import load_catalog
+from app.domain.principal import Principal
 from app.domain.spec import (
     MAX_CONCURRENCY,
     MAX_DESIRED_GPUS,
@@ -32,6 +34,7 @@ from app.domain.views import ContainerView, CursorPage, GpuModelView, Page, Revi
 from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
 from app.rest import problems
 from app.services import containers as svc
+from app.services.context import ServiceContext
 
 router = APIRouter(prefix="/v1")
 
@@ -281,7 +284,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return parameters
 
 
-async def list_query(request: Request) -> ListQuery:
+def list_query(request: Request) -> ListQuery:
     """The list's query parameters; a 422 naming each bad one, as FastAPI answers (the last of
     repeated values counts, unknown names are ignored)."""
     params = request.query_params
@@ -295,17 +298,31 @@ async def list_query(request: Request) -> ListQuery:
         ) from None
 
 
+@dataclass(frozen=True)
+class ListRequest:
+    principal: Principal
+    ctx: ServiceContext
+    query: ListQuery
+
+
+async def list_request(request: Request) -> ListRequest:
+    """The caller, the service context and the query of a list request as one dependency: for
+    the cheapest route of all, FastAPI's bookkeeping per dependency cost more than the three
+    did. The caller comes first, as before: without a valid token it is a 401 whatever the
+    parameters."""
+    principal = await current_principal(request)
+    return ListRequest(principal, await service_context(request), list_query(request))
+
+
 @router.get(
     "/containers",
     response_model=CursorPage[ContainerView],
     responses=_LIST_ERRORS,
     openapi_extra={"parameters": _query_parameters(ListQuery)},
 )
-async def list_containers(
-    principal: CurrentPrincipal,
-    ctx: Ctx,
-    query: Annotated[ListQuery, Depends(list_query)],
-) -> Response:
+async def list_containers(listing: Annotated[ListRequest, Depends(list_request)]) -> Response:
+    principal, ctx, query = listing.principal, listing.ctx, listing.query
+
     # The body is built by the service (views cached per row, JSON written once per view) and
     # answered as is: FastAPI would otherwise validate the page again against the response
     # model and serialize it anew. ``response_model`` still documents it in the OpenAPI.
