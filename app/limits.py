@@ -1,17 +1,18 @@
 """Bounds on what one API request may make the server read and parse.
 
-* ``RequestBodyLimit`` (ASGI middleware in front of the API, behind the ingress so proxied
-  container traffic is not affected): a body whose ``Content-Length`` is over the limit is
-  refused with 413 before any of it is read; a body without one (chunked) is counted as it
-  streams in and refused as soon as it passes the limit, so a client cannot make the server
-  buffer more than ``limit`` bytes per request.
+* The request body limit (enforced by ``app.middleware.RequestMiddleware`` in front of the API,
+  behind the ingress so proxied container traffic is not affected): a body whose
+  ``Content-Length`` is over the limit is refused with 413 (``refuse_too_large``) before any of
+  it is read; a body without one (chunked) is counted as it streams in and refused as soon as it
+  passes the limit, so a client cannot make the server buffer more than ``limit`` bytes per
+  request.
 * ``loads_json``: ``json.loads`` with a bound on nesting depth. CPython's parser recurses once
   per level and fails with ``RecursionError`` (a 500) near 1,000 levels; a real request body
   needs a handful. The depth is checked on the raw text before parsing, cheaply: only a body
   holding more brackets than the limit is scanned at all.
 
 Starlette has no body limit of its own and uvicorn's ``--limit-*`` options bound connections,
-not bodies, hence this small middleware.
+not bodies, hence this small check.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Send
 
 from app.domain.errors import PayloadTooLarge
 
@@ -56,55 +57,8 @@ def loads_json(raw: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
 
 
-class RequestBodyLimit:
-    """413 for HTTP request bodies over ``limit`` bytes, before reading them whole."""
-
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > limit:
-                    await _refuse(send, limit)
-                    return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLarge(limit)
-            return message
-
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except PayloadTooLarge:
-            # Raised while a handler without a DomainError handler read the body.
-            if not started:
-                await _refuse(send, limit)
-
-
-async def _refuse(send: Send, limit: int) -> None:
+async def refuse_too_large(send: Send, limit: int) -> None:
+    """The 413 problem for a body over ``limit`` (the connection is closed after it)."""
     body = json.dumps(
         {
             "type": "about:blank",

@@ -33,7 +33,6 @@ from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
 from app.gql.router import graphql_router
-from app.limits import RequestBodyLimit
 from app.observability import wiring as observability
 from app.observability.metrics import Metrics
 from app.reconcile import Reconciler, ReconcilerOptions
@@ -344,8 +343,8 @@ def create_app(
         prefix="/graphql",
         include_in_schema=False,
     )
-    # Bounds API requests only; traffic to containers goes through Caddy, never through here.
-    app.add_middleware(RequestBodyLimit, limit=settings.max_request_body_bytes)
+    # The body limit (DOCKYARD_MAX_REQUEST_BODY_BYTES) bounds API requests only; traffic to
+    # containers goes through Caddy, never through here. observability.install puts it on.
 
     console.install(
         app,

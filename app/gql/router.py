@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ from app.console import graphiql_page
 from app.domain.errors import FieldError, MalformedInput, Unauthenticated
 from app.gql.context import Context, make_context
 from app.gql.errors import error_extensions
-from app.gql.schema import MAX_TOKENS, schema
+from app.gql.schema import DOCUMENT_CACHE_SIZE, MAX_TOKENS, schema
 from app.limits import JsonTooDeep, loads_json
 
 WS_TOKEN_EXPIRED = 4403
@@ -137,17 +138,31 @@ async def _close_at_expiry(websocket: WebSocket, valid_until: float) -> None:
 def _is_subscription(request_data: GraphQLRequestData) -> bool:
     if not request_data.query:
         return False
+    if len(request_data.query) > MAX_CACHED_DOCUMENT:
+        return _names_subscription(request_data.query, request_data.operation_name)
+    return _names_subscription_cached(request_data.query, request_data.operation_name)
+
+
+MAX_CACHED_DOCUMENT = 16_384
+"""Longer documents are parsed every time, so the cache below holds at most 256 x 16 KiB."""
+
+
+def _names_subscription(query: str, wanted: str | None) -> bool:
+    """Whether the document's operation (``wanted``, or any) is a subscription."""
     try:
-        document = parse(request_data.query, max_tokens=MAX_TOKENS)
+        document = parse(query, max_tokens=MAX_TOKENS)
     except GraphQLError:
         return False  # the schema reports the syntax error
-    wanted = request_data.operation_name
     return any(
         isinstance(node, OperationDefinitionNode)
         and node.operation == OperationType.SUBSCRIPTION
         and (wanted is None or (node.name is not None and node.name.value == wanted))
         for node in document.definitions
     )
+
+
+# Cached by text, as the schema's own parser cache is: clients send the same documents again.
+_names_subscription_cached = functools.lru_cache(maxsize=DOCUMENT_CACHE_SIZE)(_names_subscription)
 
 
 def graphql_router(*, allowed_origins: Sequence[str] = ()) -> GraphQLRouter[Context, None]:

@@ -26,6 +26,7 @@ from strawberry.types import ExecutionContext
 
 from app.gql.context import Context
 from app.gql.errors import ErrorCodes, Unavailable, log_errors, masking
+from app.gql.execution import CachingExecutionContext
 from app.gql.metrics import OperationMetrics
 from app.gql.types import (
     PORT_SCALAR,
@@ -249,6 +250,8 @@ schema = DockyardSchema(
     mutation=Mutation,
     subscription=Subscription,
     config=StrawberryConfig(scalar_map={Port: PORT_SCALAR}),
+    # Completed list items reused per selection (app.gql.execution).
+    execution_context_class=CachingExecutionContext,
     extensions=[
         functools.partial(AddValidationRules, COST_RULES),
         functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),

@@ -186,6 +186,8 @@ class Container:
     )
     known_phases: strawberry.Private[list[PhaseView] | None] = None
     """Loaded with the container by the status subscription; otherwise read on demand."""
+    completed_selections: strawberry.Private[dict[Any, Any] | None] = None
+    """Listed objects only: their completed values per selection (``app.gql.execution``)."""
 
     @strawberry.field(
         description="The newest revision's deploy phases so far (those of `revisions[0]`): "
@@ -233,6 +235,7 @@ class Container:
             _CONTAINER_OBJECTS.move_to_end(key)
             return cached[1]
         built = cls.from_view(view)
+        built.completed_selections = {}  # immutable and shared: its completions can be kept
         _CONTAINER_OBJECTS[key] = (view, built)  # holding the view keeps its id unique
         if len(_CONTAINER_OBJECTS) > svc.VIEW_CACHE_SIZE:
             _CONTAINER_OBJECTS.popitem(last=False)

@@ -2,17 +2,17 @@
 
 One ``Metrics`` per application (its own ``CollectorRegistry``, so several apps in one process,
 as in the tests, never share counters). HTTP requests are counted by route *template* (never by
-raw path: ids would explode the series), method and status by a pure ASGI middleware; GraphQL
-operations by name through a Strawberry extension (``app.gql.metrics``). Gauges of the log hub
-and the reconciler are read from their own counters at scrape time, so those hot paths carry no
-metrics code. With ``PROMETHEUS_MULTIPROC_DIR`` set (several worker processes) the exposition
-aggregates every worker's files, as the client library documents.
+raw path: ids would explode the series), method and status by a pure ASGI middleware
+(``app.middleware``); GraphQL operations by name through a Strawberry extension
+(``app.gql.metrics``). Gauges of the log hub and the reconciler are read from their own counters
+at scrape time, so those hot paths carry no metrics code. With ``PROMETHEUS_MULTIPROC_DIR`` set
+(several worker processes) the exposition aggregates every worker's files, as the client library
+documents.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from app.domain.phases import FAILED, SERVING, PhaseEntry
 
@@ -160,53 +160,8 @@ def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
     return family
 
 
-class MetricsMiddleware:
-    """Counts and times every HTTP request by route template; counts open SSE and WebSocket
-    connections. Pure ASGI, so streaming responses pass through untouched."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            gauge = self.metrics.open_streams.labels("websocket")
-            gauge.inc()
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                gauge.dec()
-            return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-        streaming = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, streaming
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                for name, value in message.get("headers", []):
-                    if name.lower() == b"content-type" and value.startswith(b"text/event-stream"):
-                        streaming = True
-                        self.metrics.open_streams.labels("sse").inc()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = _route_template(scope)
-            method = scope.get("method", "GET")
-            self.metrics.http_requests.labels(route, method, str(status)).inc()
-            if streaming:
-                self.metrics.open_streams.labels("sse").dec()
-            else:
-                self.metrics.http_latency.labels(route, method).observe(time.perf_counter() - start)
-
-
-def _route_template(scope: Scope) -> str:
+def route_template(scope: Scope) -> str:
+    """What requests are counted by: the matched route's path template, never the raw path."""
     route = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str):

@@ -7,12 +7,11 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI, Request, Response
 from prometheus_client.core import Metric
 
-from app.observability.logs import REQUEST_ID_HEADER, new_request_id, valid_request_id
-from app.observability.metrics import Metrics, MetricsMiddleware, counter, gauge
+from app.middleware import RequestMiddleware
+from app.observability.metrics import Metrics, counter, gauge
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -67,19 +66,15 @@ def install(
     hub: LogHub | None,
     reconciler: Reconciler | None,
 ) -> None:
-    """Middlewares (outermost: the request id, so every log line and problem body has it) and
-    the ``/metrics`` route."""
+    """The API's request layer (request id, metrics, body limit: ``app.middleware``) and the
+    ``/metrics`` route."""
     if hub is not None:
         metrics.add_source(lambda: hub_metrics(hub))
     if reconciler is not None:
         metrics.add_source(lambda: reconciler_metrics(reconciler))
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every log line and problem body of the request has its id.
     app.add_middleware(
-        CorrelationIdMiddleware,
-        header_name=REQUEST_ID_HEADER,
-        generator=new_request_id,
-        validator=valid_request_id,
-        transformer=lambda value: value,
+        RequestMiddleware, metrics=metrics, body_limit=settings.max_request_body_bytes
     )
     if settings.metrics == "off":
         return

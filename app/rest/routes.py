@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import Ctx, CurrentPrincipal
+from app.deps import Ctx, CurrentPrincipal, current_principal, service_context
 from app.domain.errors import FieldError, MalformedInput
 from app.domain.gpus import load_catalog
+from app.domain.principal import Principal
 from app.domain.spec import (
     MAX_CONCURRENCY,
     MAX_DESIRED_GPUS,
@@ -29,6 +34,7 @@ from app.domain.views import ContainerView, CursorPage, GpuModelView, Page, Revi
 from app.limits import MAX_JSON_DEPTH, JsonTooDeep, loads_json
 from app.rest import problems
 from app.services import containers as svc
+from app.services.context import ServiceContext
 
 router = APIRouter(prefix="/v1")
 
@@ -223,32 +229,100 @@ RowsParam = Annotated[
 ]
 
 
-@router.get("/containers", response_model=CursorPage[ContainerView], responses=_LIST_ERRORS)
-async def list_containers(
-    principal: CurrentPrincipal,
-    ctx: Ctx,
-    page: PageParam = 1,
-    rows_per_page: RowsParam = 10,
-    all: Annotated[bool, Query(description="Every user's containers (ADMIN only)")] = False,
-    after: Annotated[
-        str | None,
-        Query(description="Continue after this position: the `nextCursor` of the previous page"),
-    ] = None,
-    search: Annotated[
-        str | None,
-        Query(
-            description="Only containers whose name contains this",
-            json_schema_extra={"maxLength": svc.MAX_SEARCH_LENGTH},
-        ),
-    ] = None,
-    status: Annotated[
-        str | None,
-        Query(
-            description="Only containers with this status",
-            json_schema_extra={"enum": list(svc.STATUSES)},
-        ),
-    ] = None,
-) -> Response:
+class ListQuery(BaseModel):
+    """The query parameters of ``GET /v1/containers``, validated in one step by ``list_query``.
+
+    FastAPI validates declared query parameters one by one, each through its own generic
+    machinery: for six of them that was about a quarter of a cached 10-row list's CPU. One
+    pydantic model validates them at once, with the same types and messages (the 422 names each
+    field as ``query.<name>`` did), and FastAPI still documents them from this model.
+    """
+
+    page: int = Field(
+        1,
+        description="1-based page number",
+        json_schema_extra={"minimum": 1, "maximum": svc.MAX_PAGE},
+    )
+    rows_per_page: int = Field(
+        svc.DEFAULT_ROWS_PER_PAGE,
+        alias="rowsPerPage",
+        description=f"Items per page, at most {svc.MAX_ROWS_PER_PAGE}",
+        json_schema_extra={"minimum": 1, "maximum": svc.MAX_ROWS_PER_PAGE},
+    )
+    all: bool = Field(False, description="Every user's containers (ADMIN only)")
+    after: str | None = Field(
+        None, description="Continue after this position: the `nextCursor` of the previous page"
+    )
+    search: str | None = Field(
+        None,
+        description="Only containers whose name contains this",
+        json_schema_extra={"maxLength": svc.MAX_SEARCH_LENGTH},
+    )
+    status: str | None = Field(
+        None,
+        description="Only containers with this status",
+        json_schema_extra={"enum": list(svc.STATUSES)},
+    )
+
+
+_LIST_QUERY_NAMES = tuple(field.alias or name for name, field in ListQuery.model_fields.items())
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI ``parameters`` FastAPI writes for ``model`` as query parameters (taken from
+    a route that is only documented, so the published document stays exactly as it was)."""
+
+    async def endpoint(query: Any) -> None:
+        return None
+
+    # (this module's annotations are strings; FastAPI needs the real one here)
+    endpoint.__annotations__ = {"query": Annotated[model, Query()], "return": None}
+    documented = APIRouter()
+    documented.add_api_route("/", endpoint, methods=["GET"])
+    document = get_openapi(title="", version="", routes=documented.routes)
+    parameters: list[dict[str, Any]] = document["paths"]["/"]["get"]["parameters"]
+    return parameters
+
+
+def list_query(request: Request) -> ListQuery:
+    """The list's query parameters; a 422 naming each bad one, as FastAPI answers (the last of
+    repeated values counts, unknown names are ignored)."""
+    params = request.query_params
+    try:
+        return ListQuery.model_validate(
+            {name: params[name] for name in _LIST_QUERY_NAMES if name in params}
+        )
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**error, "loc": ("query", *error["loc"])} for error in e.errors(include_url=False)]
+        ) from None
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    principal: Principal
+    ctx: ServiceContext
+    query: ListQuery
+
+
+async def list_request(request: Request) -> ListRequest:
+    """The caller, the service context and the query of a list request as one dependency: for
+    the cheapest route of all, FastAPI's bookkeeping per dependency cost more than the three
+    did. The caller comes first, as before: without a valid token it is a 401 whatever the
+    parameters."""
+    principal = await current_principal(request)
+    return ListRequest(principal, await service_context(request), list_query(request))
+
+
+@router.get(
+    "/containers",
+    response_model=CursorPage[ContainerView],
+    responses=_LIST_ERRORS,
+    openapi_extra={"parameters": _query_parameters(ListQuery)},
+)
+async def list_containers(listing: Annotated[ListRequest, Depends(list_request)]) -> Response:
+    principal, ctx, query = listing.principal, listing.ctx, listing.query
+
     # The body is built by the service (views cached per row, JSON written once per view) and
     # answered as is: FastAPI would otherwise validate the page again against the response
     # model and serialize it anew. ``response_model`` still documents it in the OpenAPI.
@@ -256,12 +330,12 @@ async def list_containers(
         return svc.list_containers_json(
             ctx=ctx,
             principal=principal,
-            page=page,
-            rows_per_page=rows_per_page,
-            all_users=all,
-            search=search,
-            status=status,
-            after=after,
+            page=query.page,
+            rows_per_page=query.rows_per_page,
+            all_users=query.all,
+            search=query.search,
+            status=query.status,
+            after=query.after,
         )
 
     content = body() if svc.list_runs_inline(ctx) else await run_in_threadpool(body)
