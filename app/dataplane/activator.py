@@ -22,6 +22,7 @@ nobody asked for since ``idle_close_seconds`` and that holds nothing is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -29,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -93,6 +94,11 @@ class _Cold:
     waker: asyncio.Task[tuple[str, ...]] | None = None
     last_used: float = 0.0
     concurrency: int = 80
+    ready: tuple[str, ...] = ()
+    """Endpoints the runtime of this process said accept connections, during this burst's wake
+    (``instance_ready``): the held requests go there before the reconciler records them."""
+    nudge: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when something may have changed for the revision: the waker looks again at once."""
 
 
 def _dial(sock: socket.socket | None) -> str:
@@ -233,6 +239,24 @@ class Activator:
                 cold.sock.close()
             del self._cold[key]
 
+    def instance_ready(self, container_id: str, revision: int, endpoints: tuple[str, ...]) -> None:
+        """The runtime of this process saw a new instance of the revision accept connections
+        (``app.runtime.base.SignalsReady``; called on the event loop). A burst waking the
+        revision forwards to it now, not once the reconciler has written it down and the
+        waker's next look has read it back; requests to a revision nobody is waking ignore it."""
+        cold = self._cold.get((container_id, revision))
+        if cold is None or cold.waker is None or cold.waker.done() or not endpoints:
+            return
+        cold.ready = endpoints
+        cold.nudge.set()
+
+    def changed(self, container_id: str) -> None:
+        """The container's rows may have changed (the reconciler wrote them): wakers of its
+        revisions look at the database again now rather than at their next poll."""
+        for (cid, _revision), cold in list(self._cold.items()):
+            if cid == container_id and cold.waker is not None and not cold.waker.done():
+                cold.nudge.set()
+
     def held(self) -> dict[RevisionKey, int]:
         """Requests the activator holds or forwards, per revision (for the autoscaler)."""
         return {
@@ -279,6 +303,8 @@ class Activator:
 
     def _waker(self, key: RevisionKey, cold: _Cold) -> asyncio.Task[tuple[str, ...]]:
         if cold.waker is None or cold.waker.done():
+            cold.ready = ()  # what a runtime said during an earlier burst says nothing now
+            cold.nudge.clear()
             cold.waker = asyncio.create_task(self._wake(key, cold), name=f"activator-wake-{key}")
             self.started_waking += 1
         return cold.waker
@@ -289,6 +315,8 @@ class Activator:
         asked = 0
         deadline = time.monotonic() + self.options.max_wait_seconds
         while True:
+            if cold.ready:
+                return cold.ready
             state = await self.serving(container_id, revision)
             if not state.exists:
                 raise RevisionUnavailable("the revision no longer exists")
@@ -307,7 +335,9 @@ class Activator:
                 asked = wanted
             if time.monotonic() > deadline:
                 raise TimeoutError
-            await asyncio.sleep(self.options.poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cold.nudge.wait(), self.options.poll_seconds)
+            cold.nudge.clear()
 
     async def _forward(
         self, request: web.Request, key: RevisionKey, endpoints: tuple[str, ...]
