@@ -502,15 +502,23 @@ class Reconciler:
     async def reconcile(self, container_id: str) -> None:
         """Bring one container's runtime objects and status in line with its record."""
         async with self._lock(container_id):
-            container = await asyncio.to_thread(self._load, container_id)
+            container, rows = await asyncio.to_thread(self._load, container_id)
             if container is None or container.deleted_at is not None:
                 await self._remove(container_id, purge=container is not None)
                 return
-            await self._converge(container)
+            await self._converge(container, rows)
 
-    def _load(self, container_id: str) -> Container | None:
+    def _load(self, container_id: str) -> tuple[Container | None, dict[int, Revision]]:
+        """The container and its revisions, in one trip to a worker thread (a pass starts
+        with both; every hop costs on a busy machine)."""
         with Session(self.engine, expire_on_commit=False) as session:
-            return session.get(Container, container_id)
+            container = session.get(Container, container_id)
+            if container is None or container.deleted_at is not None:
+                return container, {}
+            rows = session.exec(
+                select(Revision).where(col(Revision.container_id) == container_id)
+            ).all()
+            return container, {row.revision_number: row for row in rows}
 
     async def _remove(self, container_id: str, *, purge: bool) -> None:
         await self.runtime.remove(container_id)
@@ -537,16 +545,8 @@ class Reconciler:
             )
             session.commit()
 
-    def _load_revisions(self, container_id: str) -> dict[int, Revision]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            rows = session.exec(
-                select(Revision).where(col(Revision.container_id) == container_id)
-            ).all()
-            return {row.revision_number: row for row in rows}
-
-    async def _converge(self, container: Container) -> None:
+    async def _converge(self, container: Container, rows: dict[int, Revision]) -> None:
         generation = container.generation
-        rows = await asyncio.to_thread(self._load_revisions, container.id)
         kept = {generation}
         shrinking: dict[int, int] = {}
         try:

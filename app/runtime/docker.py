@@ -109,6 +109,9 @@ FAILED_STOP_TIMEOUT = 2
 ABSENT_HINT_SECONDS = 1.0
 """How long an observe that saw no instance of a revision spares the next scale of it a listing
 (the reconciler scales right after it observes, in the same pass; the hint is used once)."""
+FRESH_SECONDS = 0.5
+"""How long the inspect made right after a start stands in for the listing of the next observe
+(used once)."""
 READINESS_WATCH_SECONDS = 10.0
 """How long the readiness watch of a new instance dials its port before it leaves the rest to the
 reconciler's polling (a start-up slower than this is not the latency that matters)."""
@@ -116,6 +119,18 @@ READINESS_DIAL_MAX_GAP = 0.02
 """Longest pause between two dials of the readiness watch (it starts at 2 ms and grows)."""
 _TCP_LISTEN = "0A"
 _STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Started:
+    """An instance this process just created, started and inspected."""
+
+    engine_id: str
+    endpoint: str
+    model: Any
+    """The SDK's container, with the attributes of the inspect after its start."""
+    accepting: bool
+    """Its port accepted a connection right after that inspect."""
 
 
 def container_name(container_id: str, revision: int, replica: int = 0) -> str:
@@ -338,6 +353,9 @@ class DockerRuntime:
         """Called on the event loop with ``(container id, revision, endpoints)`` the moment a
         new instance's port accepts, before any observe says so (the activator forwards the
         requests it holds then; ``app.runtime.base.SignalsReady``)."""
+        self._fresh: dict[str, tuple[float, list[Any]]] = {}
+        """Container id -> its engine containers, every one created, started and inspected by
+        the scale that just ran (``_found``)."""
         self._observed: dict[str, tuple[float, set[int]]] = {}
         """Container id -> when this process last observed it, and the revisions that had
         engine containers then (``_present``)."""
@@ -442,7 +460,7 @@ class DockerRuntime:
             False,
             False,
         )
-        self._watch_readiness(spec, started)
+        self._announce(spec, started)
 
     async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
         started = await self._call(
@@ -453,35 +471,38 @@ class DockerRuntime:
             urgent,
             True,
         )
-        self._watch_readiness(spec, started)
+        self._announce(spec, started)
 
-    def _present(self, spec: WorkloadSpec) -> dict[int, Any]:
-        """The revision's instances by ``k``. When this process's observe of the container,
-        just before (the reconciler observes, then scales, in one pass under its lock), saw none
-        of the revision, that answer is used once instead of listing again: a create that meets
-        an instance made meanwhile gets a 409, and the instance is then looked up."""
+    def _present(self, spec: WorkloadSpec) -> tuple[dict[int, Any], bool]:
+        """The revision's instances by ``k``, and whether the container was known to have no
+        engine container at all. When this process's observe of the container, just before
+        (the reconciler observes, then scales, in one pass under its lock), saw none of the
+        revision, that answer is used once instead of listing again: a create that meets an
+        instance made meanwhile gets a 409, and the instance is then looked up."""
         seen = self._observed.pop(spec.container_id, None)
         if (
             seen is not None
             and time.monotonic() - seen[0] < ABSENT_HINT_SECONDS
             and spec.revision not in seen[1]
         ):
+            empty = not seen[1]
             seen[1].add(spec.revision)  # it has instances from now on: a second scale lists
             self._observed[spec.container_id] = seen
-            return {}
-        return {
+            return {}, empty
+        present = {
             self._replica(c): c
             for c in self._list(spec.container_id)
             if self._revision(c) == spec.revision
         }
+        return present, False
 
     def _scale_sync(
         self, spec: WorkloadSpec, instances: int, urgent: bool, shrink: bool
-    ) -> list[tuple[str, str]]:
-        """Create, start or remove instances; returns ``(engine id, endpoint)`` of each instance
-        started here whose readiness is its port accepting (watched by ``_watch_readiness``)."""
-        present = self._present(spec)
-        started: list[tuple[str, str]] = []
+    ) -> list[_Started]:
+        """Create, start or remove instances; returns the instances started here whose
+        readiness is their port accepting (``_announce``)."""
+        present, empty = self._present(spec)
+        started: list[_Started] = []
         for _, c in sorted(present.items())[:instances]:  # the lowest instances stay
             if self._status(c) == "created":
                 # created but never started: a failed start before a restart of ours, or a
@@ -502,6 +523,13 @@ class DockerRuntime:
                     return [*started, *self._scale_sync(spec, instances, urgent, shrink)]
                 if outcome:
                     started.append(outcome)
+            if empty and len(started) == instances:
+                # every engine container of the container was made and inspected just now:
+                # the observe that follows (the reconciler's, in the same pass) reads these
+                self._fresh[spec.container_id] = (
+                    time.monotonic(),
+                    [item.model for item in started],
+                )
             return started
         if not shrink or len(present) <= instances:
             return started
@@ -534,11 +562,11 @@ class DockerRuntime:
 
     def _create_instance(
         self, spec: WorkloadSpec, replica: int
-    ) -> tuple[str, str] | Literal["exists", ""] | None:
+    ) -> _Started | Literal["exists", ""] | None:
         """Create and start one instance. Returns None when the revision cannot run (image,
-        GPUs), ``"exists"`` when an instance of that name is there already, else
-        ``(engine id, published endpoint)`` when the instance started and its readiness is its
-        port accepting, or ``""``.
+        GPUs), ``"exists"`` when an instance of that name is there already, else the started
+        instance (inspected after its start) when its readiness is its port accepting, or
+        ``""``.
 
         Create first: the image is looked for (and pulled) only when the engine says it is
         missing, which saves a round trip on every start of an image that is present."""
@@ -581,7 +609,9 @@ class DockerRuntime:
         except docker.errors.NotFound:
             return ""
         endpoint = self._endpoint(container.attrs, spec.port)
-        return (str(container.id), endpoint) if endpoint else ""
+        if not endpoint:
+            return ""
+        return _Started(str(container.id), endpoint, container, self._port_open(endpoint))
 
     def _start(self, spec: WorkloadSpec, container: Any) -> bool:
         """Start an instance; False when it could not (the failure is kept for observe)."""
@@ -683,6 +713,7 @@ class DockerRuntime:
         await self._call(f"remove {container_id}", self._remove_sync, container_id, None)
 
     def _remove_sync(self, container_id: str, keep: set[int] | None) -> None:
+        self._fresh.pop(container_id, None)
         if keep is None:
             self._observed.pop(container_id, None)
         for failures in (self._failures, self._stopped):
@@ -729,17 +760,23 @@ class DockerRuntime:
 
     # -- readiness of new instances -------------------------------------------------------------
 
-    def _watch_readiness(self, spec: WorkloadSpec, started: list[tuple[str, str]]) -> None:
-        """Dial each new instance's port from the event loop until it accepts, then say so at
-        once (``ready_listeners``, and a runtime event that queues the container for the
-        reconciler) rather than at the reconciler's next look. Only instances whose readiness
-        is their port accepting (no probes) are watched; the prober says it for the others."""
+    def _announce(self, spec: WorkloadSpec, started: list[_Started]) -> None:
+        """Say the moment each new instance's port accepts (``ready_listeners``) rather than at
+        the reconciler's next look. One that accepted when it was dialed right after its start
+        is announced now (the caller observes next and sees it); the others are dialed from the
+        event loop until they accept, which also queues the container for the reconciler (a
+        runtime event). Only instances whose readiness is their port accepting (no probes) are
+        announced; the prober says it for the others."""
         budget = min(self.readiness_timeout, READINESS_WATCH_SECONDS)
-        for engine_id, endpoint in started:
+        for item in started:
+            if item.accepting:
+                self._tell_ready(spec.container_id, spec.revision, (item.endpoint,))
+                continue
+            engine_id = item.engine_id
             if engine_id in self._readiness:
                 continue
             task = asyncio.create_task(
-                self._await_port(spec.container_id, spec.revision, endpoint, budget),
+                self._await_port(spec.container_id, spec.revision, item.endpoint, budget),
                 name=f"dockyard-readiness-{engine_id[:12]}",
             )
             self._readiness[engine_id] = task
@@ -770,12 +807,15 @@ class DockerRuntime:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             break
+        self._tell_ready(container_id, revision, (endpoint,))
+        self._changed(container_id)
+
+    def _tell_ready(self, container_id: str, revision: int, endpoints: tuple[str, ...]) -> None:
         for listener in list(self.ready_listeners):
             try:
-                listener(container_id, revision, (endpoint,))
+                listener(container_id, revision, endpoints)
             except Exception:
                 log.exception("a readiness listener failed")
-        self._changed(container_id)
 
     def _changed(self, container_id: str) -> None:
         """Queue an event for every ``watch`` (the reconciler re-observes the container)."""
@@ -820,7 +860,7 @@ class DockerRuntime:
     def _observe_sync(self, container_id: str) -> list[RevisionState]:
         instances: dict[int, list[tuple[int, RevisionState]]] = {}
         unstarted: dict[int, int] = {}
-        found = self._list(container_id)
+        found = self._found(container_id)
         self._prober.forget_missing(container_id, {str(c.id) for c in found})
         for c in found:
             revision = self._revision(c)
@@ -859,6 +899,15 @@ class DockerRuntime:
                     failure, instances_desired=len(instances.get(revision, ()))
                 )
         return [states[r] for r in sorted(states)]
+
+    def _found(self, container_id: str) -> list[Any]:
+        """The container's engine containers: listed, unless the scale just before made every
+        one of them and inspected it after its start (the reconciler observes right after it
+        scales, in the same pass): that inspect is used once, and the port is dialed anew."""
+        fresh = self._fresh.pop(container_id, None)
+        if fresh is not None and time.monotonic() - fresh[0] < FRESH_SECONDS:
+            return fresh[1]
+        return self._list(container_id)
 
     def _never_started(self, container_id: str, revision: int, c: Any) -> bool:
         """An engine container of ours left ``created``: its creator died before starting it
