@@ -15,6 +15,12 @@ revision's concurrency target asks for more. The held requests are then forwarde
 instances (round robin), streamed, with their headers and ``X-Forwarded-*``. A revision that
 fails while waking answers 503 and the reason, which the reconciler also keeps on the revision.
 
+Two signals shorten the wait when they are there; the database poll stays the rule (it is what
+another replica's activator has): ``instance_ready`` (the runtime of this process, the leader's,
+saw a new instance of the revision accept connections: the held requests go there at once,
+before the reconciler writes the revision's endpoints) and ``changed`` (the reconciler of this
+process wrote the container's rows: the waker reads them now rather than at its next poll).
+
 Once the revision is ready the proxy is reprogrammed to reach its instances directly; a socket
 nobody asked for since ``idle_close_seconds`` and that holds nothing is closed.
 """

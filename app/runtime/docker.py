@@ -13,6 +13,16 @@ is adopted: :meth:`DockerRuntime.observe` counts it in ``instances_unstarted``, 
 :meth:`DockerRuntime.scale` starts it, or removes it first when it is surplus. Exited instances
 follow the engine's restart policy (``on-failure``, at most ``crashloop_restarts``), then fail.
 
+Starting an instance costs what ``docker run`` costs and no more: create (first: the image is
+looked for, and pulled, only when the engine answers 404), start, inspect for the published
+port. A scale right after an observe that saw no instance of the revision does not list again,
+and the observe right after a scale that made every engine container of the container reads the
+inspect made after their start (once, within :data:`FRESH_SECONDS`). The new instance's port is
+then dialed (from the event loop until it accepts, at most :data:`READINESS_WATCH_SECONDS`), and
+the moment it accepts the runtime says so: to its ``ready_listeners`` (the activator forwards
+the requests it holds) and as a runtime event (the reconciler looks at once instead of at its
+next poll). Instances with probes are the prober's to judge, as before.
+
 The official ``docker`` SDK is synchronous: every call runs in a worker thread
 (``asyncio.to_thread``). The long-lived streams of :meth:`DockerRuntime.watch` and
 :meth:`DockerRuntime.log_batches` are read asynchronously with aiohttp instead
