@@ -77,6 +77,9 @@ class ActivatorOptions:
     retry_after_seconds: int = 5
     idle_close_seconds: float = 600.0
     upstream_timeout_seconds: float = 300.0
+    reconnect_seconds: float = 2.0
+    """How long a request whose instance could not be reached is tried again (with the
+    revision's endpoints as the database has them by then) before a 503."""
 
 
 class RevisionUnavailable(Exception):
@@ -361,7 +364,8 @@ class Activator:
         body = request.content if request.can_read_body else None
         if body is not None and "Content-Length" not in headers:
             headers["Transfer-Encoding"] = "chunked"
-        for attempt in range(2):
+        deadline = time.monotonic() + self.options.reconnect_seconds
+        for attempt in itertools.count():
             endpoint = endpoints[next(self._round_robin) % len(endpoints)]
             try:
                 upstream = await self._session.request(
@@ -372,13 +376,20 @@ class Activator:
                     allow_redirects=False,
                     skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
-                if attempt == 0 and body is None:
-                    # the instance went away meanwhile: ask where the revision stands now
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
+                # Not connected: nothing of the body was read, so even a request with one can
+                # go again. The instance went away meanwhile, or its route is not in place yet:
+                # ask where the revision stands now, and try again for a short while.
+                replayable = body is None or isinstance(e, aiohttp.ClientConnectorError)
+                if replayable and time.monotonic() < deadline:
+                    log.info("forwarding to %s failed (%s); trying again", endpoint, e)
                     state = await self.serving(*key)
-                    if state.endpoints:
-                        endpoints = state.endpoints
-                        continue
+                    if not state.exists or state.failed:
+                        return self._unavailable("the instance could not be reached")
+                    endpoints = state.endpoints or endpoints
+                    await asyncio.sleep(min(0.01 * 2**attempt, 0.2))
+                    continue
+                log.warning("forwarding to %s failed: %s", endpoint, e)
                 return self._unavailable("the instance could not be reached")
             except aiohttp.ClientError as e:
                 log.warning("forwarding to %s failed: %s", endpoint, e)

@@ -5,6 +5,7 @@ same activator wakes real Podman revisions in tests/e2e/test_scale_to_zero.py.""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -240,3 +241,35 @@ async def test_a_change_of_the_container_makes_its_wakers_look_again_at_once(
         assert status == 201
     finally:
         await activator.stop()
+
+
+async def test_an_instance_not_reachable_yet_is_tried_again_for_a_while(tmp_path: Path) -> None:
+    """A dial that fails (the instance's route is not in place yet, or it just went away) is
+    tried again, with the body, until the instance answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"127.0.0.1:{port}"
+    revision = Revision(endpoint, start_delay=-1)
+    activator = await make(tmp_path, revision)
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=201, text=(await request.read()).decode())
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        address = await activator.open("c1", 1)
+        sent = asyncio.create_task(send(address, "POST", "/", b"kept body"))
+        await asyncio.wait_for(revision.woken.wait(), 5)
+        activator.instance_ready("c1", 1, (endpoint,))  # nothing listens there yet
+        await asyncio.sleep(0.2)
+        assert not sent.done()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        status, text, _ = await asyncio.wait_for(sent, 5)
+        assert (status, text) == (201, "kept body")
+    finally:
+        await activator.stop()
+        await runner.cleanup()
