@@ -507,7 +507,7 @@ class DockerRuntime:
         return present, False
 
     def _scale_sync(
-        self, spec: WorkloadSpec, instances: int, urgent: bool, shrink: bool
+        self, spec: WorkloadSpec, instances: int, urgent: bool, shrink: bool, relist: bool = True
     ) -> list[_Started]:
         """Create, start or remove instances; returns the instances started here whose
         readiness is their port accepting (``_announce``)."""
@@ -529,8 +529,10 @@ class DockerRuntime:
                 if outcome is None:
                     return started
                 if outcome == "exists":
-                    # made since the observe this pass relied on: take the slow path once
-                    return [*started, *self._scale_sync(spec, instances, urgent, shrink)]
+                    if relist and not present and not started:
+                        # made since the observe this pass relied on: look it up (listing)
+                        return self._scale_sync(spec, instances, urgent, shrink, relist=False)
+                    continue  # created concurrently by another apply
                 if outcome:
                     started.append(outcome)
             if empty and len(started) == instances:
@@ -616,8 +618,8 @@ class DockerRuntime:
             return ""  # probes: the prober says when it is ready
         try:
             container.reload()  # the published port; ``docker run`` asks for it too
-        except docker.errors.NotFound:
-            return ""
+        except docker.errors.APIError:  # gone already (Podman: 500 "no such container")
+            return ""  # the next observe says what became of it
         endpoint = self._endpoint(container.attrs, spec.port)
         if not endpoint:
             return ""
