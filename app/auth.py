@@ -152,9 +152,7 @@ class _JwtVerifier:
         except Unauthenticated:
             raise
         except InvalidKeyIdError as e:
-            raise Unauthenticated(
-                f"invalid_token: {_reason(e)}: {self.unknown_key_hint}"
-            ) from e
+            raise Unauthenticated(f"invalid_token: {_reason(e)}: {self.unknown_key_hint}") from e
         except Exception as e:
             # Whatever the token holds (a non-Latin-1 or CR/LF `kid`, garbage), the answer is one
             # of a few fixed texts: nothing the client sent is echoed into headers or bodies.

@@ -41,7 +41,7 @@ from app.rest import problems
 from app.rest.events import router as events_router
 from app.rest.logs import router as logs_router
 from app.rest.routes import router as rest_router
-from app.runtime.base import Capabilities, Runtime
+from app.runtime.base import Capabilities, Runtime, SignalsReady
 from app.runtime.factory import make_runtime
 from app.runtime.k8s import KubernetesRuntime
 from app.runtime.k8s_lease import LeaseElector
@@ -234,6 +234,8 @@ def _serverless(
             panic_window_seconds=settings.autoscale_panic_window_seconds,
         ),
     )
+    if isinstance(runtime, SignalsReady):
+        runtime.ready_listeners.append(activator.instance_ready)
     state.activator, state.autoscaler = activator, autoscaler
     return activator, autoscaler
 
@@ -276,10 +278,19 @@ def create_app(
         state.ctx.listeners.append(dataplane.changed)
         if reconciler is not None:
             reconciler.on_endpoints = dataplane.publish
+            if activator is not None:
+
+                async def on_endpoints(container_id: str) -> None:
+                    activator.changed(container_id)  # its wakers read the new endpoints now
+                    await dataplane.publish(container_id)
+
+                reconciler.on_endpoints = on_endpoints
             publish = reconciler.on_status
 
             async def on_status(container_id: str, kind: Literal["status", "deleted"]) -> None:
                 dataplane.changed(container_id)
+                if activator is not None:
+                    activator.changed(container_id)
                 if publish is not None:
                     await publish(container_id, kind)
 

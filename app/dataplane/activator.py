@@ -15,6 +15,12 @@ revision's concurrency target asks for more. The held requests are then forwarde
 instances (round robin), streamed, with their headers and ``X-Forwarded-*``. A revision that
 fails while waking answers 503 and the reason, which the reconciler also keeps on the revision.
 
+Two signals shorten the wait when they are there; the database poll stays the rule (it is what
+another replica's activator has): ``instance_ready`` (the runtime of this process, the leader's,
+saw a new instance of the revision accept connections: the held requests go there at once,
+before the reconciler writes the revision's endpoints) and ``changed`` (the reconciler of this
+process wrote the container's rows: the waker reads them now rather than at its next poll).
+
 Once the revision is ready the proxy is reprogrammed to reach its instances directly; a socket
 nobody asked for since ``idle_close_seconds`` and that holds nothing is closed.
 """
@@ -22,6 +28,7 @@ nobody asked for since ``idle_close_seconds`` and that holds nothing is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -29,7 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -70,6 +77,9 @@ class ActivatorOptions:
     retry_after_seconds: int = 5
     idle_close_seconds: float = 600.0
     upstream_timeout_seconds: float = 300.0
+    reconnect_seconds: float = 2.0
+    """How long a request whose instance could not be reached is tried again (with the
+    revision's endpoints as the database has them by then) before a 503."""
 
 
 class RevisionUnavailable(Exception):
@@ -93,6 +103,11 @@ class _Cold:
     waker: asyncio.Task[tuple[str, ...]] | None = None
     last_used: float = 0.0
     concurrency: int = 80
+    ready: tuple[str, ...] = ()
+    """Endpoints the runtime of this process said accept connections, during this burst's wake
+    (``instance_ready``): the held requests go there before the reconciler records them."""
+    nudge: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when something may have changed for the revision: the waker looks again at once."""
 
 
 def _dial(sock: socket.socket | None) -> str:
@@ -233,6 +248,24 @@ class Activator:
                 cold.sock.close()
             del self._cold[key]
 
+    def instance_ready(self, container_id: str, revision: int, endpoints: tuple[str, ...]) -> None:
+        """The runtime of this process saw a new instance of the revision accept connections
+        (``app.runtime.base.SignalsReady``; called on the event loop). A burst waking the
+        revision forwards to it now, not once the reconciler has written it down and the
+        waker's next look has read it back; requests to a revision nobody is waking ignore it."""
+        cold = self._cold.get((container_id, revision))
+        if cold is None or cold.waker is None or cold.waker.done() or not endpoints:
+            return
+        cold.ready = endpoints
+        cold.nudge.set()
+
+    def changed(self, container_id: str) -> None:
+        """The container's rows may have changed (the reconciler wrote them): wakers of its
+        revisions look at the database again now rather than at their next poll."""
+        for (cid, _revision), cold in list(self._cold.items()):
+            if cid == container_id and cold.waker is not None and not cold.waker.done():
+                cold.nudge.set()
+
     def held(self) -> dict[RevisionKey, int]:
         """Requests the activator holds or forwards, per revision (for the autoscaler)."""
         return {
@@ -279,6 +312,8 @@ class Activator:
 
     def _waker(self, key: RevisionKey, cold: _Cold) -> asyncio.Task[tuple[str, ...]]:
         if cold.waker is None or cold.waker.done():
+            cold.ready = ()  # what a runtime said during an earlier burst says nothing now
+            cold.nudge.clear()
             cold.waker = asyncio.create_task(self._wake(key, cold), name=f"activator-wake-{key}")
             self.started_waking += 1
         return cold.waker
@@ -289,6 +324,8 @@ class Activator:
         asked = 0
         deadline = time.monotonic() + self.options.max_wait_seconds
         while True:
+            if cold.ready:
+                return cold.ready
             state = await self.serving(container_id, revision)
             if not state.exists:
                 raise RevisionUnavailable("the revision no longer exists")
@@ -307,7 +344,9 @@ class Activator:
                 asked = wanted
             if time.monotonic() > deadline:
                 raise TimeoutError
-            await asyncio.sleep(self.options.poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cold.nudge.wait(), self.options.poll_seconds)
+            cold.nudge.clear()
 
     async def _forward(
         self, request: web.Request, key: RevisionKey, endpoints: tuple[str, ...]
@@ -325,7 +364,8 @@ class Activator:
         body = request.content if request.can_read_body else None
         if body is not None and "Content-Length" not in headers:
             headers["Transfer-Encoding"] = "chunked"
-        for attempt in range(2):
+        deadline = time.monotonic() + self.options.reconnect_seconds
+        for attempt in itertools.count():
             endpoint = endpoints[next(self._round_robin) % len(endpoints)]
             try:
                 upstream = await self._session.request(
@@ -336,13 +376,20 @@ class Activator:
                     allow_redirects=False,
                     skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
-                if attempt == 0 and body is None:
-                    # the instance went away meanwhile: ask where the revision stands now
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
+                # Not connected: nothing of the body was read, so even a request with one can
+                # go again. The instance went away meanwhile, or its route is not in place yet:
+                # ask where the revision stands now, and try again for a short while.
+                replayable = body is None or isinstance(e, aiohttp.ClientConnectorError)
+                if replayable and time.monotonic() < deadline:
+                    log.info("forwarding to %s failed (%s); trying again", endpoint, e)
                     state = await self.serving(*key)
-                    if state.endpoints:
-                        endpoints = state.endpoints
-                        continue
+                    if not state.exists or state.failed:
+                        return self._unavailable("the instance could not be reached")
+                    endpoints = state.endpoints or endpoints
+                    await asyncio.sleep(min(0.01 * 2**attempt, 0.2))
+                    continue
+                log.warning("forwarding to %s failed: %s", endpoint, e)
                 return self._unavailable("the instance could not be reached")
             except aiohttp.ClientError as e:
                 log.warning("forwarding to %s failed: %s", endpoint, e)

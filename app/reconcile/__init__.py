@@ -502,15 +502,31 @@ class Reconciler:
     async def reconcile(self, container_id: str) -> None:
         """Bring one container's runtime objects and status in line with its record."""
         async with self._lock(container_id):
-            container = await asyncio.to_thread(self._load, container_id)
+            # The runtime is observed while the database is read: neither needs the other, and
+            # both are round trips (a pass on a new revision starts with them).
+            observing = asyncio.create_task(self.runtime.observe(container_id))
+            try:
+                container, rows = await asyncio.to_thread(self._load, container_id)
+            except BaseException:
+                await _discard(observing)
+                raise
             if container is None or container.deleted_at is not None:
+                await _discard(observing)
                 await self._remove(container_id, purge=container is not None)
                 return
-            await self._converge(container)
+            await self._converge(container, rows, observing)
 
-    def _load(self, container_id: str) -> Container | None:
+    def _load(self, container_id: str) -> tuple[Container | None, dict[int, Revision]]:
+        """The container and its revisions, in one trip to a worker thread (a pass starts
+        with both; every hop costs on a busy machine)."""
         with Session(self.engine, expire_on_commit=False) as session:
-            return session.get(Container, container_id)
+            container = session.get(Container, container_id)
+            if container is None or container.deleted_at is not None:
+                return container, {}
+            rows = session.exec(
+                select(Revision).where(col(Revision.container_id) == container_id)
+            ).all()
+            return container, {row.revision_number: row for row in rows}
 
     async def _remove(self, container_id: str, *, purge: bool) -> None:
         await self.runtime.remove(container_id)
@@ -537,20 +553,17 @@ class Reconciler:
             )
             session.commit()
 
-    def _load_revisions(self, container_id: str) -> dict[int, Revision]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            rows = session.exec(
-                select(Revision).where(col(Revision.container_id) == container_id)
-            ).all()
-            return {row.revision_number: row for row in rows}
-
-    async def _converge(self, container: Container) -> None:
+    async def _converge(
+        self,
+        container: Container,
+        rows: dict[int, Revision],
+        observing: asyncio.Task[list[RevisionState]],
+    ) -> None:
         generation = container.generation
-        rows = await asyncio.to_thread(self._load_revisions, container.id)
         kept = {generation}
         shrinking: dict[int, int] = {}
         try:
-            states = {s.revision: s for s in await self.runtime.observe(container.id)}
+            states = {s.revision: s for s in await observing}
             kept = self._kept(container, rows, states)
             if self.scales_instances:
                 asked = await self._scale(container, rows, states, kept, shrinking)
@@ -746,11 +759,13 @@ class Reconciler:
         shrinking: dict[int, int],
     ) -> None:
         loop = asyncio.get_running_loop()
+        # A revision that only waits for its drain period to shrink is not starting: the timer
+        # below brings it back then (looking every 20 ms meanwhile cost ~150 passes a drain).
         waking = any(
             (state.phase is Phase.PENDING or state.instances_desired != rows[n].instances_desired)
             and state.phase is not Phase.FAILED
             for n, state in states.items()
-            if n in kept and n in rows
+            if n in kept and n in rows and n not in shrinking
         ) or any(rows[n].instances_desired > 0 and n not in states for n in kept if n in rows)
         starting = observed.status == "deploying" or (self.scales_instances and waking)
         if starting:
@@ -869,6 +884,13 @@ class Reconciler:
             )
             session.commit()
             return changed and cast("CursorResult[Any]", result).rowcount == 1
+
+
+async def _discard(task: asyncio.Task[Any]) -> None:
+    """Stop waiting for a task whose result is not needed (its error neither)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def write_revision_records(

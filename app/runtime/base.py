@@ -9,7 +9,7 @@ interchangeable. Adapters translate their client library's exceptions into the o
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -199,6 +199,10 @@ class RuntimeEvent:
     container_id: str
 
 
+ReadyListener = Callable[[str, int, tuple[str, ...]], None]
+"""``(container id, revision, endpoints)``: an instance of the revision accepts connections now."""
+
+
 class LogLine(NamedTuple):
     """One line of a revision's output. A tuple: a chatty container makes tens of thousands a
     second, and this is the cheapest record Python builds."""
@@ -278,6 +282,15 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """Release clients and connections."""
+
+
+@runtime_checkable
+class SignalsReady(Protocol):
+    """A runtime that says the moment a new instance accepts connections (the local engine
+    dials the port of each instance it starts), before its next observe would: the activator
+    forwards the requests it holds for the revision then, while the reconciler records it."""
+
+    ready_listeners: list[ReadyListener]
 
 
 @runtime_checkable

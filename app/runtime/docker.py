@@ -13,6 +13,16 @@ is adopted: :meth:`DockerRuntime.observe` counts it in ``instances_unstarted``, 
 :meth:`DockerRuntime.scale` starts it, or removes it first when it is surplus. Exited instances
 follow the engine's restart policy (``on-failure``, at most ``crashloop_restarts``), then fail.
 
+Starting an instance costs what ``docker run`` costs and no more: create (first: the image is
+looked for, and pulled, only when the engine answers 404), start, inspect for the published
+port. A scale right after an observe that saw no instance of the revision does not list again,
+and the observe right after a scale that made every engine container of the container reads the
+inspect made after their start (once, within :data:`FRESH_SECONDS`). The new instance's port is
+then dialed (from the event loop until it accepts, at most :data:`READINESS_WATCH_SECONDS`), and
+the moment it accepts the runtime says so: to its ``ready_listeners`` (the activator forwards
+the requests it holds) and as a runtime event (the reconciler looks at once instead of at its
+next poll). Instances with probes are the prober's to judge, as before.
+
 The official ``docker`` SDK is synchronous: every call runs in a worker thread
 (``asyncio.to_thread``). The long-lived streams of :meth:`DockerRuntime.watch` and
 :meth:`DockerRuntime.log_batches` are read asynchronously with aiohttp instead
@@ -48,16 +58,18 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import docker
 import docker.errors
+import docker.models.containers
 import docker.types
 import docker.utils
 import urllib3.exceptions
@@ -77,6 +89,7 @@ from app.runtime.base import (
     LogLine,
     Phase,
     Probes,
+    ReadyListener,
     RevisionState,
     RuntimeAdapterError,
     RuntimeConflict,
@@ -103,8 +116,31 @@ PORT_MISMATCH_GRACE_SECONDS = 3.0
 open its ports one after the other), instead of at the readiness timeout."""
 FAILED_STOP_TIMEOUT = 2
 """Seconds a failed revision's process gets between SIGTERM and SIGKILL when it is stopped."""
+ABSENT_HINT_SECONDS = 1.0
+"""How long an observe that saw no instance of a revision spares the next scale of it a listing
+(the reconciler scales right after it observes, in the same pass; the hint is used once)."""
+FRESH_SECONDS = 0.5
+"""How long the inspect made right after a start stands in for the listing of the next observe
+(used once)."""
+READINESS_WATCH_SECONDS = 10.0
+"""How long the readiness watch of a new instance dials its port before it leaves the rest to the
+reconciler's polling (a start-up slower than this is not the latency that matters)."""
+READINESS_DIAL_MAX_GAP = 0.02
+"""Longest pause between two dials of the readiness watch (it starts at 2 ms and grows)."""
 _TCP_LISTEN = "0A"
 _STREAM_NAMES = {0: "stdout", 1: "stdout", 2: "stderr"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Started:
+    """An instance this process just created, started and inspected."""
+
+    engine_id: str
+    endpoint: str
+    model: Any
+    """The SDK's container, with the attributes of the inspect after its start."""
+    accepting: bool
+    """Its port accepted a connection right after that inspect."""
 
 
 def container_name(container_id: str, revision: int, replica: int = 0) -> str:
@@ -323,6 +359,19 @@ class DockerRuntime:
             base_url, api_version=api_version, connect_timeout=max(connect_timeout, 5.0)
         )
         self._prober = Prober(self._exec_probe, self._restart_instance)
+        self.ready_listeners: list[ReadyListener] = []
+        """Called on the event loop with ``(container id, revision, endpoints)`` the moment a
+        new instance's port accepts, before any observe says so (the activator forwards the
+        requests it holds then; ``app.runtime.base.SignalsReady``)."""
+        self._fresh: dict[str, tuple[float, list[Any]]] = {}
+        """Container id -> its engine containers, every one created, started and inspected by
+        the scale that just ran (``_found``)."""
+        self._observed: dict[str, tuple[float, set[int]]] = {}
+        """Container id -> when this process last observed it, and the revisions that had
+        engine containers then (``_present``)."""
+        self._readiness: dict[str, asyncio.Task[None]] = {}
+        """Engine id -> the task dialing a new instance's port until it accepts."""
+        self._watchers: set[asyncio.Queue[RuntimeEvent | Exception | None]] = set()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -413,7 +462,7 @@ class DockerRuntime:
     # -- apply / scale -------------------------------------------------------------------------
 
     async def apply(self, spec: WorkloadSpec) -> None:
-        await self._call(
+        started = await self._call(
             f"apply {container_name(spec.container_id, spec.revision)}",
             self._scale_sync,
             spec,
@@ -421,9 +470,10 @@ class DockerRuntime:
             False,
             False,
         )
+        self._announce(spec, started)
 
     async def scale(self, spec: WorkloadSpec, instances: int, *, urgent: bool = False) -> None:
-        await self._call(
+        started = await self._call(
             f"scale {container_name(spec.container_id, spec.revision)} to {instances}",
             self._scale_sync,
             spec,
@@ -431,13 +481,38 @@ class DockerRuntime:
             urgent,
             True,
         )
+        self._announce(spec, started)
 
-    def _scale_sync(self, spec: WorkloadSpec, instances: int, urgent: bool, shrink: bool) -> None:
+    def _present(self, spec: WorkloadSpec) -> tuple[dict[int, Any], bool]:
+        """The revision's instances by ``k``, and whether the container was known to have no
+        engine container at all. When this process's observe of the container, just before
+        (the reconciler observes, then scales, in one pass under its lock), saw none of the
+        revision, that answer is used once instead of listing again: a create that meets an
+        instance made meanwhile gets a 409, and the instance is then looked up."""
+        seen = self._observed.pop(spec.container_id, None)
+        if (
+            seen is not None
+            and time.monotonic() - seen[0] < ABSENT_HINT_SECONDS
+            and spec.revision not in seen[1]
+        ):
+            empty = not seen[1]
+            seen[1].add(spec.revision)  # it has instances from now on: a second scale lists
+            self._observed[spec.container_id] = seen
+            return {}, empty
         present = {
             self._replica(c): c
             for c in self._list(spec.container_id)
             if self._revision(c) == spec.revision
         }
+        return present, False
+
+    def _scale_sync(
+        self, spec: WorkloadSpec, instances: int, urgent: bool, shrink: bool, relist: bool = True
+    ) -> list[_Started]:
+        """Create, start or remove instances; returns the instances started here whose
+        readiness is their port accepting (``_announce``)."""
+        present, empty = self._present(spec)
+        started: list[_Started] = []
         for _, c in sorted(present.items())[:instances]:  # the lowest instances stay
             if self._status(c) == "created":
                 # created but never started: a failed start before a restart of ours, or a
@@ -449,16 +524,33 @@ class DockerRuntime:
         if len(present) < instances:
             free = (k for k in range(instances + len(present)) if k not in present)
             for _ in range(instances - len(present)):
-                if not self._create_instance(spec, next(free)):
-                    return
-            return
+                replica = next(free)
+                outcome = self._create_instance(spec, replica)
+                if outcome is None:
+                    return started
+                if outcome == "exists":
+                    if relist and not present and not started:
+                        # made since the observe this pass relied on: look it up (listing)
+                        return self._scale_sync(spec, instances, urgent, shrink, relist=False)
+                    continue  # created concurrently by another apply
+                if outcome:
+                    started.append(outcome)
+            if empty and len(started) == instances:
+                # every engine container of the container was made and inspected just now:
+                # the observe that follows (the reconciler's, in the same pass) reads these
+                self._fresh[spec.container_id] = (
+                    time.monotonic(),
+                    [item.model for item in started],
+                )
+            return started
         if not shrink or len(present) <= instances:
-            return
+            return started
         if instances == 0:
             self._failures.pop((spec.container_id, spec.revision), None)
         surplus = len(present) - instances
         for c in self._victims(spec.container_id, spec.revision, present, urgent)[:surplus]:
             self._remove_container(c, graceful=True)
+        return started
 
     def _victims(
         self, container_id: str, revision: int, present: dict[int, Any], urgent: bool
@@ -480,18 +572,32 @@ class DockerRuntime:
                 starting.append(c)
         return unstarted + failed + ready + starting
 
-    def _create_instance(self, spec: WorkloadSpec, replica: int) -> bool:
-        """Create and start one instance; False when the revision cannot run (image, GPUs)."""
+    def _create_instance(
+        self, spec: WorkloadSpec, replica: int
+    ) -> _Started | Literal["exists", ""] | None:
+        """Create and start one instance. Returns None when the revision cannot run (image,
+        GPUs), ``"exists"`` when an instance of that name is there already, else the started
+        instance (inspected after its start) when its readiness is its port accepting, or
+        ``""``.
+
+        Create first: the image is looked for (and pulled) only when the engine says it is
+        missing, which saves a round trip on every start of an image that is present."""
         name = container_name(spec.container_id, spec.revision, replica)
-        scheduled = time.time_ns()
-        if not self._ensure_image(spec):
-            return False
-        moments = {LABEL_SCHEDULED_AT: str(scheduled), LABEL_IMAGE_READY_AT: str(time.time_ns())}
+        scheduled = str(time.time_ns())
+        moments = {LABEL_SCHEDULED_AT: scheduled, LABEL_IMAGE_READY_AT: scheduled}
         try:
-            container = self._create(spec, replica, moments)
+            try:
+                container = self._create(spec, replica, moments)
+            except docker.errors.NotFound:  # no such image (Docker and Podman answer 404)
+                if not self._ensure_image(spec):
+                    return None
+                moments[LABEL_IMAGE_READY_AT] = str(time.time_ns())
+                container = self._create(spec, replica, moments)
         except docker.errors.APIError as e:
-            if e.status_code == 409:
-                return True  # created concurrently by another apply
+            if e.status_code == 409 or "already in use" in _api_error_text(e):
+                # created concurrently, or since the observe we relied on (Podman answers 500
+                # "the container name ... is already in use", Docker 409)
+                return "exists"
             if spec.gpu > 0:
                 raise RuntimeRejected(
                     f"{name}: the container engine refused {spec.gpu} GPU(s): {_api_error_text(e)}"
@@ -499,22 +605,33 @@ class DockerRuntime:
             raise RuntimeRejected(
                 f"{name}: the container engine refused the spec: {_api_error_text(e)}"
             ) from e
-        if spec.gpu > 0 and not container.attrs.get("HostConfig", {}).get("DeviceRequests"):
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-            raise RuntimeRejected(
-                f"{name}: the container engine ignored the request for {spec.gpu} GPU(s) "
-                "(no GPU support on this engine); not running it without GPUs"
-            )
-        self._start(spec, container)
-        return True
+        if spec.gpu > 0:
+            container.reload()
+            if not container.attrs.get("HostConfig", {}).get("DeviceRequests"):
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
+                raise RuntimeRejected(
+                    f"{name}: the container engine ignored the request for {spec.gpu} GPU(s) "
+                    "(no GPU support on this engine); not running it without GPUs"
+                )
+        if not self._start(spec, container) or spec.probes != Probes():
+            return ""  # probes: the prober says when it is ready
+        try:
+            container.reload()  # the published port; ``docker run`` asks for it too
+        except docker.errors.APIError:  # gone already (Podman: 500 "no such container")
+            return ""  # the next observe says what became of it
+        endpoint = self._endpoint(container.attrs, spec.port)
+        if not endpoint:
+            return ""
+        return _Started(str(container.id), endpoint, container, self._port_open(endpoint))
 
-    def _start(self, spec: WorkloadSpec, container: Any) -> None:
+    def _start(self, spec: WorkloadSpec, container: Any) -> bool:
+        """Start an instance; False when it could not (the failure is kept for observe)."""
         key = (spec.container_id, spec.revision)
         try:
             container.start()
         except docker.errors.NotFound:
-            return
+            return False
         except docker.errors.APIError as e:
             self._failures[key] = RevisionState(
                 container_id=spec.container_id,
@@ -523,9 +640,10 @@ class DockerRuntime:
                 reason="StartError",
                 message=f"{container.name} could not start: {_api_error_text(e)}",
             )
-            return
+            return False
         self._failures.pop(key, None)
         self._stopped.pop(key, None)  # a new instance runs: an earlier stop no longer speaks
+        return True
 
     def _ensure_image(self, spec: WorkloadSpec) -> bool:
         """True when the image is present locally, pulling it once if needed."""
@@ -572,7 +690,7 @@ class DockerRuntime:
         )
         kwargs.pop("detach", None)
         try:
-            return self._client.containers.create(**kwargs)
+            return self._create_container(kwargs)
         except docker.errors.APIError as e:
             if not wants_storage or "storage-opt" not in _api_error_text(e).lower():
                 raise
@@ -584,7 +702,19 @@ class DockerRuntime:
         # The engine cannot limit the writable layer: remember it, run without the limit.
         self._enforce_storage = False
         kwargs.pop("storage_opt", None)
-        return self._client.containers.create(**kwargs)
+        return self._create_container(kwargs)
+
+    def _create_container(self, kwargs: dict[str, Any]) -> Any:
+        """``client.containers.create`` without the inspect the SDK makes after it (one engine
+        round trip less on every start): the model knows its id and name, which is all that
+        starting it needs; ``reload()`` fills the rest when asked."""
+        args = docker.models.containers._create_container_args(
+            {**kwargs, "version": self._client.api.api_version}
+        )
+        created = self._client.api.create_container(**args)
+        return self._client.containers.prepare_model(
+            {"Id": created["Id"], "Name": "/" + str(kwargs["name"])}
+        )
 
     # -- retire / remove / list -----------------------------------------------------------------
 
@@ -595,6 +725,9 @@ class DockerRuntime:
         await self._call(f"remove {container_id}", self._remove_sync, container_id, None)
 
     def _remove_sync(self, container_id: str, keep: set[int] | None) -> None:
+        self._fresh.pop(container_id, None)
+        if keep is None:
+            self._observed.pop(container_id, None)
         for failures in (self._failures, self._stopped):
             for key in list(failures):
                 if key[0] == container_id and (keep is None or key[1] not in keep):
@@ -637,11 +770,81 @@ class DockerRuntime:
                 result.setdefault(cid, set()).add(revision)
         return result
 
+    # -- readiness of new instances -------------------------------------------------------------
+
+    def _announce(self, spec: WorkloadSpec, started: list[_Started]) -> None:
+        """Say the moment each new instance's port accepts (``ready_listeners``) rather than at
+        the reconciler's next look. One that accepted when it was dialed right after its start
+        is announced now (the caller observes next and sees it); the others are dialed from the
+        event loop until they accept, which also queues the container for the reconciler (a
+        runtime event). Only instances whose readiness is their port accepting (no probes) are
+        announced; the prober says it for the others."""
+        budget = min(self.readiness_timeout, READINESS_WATCH_SECONDS)
+        for item in started:
+            if item.accepting:
+                self._tell_ready(spec.container_id, spec.revision, (item.endpoint,))
+                continue
+            engine_id = item.engine_id
+            if engine_id in self._readiness:
+                continue
+            task = asyncio.create_task(
+                self._await_port(spec.container_id, spec.revision, item.endpoint, budget),
+                name=f"dockyard-readiness-{engine_id[:12]}",
+            )
+            self._readiness[engine_id] = task
+            task.add_done_callback(functools.partial(self._readiness_done, engine_id))
+
+    def _readiness_done(self, engine_id: str, _task: asyncio.Task[None]) -> None:
+        self._readiness.pop(engine_id, None)
+
+    async def _await_port(
+        self, container_id: str, revision: int, endpoint: str, budget: float
+    ) -> None:
+        host, _, port = endpoint.rpartition(":")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        gap = 0.002
+        while True:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, int(port)), self.connect_timeout
+                )
+            except (OSError, TimeoutError):
+                if loop.time() + gap > deadline:
+                    return  # the reconciler's polling and its readiness budget take over
+                await asyncio.sleep(gap)
+                gap = min(gap * 1.5, READINESS_DIAL_MAX_GAP)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            break
+        self._tell_ready(container_id, revision, (endpoint,))
+        self._changed(container_id)
+
+    def _tell_ready(self, container_id: str, revision: int, endpoints: tuple[str, ...]) -> None:
+        for listener in list(self.ready_listeners):
+            try:
+                listener(container_id, revision, endpoints)
+            except Exception:
+                log.exception("a readiness listener failed")
+
+    def _changed(self, container_id: str) -> None:
+        """Queue an event for every ``watch`` (the reconciler re-observes the container)."""
+        for queue in list(self._watchers):
+            queue.put_nowait(RuntimeEvent(container_id=container_id))
+
     # -- observe --------------------------------------------------------------------------------
 
     async def observe(self, container_id: str) -> list[RevisionState]:
         self._prober.ensure_running()
-        return await self._call(f"observe {container_id}", self._observe_sync, container_id)
+        seen_at = time.monotonic()
+        states = await self._call(f"observe {container_id}", self._observe_sync, container_id)
+        self._observed[container_id] = (
+            seen_at,
+            {state.revision for state in states if state.instances_desired},
+        )
+        return states
 
     async def _exec_probe(
         self, engine_id: str, command: tuple[str, ...], limit: float
@@ -669,7 +872,7 @@ class DockerRuntime:
     def _observe_sync(self, container_id: str) -> list[RevisionState]:
         instances: dict[int, list[tuple[int, RevisionState]]] = {}
         unstarted: dict[int, int] = {}
-        found = self._list(container_id)
+        found = self._found(container_id)
         self._prober.forget_missing(container_id, {str(c.id) for c in found})
         for c in found:
             revision = self._revision(c)
@@ -708,6 +911,15 @@ class DockerRuntime:
                     failure, instances_desired=len(instances.get(revision, ()))
                 )
         return [states[r] for r in sorted(states)]
+
+    def _found(self, container_id: str) -> list[Any]:
+        """The container's engine containers: listed, unless the scale just before made every
+        one of them and inspected it after its start (the reconciler observes right after it
+        scales, in the same pass): that inspect is used once, and the port is dialed anew."""
+        fresh = self._fresh.pop(container_id, None)
+        if fresh is not None and time.monotonic() - fresh[0] < FRESH_SECONDS:
+            return fresh[1]
+        return self._list(container_id)
 
     def _never_started(self, container_id: str, revision: int, c: Any) -> bool:
         """An engine container of ours left ``created``: its creator died before starting it
@@ -948,6 +1160,7 @@ class DockerRuntime:
         self._check_socket("events")
         queue: asyncio.Queue[RuntimeEvent | Exception | None] = asyncio.Queue()
         self._prober.subscribe(queue)
+        self._watchers.add(queue)
         pump = asyncio.create_task(self._pump_events(queue), name="dockyard-engine-events")
         try:
             while True:
@@ -959,6 +1172,7 @@ class DockerRuntime:
                 yield item
         finally:
             self._prober.unsubscribe(queue)
+            self._watchers.discard(queue)
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
@@ -1030,6 +1244,12 @@ class DockerRuntime:
         return engine_id, rev
 
     async def close(self) -> None:
+        watches = list(self._readiness.values())
+        for task in watches:
+            task.cancel()
+        for task in watches:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self._prober.close()
         await self._engine_streams.close()
         await asyncio.to_thread(self._client.close)

@@ -36,7 +36,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
-from app.runtime.base import LogLine, RevisionState, RuntimeEvent, RuntimeUnavailable, WorkloadSpec
+from app.runtime.base import (
+    LogLine,
+    ReadyListener,
+    RevisionState,
+    RuntimeEvent,
+    RuntimeUnavailable,
+    WorkloadSpec,
+)
 from app.runtime.docker import DockerRuntime
 
 log = logging.getLogger(__name__)
@@ -196,6 +203,8 @@ class LocalEngine:
         self._current: DockerRuntime | None = None
         self._lock = asyncio.Lock()
         self._announced_missing = False
+        self.ready_listeners: list[ReadyListener] = []
+        """Shared with every adapter made here (``app.runtime.base.SignalsReady``)."""
 
     @property
     def base_url(self) -> str | None:
@@ -244,6 +253,7 @@ class LocalEngine:
                 self._current = None
                 await current.close()
             self._current = self._make(url)
+            self._current.ready_listeners = self.ready_listeners
             self._announced_missing = False
             supervised = self.supervisor is not None and url == self.supervisor.url
             log.info(

@@ -5,6 +5,7 @@ same activator wakes real Podman revisions in tests/e2e/test_scale_to_zero.py.""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,9 +27,11 @@ class Revision:
         self.wakes: list[int] = []
         self.ready = False
         self.failed = False
+        self.woken = asyncio.Event()
 
     async def wake(self, _container_id: str, _revision: int, instances: int) -> bool:
         self.wakes.append(instances)
+        self.woken.set()
         loop = asyncio.get_running_loop()
         if self.start_delay >= 0:
             loop.call_later(self.start_delay, self._started)
@@ -169,3 +172,104 @@ async def test_a_revision_failing_on_wake_answers_503_with_its_reason(
         assert "CrashLoopBackOff: exited with code 3" in text
     finally:
         await activator.stop()
+
+
+async def test_forwards_when_the_runtime_says_an_instance_accepts_before_the_database_does(
+    tmp_path: Path, upstream: str
+) -> None:
+    """``instance_ready`` (the local runtime dialed the new instance's port) sends the held
+    requests there at once; the database still says nothing is ready."""
+    revision = Revision(upstream, start_delay=-1)  # the database never shows an endpoint
+    activator = Activator(
+        wake=revision.wake,
+        serving=revision.serving,
+        options=ActivatorOptions(poll_seconds=30.0, max_wait_seconds=20.0),
+    )
+    await activator.start()
+    try:
+        address = await activator.open("c1", 1)
+        activator.instance_ready("c1", 1, (upstream,))  # nobody waking: ignored
+        sent = asyncio.create_task(send(address))
+        await asyncio.wait_for(revision.woken.wait(), 5)
+        activator.instance_ready("c2", 1, (upstream,))  # another container: ignored
+        await asyncio.sleep(0.05)
+        assert not sent.done()
+        activator.instance_ready("c1", 1, (upstream,))
+        status, text, _ = await asyncio.wait_for(sent, 5)
+        assert status == 201 and text.startswith("GET /\n")
+        assert revision.wakes == [1]
+    finally:
+        await activator.stop()
+
+
+async def test_a_new_burst_does_not_use_what_the_runtime_said_during_the_last_one(
+    tmp_path: Path, upstream: str
+) -> None:
+    revision = Revision(upstream, start_delay=-1)
+    activator = await make(tmp_path, revision, max_wait_seconds=0.3)
+    try:
+        address = await activator.open("c1", 1)
+        first = asyncio.create_task(send(address))
+        await asyncio.wait_for(revision.woken.wait(), 5)
+        activator.instance_ready("c1", 1, (upstream,))
+        assert (await first)[0] == 201
+        status, text, _ = await send(address)  # a new burst: the old word is not used
+        assert status == 503 and "no instance ready within 0.3s" in text
+    finally:
+        await activator.stop()
+
+
+async def test_a_change_of_the_container_makes_its_wakers_look_again_at_once(
+    tmp_path: Path, upstream: str
+) -> None:
+    """``changed`` (the reconciler wrote the container's rows) ends the waker's wait: with a
+    poll period of 30 s, only the nudge can make this request finish quickly."""
+    revision = Revision(upstream, start_delay=-1)
+    activator = Activator(
+        wake=revision.wake,
+        serving=revision.serving,
+        options=ActivatorOptions(poll_seconds=30.0, max_wait_seconds=20.0),
+    )
+    await activator.start()
+    try:
+        address = await activator.open("c1", 1)
+        sent = asyncio.create_task(send(address))
+        await asyncio.wait_for(revision.woken.wait(), 5)
+        revision.ready = True
+        activator.changed("c1")
+        status, _, _ = await asyncio.wait_for(sent, 5)
+        assert status == 201
+    finally:
+        await activator.stop()
+
+
+async def test_an_instance_not_reachable_yet_is_tried_again_for_a_while(tmp_path: Path) -> None:
+    """A dial that fails (the instance's route is not in place yet, or it just went away) is
+    tried again, with the body, until the instance answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"127.0.0.1:{port}"
+    revision = Revision(endpoint, start_delay=-1)
+    activator = await make(tmp_path, revision)
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=201, text=(await request.read()).decode())
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        address = await activator.open("c1", 1)
+        sent = asyncio.create_task(send(address, "POST", "/", b"kept body"))
+        await asyncio.wait_for(revision.woken.wait(), 5)
+        activator.instance_ready("c1", 1, (endpoint,))  # nothing listens there yet
+        await asyncio.sleep(0.2)
+        assert not sent.done()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        status, text, _ = await asyncio.wait_for(sent, 5)
+        assert (status, text) == (201, "kept body")
+    finally:
+        await activator.stop()
+        await runner.cleanup()

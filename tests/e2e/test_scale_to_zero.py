@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,16 @@ async def dockyard(
         autoscale_panic_window_seconds=1,
         activator_max_wait_seconds=30,
     )
+    # An installation of its own: the reconciler's resync collects the managed engine containers
+    # its database does not know as orphans, and Podman's storage is shared by every service on
+    # the machine (other tests' and benches' Dockyards would lose theirs every resync).
     runtime = DockerRuntime(
-        podman_url, readiness_timeout=20, crashloop_restarts=1, stop_timeout=1, labels=RUN_LABELS
+        podman_url,
+        readiness_timeout=20,
+        crashloop_restarts=1,
+        stop_timeout=1,
+        labels=RUN_LABELS,
+        instance=f"test-{uuid.uuid4().hex[:12]}",
     )
     app = create_app(
         settings,

@@ -404,6 +404,29 @@ async def test_removing_instances_first_takes_them_out_of_the_data_plane(
     assert runtime.scaled == [(1, 1)]
 
 
+async def test_a_revision_waiting_for_its_drain_is_looked_at_after_it_not_every_20_ms(
+    ctx: ServiceContext, runtime: MemoryRuntime
+) -> None:
+    reconciler = Reconciler(
+        engine=ctx.engine,
+        runtime=runtime,
+        catalog=ctx.catalog,
+        options=ReconcilerOptions(drain_seconds=30.0),
+    )
+    container_id = await deployed(ctx, runtime, reconciler)
+    loop = asyncio.get_running_loop()
+    reconciler._loop = loop  # timers are set as on a started reconciler (no workers run)
+    try:
+        set_desired(ctx, container_id, 1, 0)
+        await reconciler.reconcile(container_id)
+        assert revision_of(ctx, container_id, 1).serving_state == "scaled-to-zero"
+        timer = reconciler._timers[container_id]
+        assert timer.when() - loop.time() > 20  # the drain timer, not a 20 ms look
+    finally:
+        for handle in reconciler._timers.values():
+            handle.cancel()
+
+
 async def test_a_failure_reason_survives_scale_to_zero(
     ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
 ) -> None:

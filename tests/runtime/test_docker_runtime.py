@@ -26,6 +26,7 @@ from app.runtime.base import (
     RuntimeEvent,
     RuntimeRejected,
     RuntimeUnavailable,
+    SignalsReady,
     WorkloadSpec,
 )
 from app.runtime.docker import (
@@ -678,3 +679,55 @@ async def test_a_gpu_labelled_instance_gets_the_long_start_up_budget(
         assert state.reason == "ContainerStarting"
     finally:
         await rt.close()
+
+
+@pytest.mark.podman
+async def test_a_new_instance_is_announced_the_moment_its_port_accepts(
+    runtime: DockerRuntime, container_id: str
+) -> None:
+    """The runtime dials a new instance's port and tells its ready listeners (the activator)
+    the endpoint that accepts, which is the one observe reports afterwards."""
+    said: list[tuple[str, int, tuple[str, ...]]] = []
+    announced = asyncio.Event()
+
+    def listener(cid: str, revision: int, endpoints: tuple[str, ...]) -> None:
+        said.append((cid, revision, endpoints))
+        announced.set()
+
+    assert isinstance(runtime, SignalsReady)
+    runtime.ready_listeners.append(listener)
+    await runtime.scale(make_spec(container_id), 1)
+    await asyncio.wait_for(announced.wait(), 15)
+    [(cid, revision, endpoints)] = said
+    assert (cid, revision) == (container_id, 1) and len(endpoints) == 1
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://{endpoints[0]}/index.html", timeout=5)
+    assert response.text == PAGE_V1
+    state = await wait_ready(runtime, container_id, 1)
+    assert state.endpoints == endpoints
+
+
+@pytest.mark.podman
+async def test_scale_after_an_observe_that_saw_nothing_meets_an_instance_made_meanwhile(
+    runtime: DockerRuntime, container_id: str, podman_url: str
+) -> None:
+    """The scale after an observe creates without listing first; an instance made in between
+    (here by another adapter on the same engine) answers 409, and the scale then adopts it
+    rather than making a second one."""
+    assert await runtime.observe(container_id) == []
+    other = DockerRuntime(podman_url, readiness_timeout=20, labels=RUN_LABELS)
+    try:
+        await other.apply(make_spec(container_id))
+    finally:
+        await other.close()
+    await runtime.scale(make_spec(container_id), 1)
+    client = engine(podman_url)
+    try:
+        found = client.containers.list(
+            all=True, filters={"label": f"{LABEL_CONTAINER_ID}={container_id}"}
+        )
+        assert [c.name for c in found] == [f"dockyard-{container_id}-r1"]
+    finally:
+        client.close()
+    state = await wait_ready(runtime, container_id, 1)
+    assert state.instances_desired == 1
