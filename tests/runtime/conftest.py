@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from app.runtime.docker import DockerRuntime
-from tests.support.podman import RUN_LABELS
+from tests.support.podman import RUN_INSTANCE, RUN_LABELS
 
 
 @pytest.fixture
@@ -41,6 +41,7 @@ async def runtime(podman_url: str) -> AsyncIterator[DockerRuntime]:
         crashloop_restarts=2,
         stop_timeout=1,
         labels=RUN_LABELS,
+        instance=RUN_INSTANCE,
     )
     try:
         yield rt

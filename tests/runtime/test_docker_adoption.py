@@ -30,7 +30,7 @@ from app.services import containers as svc
 from app.services.context import ServiceContext
 from app.settings import Settings
 from tests.runtime.test_docker_runtime import make_spec
-from tests.support.podman import HTTPD_V1, PAGE_V1, RUN_LABELS
+from tests.support.podman import HTTPD_V1, PAGE_V1, RUN_INSTANCE, RUN_LABELS
 
 pytestmark = pytest.mark.podman
 ALICE = Principal("alice")
@@ -49,7 +49,9 @@ def half_created(
     client: docker.DockerClient, spec: WorkloadSpec, replica: int = 0
 ) -> docker.models.containers.Container:
     """What a replica killed between ``create`` and ``start`` leaves behind."""
-    kwargs = container_create_kwargs(spec, extra_labels=RUN_LABELS, replica=replica)
+    kwargs = container_create_kwargs(
+        spec, instance=RUN_INSTANCE, extra_labels=RUN_LABELS, replica=replica
+    )
     kwargs.pop("detach")
     made = client.containers.create(**kwargs)
     assert made.status == "created"
@@ -82,7 +84,9 @@ async def test_a_fresh_reconciler_starts_the_instance_a_killed_leader_never_star
 ) -> None:
     body = {"name": "web", "image": HTTPD_V1, "port": 8080, "ram": "64Mi"}
     container_id = svc.create_container(ctx=ctx, principal=ALICE, data=body).id
-    runtime = DockerRuntime(podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS)
+    runtime = DockerRuntime(
+        podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
     try:
         with Session(ctx.engine) as session:
             container = session.get(Container, container_id)
@@ -142,7 +146,9 @@ async def test_a_never_started_instance_of_a_revision_out_of_traffic_is_retired_
 ) -> None:
     body = {"name": "web", "image": HTTPD_V1, "port": 8080, "ram": "64Mi"}
     container_id = svc.create_container(ctx=ctx, principal=ALICE, data=body).id
-    runtime = DockerRuntime(podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS)
+    runtime = DockerRuntime(
+        podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
     try:
         with Session(ctx.engine) as session:
             first = session.get(Container, container_id)
@@ -181,7 +187,9 @@ async def test_never_started_instances_are_reported_and_started_or_removed_by_sc
     spec = make_spec(container_id)
     for replica in (0, 1):
         half_created(client, spec, replica)
-    runtime = DockerRuntime(podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS)
+    runtime = DockerRuntime(
+        podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
     try:
         [state] = await runtime.observe(container_id)
         assert (state.phase, state.instances_desired, state.instances_unstarted) == (
@@ -207,7 +215,9 @@ async def test_a_never_started_instance_of_a_revision_scaled_to_zero_is_removed_
 ) -> None:
     spec = make_spec(container_id)
     half_created(client, spec)
-    runtime = DockerRuntime(podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS)
+    runtime = DockerRuntime(
+        podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
     try:
         await runtime.scale(spec, 0)  # not urgent: a starting instance would stay, this one not
         assert engine_containers(client, container_id) == []

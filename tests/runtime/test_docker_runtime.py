@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,16 @@ from app.runtime.docker import (
     parse_engine_time,
 )
 from tests.support.logs import lines_of
-from tests.support.podman import CRASH, HTTPD_V1, HTTPD_V2, LOGGER, PAGE_V1, PAGE_V2, RUN_LABELS
+from tests.support.podman import (
+    CRASH,
+    HTTPD_V1,
+    HTTPD_V2,
+    LOGGER,
+    PAGE_V1,
+    PAGE_V2,
+    RUN_INSTANCE,
+    RUN_LABELS,
+)
 
 
 def make_spec(
@@ -346,7 +356,7 @@ async def test_exit_zero_is_failed_exited(runtime: DockerRuntime, container_id: 
 async def test_port_that_never_opens_fails_with_readiness_timeout(
     podman_url: str, container_id: str
 ) -> None:
-    rt = DockerRuntime(podman_url, readiness_timeout=3, labels=RUN_LABELS)
+    rt = DockerRuntime(podman_url, readiness_timeout=3, labels=RUN_LABELS, instance=RUN_INSTANCE)
     try:
         await rt.apply(make_spec(container_id, command=("/bin/busybox", "sleep", "3600")))
         [pending] = await rt.observe(container_id)
@@ -383,7 +393,9 @@ def test_listening_ports_reads_the_proc_tables(tmp_path: Any) -> None:
 async def test_wrong_port_fails_early_naming_the_ports_and_stops_the_container(
     podman_url: str, container_id: str
 ) -> None:
-    rt = DockerRuntime(podman_url, readiness_timeout=20, stop_timeout=1, labels=RUN_LABELS)
+    rt = DockerRuntime(
+        podman_url, readiness_timeout=20, stop_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
     client = docker.DockerClient(base_url=podman_url, version="1.41")
     try:
         started = time.monotonic()
@@ -587,7 +599,7 @@ async def test_start_failure_is_reported_even_by_a_fresh_runtime(
     assert "/nonexistent" in state.message
 
     # After a restart of Dockyard the record is gone; the engine keeps no error for it.
-    fresh = DockerRuntime(podman_url, readiness_timeout=1, labels=RUN_LABELS)
+    fresh = DockerRuntime(podman_url, readiness_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE)
     try:
         state, _ = await wait_for_state(fresh, container_id, 1, is_phase(Phase.FAILED), 10)
         assert state.reason == "StartError"
@@ -643,7 +655,9 @@ async def test_shrinking_keeps_an_instance_still_starting_unless_urgent(
     podman_url: str, container_id: str
 ) -> None:
     # an instance whose port never opens stays "starting" for the whole readiness budget
-    rt = DockerRuntime(podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS)
+    rt = DockerRuntime(
+        podman_url, readiness_timeout=60, stop_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
     try:
         spec = make_spec(container_id, arguments=("sleep", "60"))
         await rt.scale(spec, 2)
@@ -670,6 +684,7 @@ async def test_a_gpu_labelled_instance_gets_the_long_start_up_budget(
         gpu_readiness_timeout=600,
         stop_timeout=1,
         labels={**RUN_LABELS, LABEL_GPU: "1"},
+        instance=RUN_INSTANCE,
     )
     try:
         await rt.apply(make_spec(container_id, arguments=("sleep", "60")))
@@ -715,7 +730,9 @@ async def test_scale_after_an_observe_that_saw_nothing_meets_an_instance_made_me
     (here by another adapter on the same engine) answers 409, and the scale then adopts it
     rather than making a second one."""
     assert await runtime.observe(container_id) == []
-    other = DockerRuntime(podman_url, readiness_timeout=20, labels=RUN_LABELS)
+    other = DockerRuntime(
+        podman_url, readiness_timeout=20, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
     try:
         await other.apply(make_spec(container_id))
     finally:
@@ -731,3 +748,34 @@ async def test_scale_after_an_observe_that_saw_nothing_meets_an_instance_made_me
         client.close()
     state = await wait_ready(runtime, container_id, 1)
     assert state.instances_desired == 1
+
+
+@pytest.mark.podman
+async def test_the_suites_runtime_does_not_see_another_installations_containers(
+    podman_url: str, runtime: DockerRuntime
+) -> None:
+    """What a reconciler's resync collects as orphans is what ``list_managed`` lists: the suite's
+    runtimes must not list a real Dockyard's containers on the same engine (a runtime without an
+    installation id lists them all, and a resync would remove them)."""
+    client = docker.DockerClient(base_url=podman_url, version="1.41")
+    suffix = uuid.uuid4().hex[:8]
+    foreign = client.containers.create(
+        HTTPD_V1,
+        name=f"dockyard-user-{suffix}",
+        labels={
+            "dockyard.dev/managed-by": "dockyard",
+            "dockyard.dev/revision": "1",
+            "dockyard.dev/container-id": f"user-{suffix}",
+        },
+    )
+    try:
+        assert runtime.instance == RUN_INSTANCE
+        assert f"user-{suffix}" not in await runtime.list_managed()
+        unscoped = DockerRuntime(podman_url, labels=RUN_LABELS)
+        try:  # the hazard this guards against
+            assert f"user-{suffix}" in await unscoped.list_managed()
+        finally:
+            await unscoped.close()
+    finally:
+        foreign.remove(force=True)
+        client.close()

@@ -25,7 +25,7 @@ from app.runtime.local import (
 )
 from app.server import create_app
 from app.settings import Settings
-from tests.support.podman import HTTPD_V1, RUN_LABELS, PodmanService, start_service
+from tests.support.podman import HTTPD_V1, RUN_INSTANCE, RUN_LABELS, PodmanService, start_service
 from tests.support.server import Server
 from tests.support.serving import bearer, serving
 
@@ -33,7 +33,9 @@ pytestmark = pytest.mark.podman
 
 
 def _make(url: str) -> DockerRuntime:
-    return DockerRuntime(url, readiness_timeout=30, stop_timeout=1, labels=RUN_LABELS)
+    return DockerRuntime(
+        url, readiness_timeout=30, stop_timeout=1, labels=RUN_LABELS, instance=RUN_INSTANCE
+    )
 
 
 def _pid_alive(pid: int) -> bool:

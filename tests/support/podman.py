@@ -62,6 +62,11 @@ RUN_LABEL = "dockyard.dev/test-run"
 (``DOCKYARD_DOCKER_LABELS``), and the run removes only those: a real Dockyard may run beside it."""
 RUN_ID = uuid.uuid4().hex[:12]
 RUN_LABELS = {RUN_LABEL: RUN_ID}
+RUN_INSTANCE = f"test-{RUN_ID}"
+"""The installation id of every ``DockerRuntime`` a test builds in process. A runtime without one
+sees every Dockyard container on the engine, and a reconciler's resync removes the ones its
+database does not know as orphans: a developer's real Dockyard (and another run's containers)
+would be removed. With it, a runtime sees only what this run created."""
 
 
 def label_this_run() -> None:

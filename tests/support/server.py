@@ -70,7 +70,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        self.stop_left_caddy()
+        self.stop_left_data_plane()
 
     @property
     def caddy_pid_file(self) -> Path:
@@ -88,29 +88,30 @@ class Server:
         except (OSError, ValueError):
             return None
 
-    def stop_left_caddy(self) -> None:
-        """The Caddy this server started survives a SIGKILL of the server by design; a test that
-        ends with the server killed stops it here."""
-        pid = self.caddy_pid()
-        if pid is None:
-            return
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return
-        if str(self.caddy_pid_file.parent).encode() not in command:
-            return  # that pid is no longer our Caddy
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+    def stop_left_data_plane(self) -> None:
+        """The Caddy and the route resolver this server started survive a SIGKILL of the server
+        by design; a test that ends with the server killed stops them here (each only while its
+        pid file still names a process of this server's run directory)."""
+        directory = self.caddy_pid_file.parent
+        for name in ("caddy.pid", "dnsd.pid"):
             try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                return
-            if stat.rpartition(")")[2].split()[:1] == ["Z"]:
-                return
-            time.sleep(0.05)
+                pid = int((directory / name).read_text().strip())
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if str(directory).encode() not in command:
+                continue  # that pid is no longer ours
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                except OSError:
+                    break
+                if stat.rpartition(")")[2].split()[:1] == ["Z"]:
+                    break
+                time.sleep(0.05)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(
