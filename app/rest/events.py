@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -28,8 +27,7 @@ from app.deps import CurrentPrincipal, app_state
 from app.domain.errors import NotFound
 from app.domain.principal import Principal
 from app.domain.views import ContainerStatusView
-from app.rest import problems
-from app.rest.logs import REAUTHENTICATE
+from app.rest.logs import REAUTHENTICATE, sse_response, sse_responses
 from app.services import containers as svc
 from app.services.context import ServiceContext
 from app.services.streams import ContainerStreams, StatusChanges
@@ -121,28 +119,18 @@ async def status_stream(
             watcher.cancel()
 
 
-_EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-sent events: `event: status` with the container (as `GET "
-        "/v1/containers/{id}`) plus `phases`, its newest revision's deploy phases so far "
-        "[{phase, at, durationMs, reason}], now and after each change; `event: end` when the "
-        "container is deleted; `event: reauthenticate` when the token expires; `: keep-alive` "
-        "comments",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-    **{
-        code: {
-            "description": text,
-            "content": {"application/problem+json": {"schema": {"$ref": problems.PROBLEM_REF}}},
-        }
-        for code, text in [
-            (401, "Unauthorized"),
-            (403, "Forbidden"),
-            (404, "Not Found"),
-            (503, "The database cannot be reached"),
-        ]
-    },
-}
+_EVENT_RESPONSES = sse_responses(
+    "Server-sent events: `event: status` with the container (as `GET /v1/containers/{id}`) plus "
+    "`phases`, its newest revision's deploy phases so far [{phase, at, durationMs, reason}], now "
+    "and after each change; `event: end` when the container is deleted; `event: reauthenticate` "
+    "when the token expires; `: keep-alive` comments",
+    [
+        (401, "Unauthorized"),
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (503, "The database cannot be reached"),
+    ],
+)
 
 
 def _reader(
@@ -156,7 +144,7 @@ async def container_events(id: str, request: Request, principal: CurrentPrincipa
     state = app_state(request)
     read = _reader(state.ctx, principal, id)
     first = await run_in_threadpool(read)
-    return StreamingResponse(
+    return sse_response(
         status_stream(
             read,
             first,
@@ -164,7 +152,5 @@ async def container_events(id: str, request: Request, principal: CurrentPrincipa
             first.id,
             heartbeat=state.settings.sse_heartbeat_seconds,
             until=principal.valid_until,
-        ),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     )

@@ -158,30 +158,44 @@ async def event_stream(
         reader.cancel()
 
 
-_LOG_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-sent events: `id` + `data` {timestamp, line, stream, revision} "
-        "per line; `event: dropped` with {dropped}; `event: end`; `: keep-alive` comments",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-    **{
-        code: {
-            "description": text,
-            "content": {"application/problem+json": {"schema": {"$ref": problems.PROBLEM_REF}}},
-        }
-        for code, text in [
-            (401, "Unauthorized"),
-            (403, "Forbidden"),
-            (404, "Not Found"),
-            (422, "Invalid input; `errors` names each field"),
-            (
-                503,
-                "This server cannot stream logs (no runtime, no shared bus), or the database "
-                "cannot be reached",
-            ),
-        ]
-    },
-}
+def sse_responses(
+    description: str, errors: list[tuple[int, str]]
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses of a server-sent-events route: the stream, or a problem before it."""
+    problem = {"application/problem+json": {"schema": {"$ref": problems.PROBLEM_REF}}}
+    return {
+        200: {
+            "description": description,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **{code: {"description": text, "content": problem} for code, text in errors},
+    }
+
+
+def sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    """An SSE stream as sent: no caching, and no buffering in a proxy in front."""
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+_LOG_RESPONSES = sse_responses(
+    "Server-sent events: `id` + `data` {timestamp, line, stream, revision} per line; "
+    "`event: dropped` with {dropped}; `event: end`; `: keep-alive` comments",
+    [
+        (401, "Unauthorized"),
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (422, "Invalid input; `errors` names each field"),
+        (
+            503,
+            "This server cannot stream logs (no runtime, no shared bus), or the database "
+            "cannot be reached",
+        ),
+    ],
+)
 
 
 @router.get("/containers/{id}/logs", response_class=StreamingResponse, responses=_LOG_RESPONSES)
@@ -211,12 +225,10 @@ async def container_logs(
     chunks = streams.logs(
         id, tail=tail, follow=follow, since=since_time, after=last_event_id or None
     )
-    return StreamingResponse(
+    return sse_response(
         event_stream(
             chunks,
             heartbeat=state.settings.sse_heartbeat_seconds,
             until=principal.valid_until,
-        ),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     )
