@@ -35,6 +35,7 @@ import contextlib
 import copy
 import datetime
 import json
+import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -741,6 +742,9 @@ class EmulatorThread:
         return self
 
     async def _start(self) -> int:
+        # The emulator's aiohttp access lines are noise, and a line written after pytest closed
+        # the stream it was captured to printed "--- Logging error ---" tracebacks in CI.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
         await self._stack.enter_async_context(self.emulator)
         server = await self._stack.enter_async_context(kmock.Server(self.emulator))
         for name in ("default", "dockyard-workloads"):
