@@ -381,15 +381,20 @@ async def test_scaled_to_zero_is_healthy_and_the_revision_stays_routable(
     assert status(ctx, container_id) == ("deployed", None, 1)
 
 
-async def test_removing_instances_first_takes_them_out_of_the_data_plane(
-    ctx: ServiceContext, runtime: MemoryRuntime
-) -> None:
-    reconciler = Reconciler(
+def draining_reconciler(ctx: ServiceContext, runtime: MemoryRuntime) -> Reconciler:
+    """A reconciler that keeps a scaled-in instance for a 30 s drain."""
+    return Reconciler(
         engine=ctx.engine,
         runtime=runtime,
         catalog=ctx.catalog,
         options=ReconcilerOptions(drain_seconds=30.0),
     )
+
+
+async def test_removing_instances_first_takes_them_out_of_the_data_plane(
+    ctx: ServiceContext, runtime: MemoryRuntime
+) -> None:
+    reconciler = draining_reconciler(ctx, runtime)
     container_id = await deployed(ctx, runtime, reconciler)
     set_desired(ctx, container_id, 1, 0)
     await reconciler.reconcile(container_id)
@@ -407,12 +412,7 @@ async def test_removing_instances_first_takes_them_out_of_the_data_plane(
 async def test_a_revision_waiting_for_its_drain_is_looked_at_after_it_not_every_20_ms(
     ctx: ServiceContext, runtime: MemoryRuntime
 ) -> None:
-    reconciler = Reconciler(
-        engine=ctx.engine,
-        runtime=runtime,
-        catalog=ctx.catalog,
-        options=ReconcilerOptions(drain_seconds=30.0),
-    )
+    reconciler = draining_reconciler(ctx, runtime)
     container_id = await deployed(ctx, runtime, reconciler)
     loop = asyncio.get_running_loop()
     reconciler._loop = loop  # timers are set as on a started reconciler (no workers run)
