@@ -111,12 +111,6 @@ class DataPlane:
         self._everything = False
         self._lock = asyncio.Lock()
 
-    def table(self) -> RoutingTable:
-        """The whole table, read from the database now (nothing cached)."""
-        return build_routing_table(
-            routed_containers(self.engine), domain=self.domain, activator=self.activator
-        )
-
     def _refresh(self, ids: set[str] | None) -> RoutingTable:
         """Re-read the containers of ``ids`` (all of them when None) and return the table.
         Runs in a worker thread, one at a time (``_lock``)."""

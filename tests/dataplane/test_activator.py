@@ -83,10 +83,11 @@ async def upstream() -> AsyncIterator[str]:
 
 
 async def make(tmp_path: Path, revision: Revision, **options: float) -> Activator:
+    options.setdefault("poll_seconds", 0.01)
     activator = Activator(
         wake=revision.wake,
         serving=revision.serving,
-        options=ActivatorOptions(poll_seconds=0.01, **options),  # type: ignore[arg-type]
+        options=ActivatorOptions(**options),  # type: ignore[arg-type]
     )
     await activator.start()
     return activator
@@ -180,12 +181,7 @@ async def test_forwards_when_the_runtime_says_an_instance_accepts_before_the_dat
     """``instance_ready`` (the local runtime dialed the new instance's port) sends the held
     requests there at once; the database still says nothing is ready."""
     revision = Revision(upstream, start_delay=-1)  # the database never shows an endpoint
-    activator = Activator(
-        wake=revision.wake,
-        serving=revision.serving,
-        options=ActivatorOptions(poll_seconds=30.0, max_wait_seconds=20.0),
-    )
-    await activator.start()
+    activator = await make(tmp_path, revision, poll_seconds=30.0, max_wait_seconds=20.0)
     try:
         address = await activator.open("c1", 1)
         activator.instance_ready("c1", 1, (upstream,))  # nobody waking: ignored
@@ -225,12 +221,7 @@ async def test_a_change_of_the_container_makes_its_wakers_look_again_at_once(
     """``changed`` (the reconciler wrote the container's rows) ends the waker's wait: with a
     poll period of 30 s, only the nudge can make this request finish quickly."""
     revision = Revision(upstream, start_delay=-1)
-    activator = Activator(
-        wake=revision.wake,
-        serving=revision.serving,
-        options=ActivatorOptions(poll_seconds=30.0, max_wait_seconds=20.0),
-    )
-    await activator.start()
+    activator = await make(tmp_path, revision, poll_seconds=30.0, max_wait_seconds=20.0)
     try:
         address = await activator.open("c1", 1)
         sent = asyncio.create_task(send(address))
