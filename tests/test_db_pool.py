@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import sqlalchemy as sa
 
 from app.db import make_engine, migrate
@@ -39,5 +40,25 @@ def test_concurrent_bursts_reuse_pooled_connections(database_url: str) -> None:
             assert list(pool.map(read, range(BURST))) == [0] * BURST
         assert first <= BURST
         assert len(opened) == first, "the second burst opened new connections"
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_returned_after_dispose_is_closed(database_url: str) -> None:
+    # A request still in flight when the app shuts down returns its connection after dispose():
+    # it must be closed then, not left open in the discarded pool (psycopg warns when it is
+    # collected, in whatever test runs at that moment).
+    engine = make_engine(database_url)
+    held = engine.connect()
+    held.execute(sa.text("SELECT 1"))
+    driver = held.connection.dbapi_connection
+    engine.dispose()
+    held.close()
+    try:
+        assert driver is not None
+        with pytest.raises(Exception, match=r"(?i)closed"):
+            driver.cursor().execute("SELECT 1")
+        with engine.connect() as fresh:  # the new pool still works
+            assert fresh.execute(sa.text("SELECT 1")).scalar_one() == 1
     finally:
         engine.dispose()

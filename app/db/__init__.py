@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
 MIGRATIONS = "app.db:migrations"
@@ -32,6 +33,38 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 SQLITE_POOL_SIZE = 40
 
 
+class _LateReturns:
+    """Closes a connection handed back after ``Engine.dispose()``.
+
+    ``dispose()`` closes the pooled connections and starts a new pool, but a connection a worker
+    thread still held (a request in flight at shutdown) is then returned into the old pool, which
+    nobody closes: the driver's connection stays open until garbage collection (psycopg warns
+    then, in whatever code happens to run). Each checkout notes the pool's generation; a checkin
+    from an older generation closes its connection instead.
+    """
+
+    KEY = "dockyard.pool_generation"
+
+    def __init__(self) -> None:
+        self.generation = 0
+
+    def checkout(self, _dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        record.info[self.KEY] = self.generation
+
+    def checkin(self, dbapi: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi is not None and record.info.get(self.KEY, self.generation) != self.generation:
+            record.invalidate()
+
+    def disposed(self, _engine: Engine) -> None:
+        self.generation += 1
+
+    def watch(self, engine: Engine) -> Engine:
+        sa.event.listen(engine, "checkout", self.checkout)
+        sa.event.listen(engine, "checkin", self.checkin)
+        sa.event.listen(engine, "engine_disposed", self.disposed)
+        return engine
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
     if url.startswith("sqlite"):
@@ -42,8 +75,9 @@ def make_engine(url: str) -> Engine:
             max_overflow=SQLITE_POOL_SIZE,
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return _LateReturns().watch(engine)
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return _LateReturns().watch(engine)
 
 
 @contextmanager
