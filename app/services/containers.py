@@ -419,12 +419,22 @@ class _Prepared:
 
 @functools.lru_cache(maxsize=128)
 def _list_statements(
-    dialect: sa.Dialect, all_users: bool, by_status: bool, by_search: bool, by_cursor: bool
+    dialect: sa.Dialect,
+    all_users: bool,
+    by_status: bool,
+    by_search: bool,
+    by_cursor: bool,
+    from_the_end: bool = False,
 ) -> tuple[_Prepared, _Prepared]:
     """The count and the page statement of one shape of list request, compiled once: the
     values (owner, status, search pattern, position, limit, offset) are bound parameters."""
     count, rows = _build_list_statements(
-        dialect.name, all_users, by_status=by_status, by_search=by_search, cursor=by_cursor
+        dialect.name,
+        all_users,
+        by_status=by_status,
+        by_search=by_search,
+        cursor=by_cursor,
+        from_the_end=from_the_end,
     )
     return _Prepared.compile(count, dialect), _Prepared.compile(rows, dialect)
 
@@ -439,7 +449,13 @@ def _like_pattern(search: str) -> str:
 
 
 def _build_list_statements(
-    dialect: str, all_users: bool, *, by_status: bool, by_search: bool, cursor: bool
+    dialect: str,
+    all_users: bool,
+    *,
+    by_status: bool,
+    by_search: bool,
+    cursor: bool,
+    from_the_end: bool = False,
 ) -> tuple[sa.Select[Any], sa.Select[Any]]:
     table = _table()
     live: Any = table.c.deleted_at.is_(None)
@@ -462,10 +478,13 @@ def _build_list_statements(
         status = table.c.status == sa.bindparam("status", type_=sa.String)
         live, walk = sa.and_(live, status), sa.and_(walk, status)
     order = (table.c.date_created.desc(), table.c.id.desc())
+    # A page past the middle is found from the other end of the index (the offset counted
+    # from the oldest row); the page itself is still ordered newest first below.
+    walk_order = (table.c.date_created, table.c.id) if from_the_end else order
     ids = (
         sa.select(table.c.id)
         .where(walk)
-        .order_by(*order)
+        .order_by(*walk_order)
         .limit(sa.bindparam("limit", type_=sa.Integer))
     )
     if cursor:
@@ -499,9 +518,8 @@ def _list_page(
         raise ValidationFailed([FieldError("page", "must be left out when after is given")])
     if all_users and not principal.is_admin:
         raise Forbidden("all: listing every user's containers needs the ADMIN role")
-    count, select_rows = _list_statements(
-        ctx.engine.dialect, all_users, bool(status), bool(search), cursor is not None
-    )
+    shape = (ctx.engine.dialect, all_users, bool(status), bool(search), cursor is not None)
+    count, select_rows = _list_statements(*shape)
     params: dict[str, Any] = {"limit": rows_per_page + 1}
     if not all_users:
         params["owner"] = principal.subject
@@ -521,8 +539,18 @@ def _list_page(
         try:
             dbapi_cursor.execute(count.sql, count.parameters(count_params))
             (total,) = dbapi_cursor.fetchone() or (0,)
-            dbapi_cursor.execute(select_rows.sql, select_rows.parameters(params))
-            rows = [tuple(row) for row in dbapi_cursor.fetchall()]
+            offset = params.get("offset")
+            if offset is not None and offset >= total:
+                rows = []  # past the end: an OFFSET would walk every row to say so
+            else:
+                if offset is not None and offset > total // 2:
+                    # A deep page by number: an OFFSET walks (and skips) every row before it,
+                    # so past the middle the walk starts from the oldest row instead.
+                    select_rows = _list_statements(*shape, from_the_end=True)[1]
+                    params["limit"] = min(params["limit"], total - offset)
+                    params["offset"] = total - offset - params["limit"]
+                dbapi_cursor.execute(select_rows.sql, select_rows.parameters(params))
+                rows = [tuple(row) for row in dbapi_cursor.fetchall()]
         finally:
             dbapi_cursor.close()
     next_cursor = None

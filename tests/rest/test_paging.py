@@ -76,6 +76,37 @@ def test_cursor_orders_equal_timestamps_by_id_and_skips_deleted(
     assert [i["id"] for i in api.list(rows_per_page=10).data["items"]] == expected
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_every_page_by_number_from_either_end(
+    kind: str, client: TestClient, auth: Header, state: AppState
+) -> None:
+    # A page past the middle is looked up from the oldest row: the pages must still be exactly
+    # the newest-first slices, ties by id, deleted rows left out, and nothing past the end.
+    api = make(kind, client, auth("alice"))
+    created = create(api, 8)
+    with state.ctx.engine.begin() as connection:
+        moment = connection.execute(sa.text("SELECT min(date_created) FROM containers"))
+        tie = {"m": moment.scalar_one(), "a": created[3], "b": created[4]}
+        connection.execute(
+            sa.text("UPDATE containers SET date_created = :m WHERE id IN (:a, :b)"), tie
+        )
+    api.delete(created[6])
+    newest_first = [i["id"] for i in api.list(rows_per_page=100).data["items"]]
+    assert sorted(newest_first) == sorted(set(created) - {created[6]})
+    for rows in range(1, 9):
+        pages = -(-len(newest_first) // rows)
+        for page in range(1, pages + 2):
+            data = api.list(page=page, rows_per_page=rows).data
+            expected = newest_first[(page - 1) * rows : page * rows]
+            assert [i["id"] for i in data["items"]] == expected, (rows, page)
+            assert data["total"] == len(newest_first)
+            assert (data["nextCursor"] is not None) == (page < pages), (rows, page)
+            if data["nextCursor"]:  # the cursor continues where the number left off
+                following = api.list(rows_per_page=rows, after=data["nextCursor"]).data
+                nxt = newest_first[page * rows : (page + 1) * rows]
+                assert [i["id"] for i in following["items"]] == nxt, (rows, page)
+
+
 def _b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
