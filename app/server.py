@@ -106,7 +106,7 @@ def _data_plane(
 def build_state(settings: Settings, *, port: int = DEFAULT_PORT) -> AppState:
     """Everything a process needs; migrates the database first."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, pool_size=settings.database_pool_size)
     migrate(engine)
     ctx = ServiceContext(
         engine=engine,

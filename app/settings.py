@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite in DATA_DIR. postgresql+psycopg://…"
     )
+    database_pool_size: int = Field(
+        40,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each process keeps open at most (opened as needed); "
+        "keep processes x this under the server's max_connections.",
+    )
     runtime: Literal["auto", "docker", "kubernetes", "knative", "none"] = Field(
         "auto",
         description="Where containers run: auto picks Kubernetes (Knative Serving when the "

@@ -1,5 +1,6 @@
 """The engine keeps its connections under concurrency: a second burst of concurrent requests
-opens none (on SQLite each open also re-ran the PRAGMAs)."""
+opens none (on SQLite each open also re-ran the PRAGMAs; on PostgreSQL each is a new server
+process: with 10 kept, 32 concurrent requests opened and closed 22 every round)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 
 from app.db import make_engine, migrate
 
-BURST = 8  # more than SQLAlchemy's default pool of 5, within PostgreSQL's pool of 10
+BURST = 32  # the concurrency the API bench loads a list with; within the default pool of 40
 
 
 def test_concurrent_bursts_reuse_pooled_connections(database_url: str) -> None:
