@@ -28,7 +28,7 @@ from app.dataplane.caddy import ProxyOptions
 from app.dataplane.controller import DataPlane
 from app.dataplane.routes import host_domain
 from app.dataplane.supervisor import CaddySupervisor, run_dir
-from app.db import installation_id, make_engine, migrate
+from app.db import installation_id, make_engine, migrate, observations_engine
 from app.deps import AppState
 from app.domain.gpus import load_catalog
 from app.domain.spec import Limits
@@ -261,7 +261,7 @@ def create_app(
     reconciler = None
     if runtime is not None:
         reconciler = Reconciler(
-            engine=state.ctx.engine,
+            engine=observations_engine(settings.effective_database_url, state.ctx.engine),
             runtime=runtime,
             catalog=state.ctx.catalog,
             options=reconciler_options
@@ -325,6 +325,8 @@ def create_app(
                 await hub.stop()
             if reconciler is not None:
                 await reconciler.runtime.close()
+                if reconciler.engine is not state.ctx.engine:
+                    reconciler.engine.dispose()
             state.ctx.engine.dispose()
 
     app = FastAPI(

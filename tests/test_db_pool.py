@@ -11,6 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from app.db import make_engine, migrate
+from app.deps import AppState
+from app.runtime.docker import DockerRuntime
+from app.server import create_app
+from app.settings import Settings
 
 BURST = 32  # the concurrency the API bench loads a list with; within the default pool of 40
 
@@ -63,3 +67,26 @@ def test_a_connection_returned_after_dispose_is_closed(database_url: str) -> Non
             assert fresh.execute(sa.text("SELECT 1")).scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_only_the_reconcilers_observations_skip_the_fsync(settings: Settings) -> None:
+    # The API's commits wait for the disk (FULL); the reconciler's, which a restart observes and
+    # writes again, do not on SQLite (NORMAL in WAL mode: never corrupt, durable across a crash
+    # of the process). PostgreSQL: one engine for both.
+    # Not started: a runtime whose constructor does no I/O is enough to build the reconciler.
+    app = create_app(settings, runtime=DockerRuntime("unix:///nonexistent.sock"))
+    state: AppState = app.state.dockyard
+    reconciler = state.reconciler
+    assert reconciler is not None
+    try:
+        if state.ctx.engine.dialect.name != "sqlite":
+            assert reconciler.engine is state.ctx.engine
+            return
+        assert reconciler.engine is not state.ctx.engine
+        with state.ctx.engine.connect() as api, reconciler.engine.connect() as observed:
+            assert api.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
+            assert observed.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL
+            assert observed.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+    finally:
+        reconciler.engine.dispose()
+        state.ctx.engine.dispose()
