@@ -19,7 +19,6 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
-    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
@@ -43,6 +42,7 @@ from app.gql.types import (
     Viewer,
     provided_fields,
 )
+from app.gql.validation import TextValidationCache
 from app.services import containers as svc
 from app.services.streams import StatusChanges
 
@@ -228,10 +228,11 @@ class Subscription:
             await changes.aclose()
 
 
-# A console sends the same few documents over and over: Strawberry's parser and validation caches
-# (LRU, bounded, shared by all requests) skip parsing and validating them again. The validation
-# cache is keyed by the rule classes, and the depth and alias limiters build a new rule class per
-# instance; so the rules are built once here and every request adds these same classes.
+# A console sends the same few documents over and over: Strawberry's parser cache and the
+# validation cache of app.gql.validation (LRU, bounded, shared by all requests) skip parsing and
+# validating them again. The validation cache is keyed by the rule classes, and the depth and
+# alias limiters build a new rule class per instance; so the rules are built once here and every
+# request adds these same classes.
 DEPTH_LIMIT = QueryDepthLimiter(max_depth=MAX_DEPTH)
 ALIAS_LIMIT = MaxAliasesLimiter(max_alias_count=MAX_ALIASES)
 COST_RULES = [*DEPTH_LIMIT.validation_rules, *ALIAS_LIMIT.validation_rules]
@@ -256,7 +257,7 @@ schema = DockyardSchema(
         functools.partial(AddValidationRules, COST_RULES),
         functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         functools.partial(ParserCache, maxsize=DOCUMENT_CACHE_SIZE),
-        functools.partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
+        functools.partial(TextValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
         ErrorCodes,
         masking,
         OperationMetrics,

@@ -534,9 +534,12 @@ def _list_page(
     count_params = {
         name: value for name, value in params.items() if name in ("owner", "status", "search")
     }
-    # Two reads and nothing to commit: without a transaction (autocommit) PostgreSQL is spared
-    # the BEGIN and the ROLLBACK around them, two of the page's five round trips.
-    with ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with ctx.engine.connect() as connection:
+        if ctx.engine.dialect.name != "sqlite":
+            # Two reads and nothing to commit: without a transaction (autocommit) PostgreSQL is
+            # spared the BEGIN and the ROLLBACK around them, two of the page's five round trips.
+            # (SQLite's driver begins no transaction for reads; the setting would cost a PRAGMA.)
+            connection.execution_options(isolation_level="AUTOCOMMIT")
         dbapi_cursor = connection.connection.cursor()
         try:
             dbapi_cursor.execute(count.sql, count.parameters(count_params))
