@@ -40,6 +40,17 @@ def walk(api: ApiClient, *, rows: int, all: bool = False) -> tuple[list[str], li
             return ids, pages
 
 
+def same_moment(state: AppState, ids: list[str]) -> None:
+    """Give the containers of ``ids`` the oldest creation time of all (equal timestamps)."""
+    with state.ctx.engine.begin() as connection:
+        first = sa.text("SELECT min(date_created) FROM containers")
+        moment = connection.execute(first).scalar_one()
+        update = sa.text("UPDATE containers SET date_created = :m WHERE id IN :ids")
+        connection.execute(
+            update.bindparams(sa.bindparam("ids", expanding=True)), {"m": moment, "ids": ids}
+        )
+
+
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_cursor_walk_matches_page_numbers(kind: str, client: TestClient, auth: Header) -> None:
     api = make(kind, client, auth("alice"))
@@ -65,10 +76,7 @@ def test_cursor_orders_equal_timestamps_by_id_and_skips_deleted(
 ) -> None:
     api = make(kind, client, auth("alice"))
     created = create(api, 6)
-    with state.ctx.engine.begin() as connection:  # the same instant for all: ties broken by id
-        first = sa.text("SELECT min(date_created) FROM containers")
-        moment = connection.execute(first).scalar_one()
-        connection.execute(sa.text("UPDATE containers SET date_created = :m"), {"m": moment})
+    same_moment(state, created)  # ties broken by id
     api.delete(created[2])
     ids, _ = walk(api, rows=2)
     expected = sorted(set(created) - {created[2]}, reverse=True)
@@ -84,12 +92,7 @@ def test_every_page_by_number_from_either_end(
     # the newest-first slices, ties by id, deleted rows left out, and nothing past the end.
     api = make(kind, client, auth("alice"))
     created = create(api, 8)
-    with state.ctx.engine.begin() as connection:
-        moment = connection.execute(sa.text("SELECT min(date_created) FROM containers"))
-        tie = {"m": moment.scalar_one(), "a": created[3], "b": created[4]}
-        connection.execute(
-            sa.text("UPDATE containers SET date_created = :m WHERE id IN (:a, :b)"), tie
-        )
+    same_moment(state, created[3:5])
     api.delete(created[6])
     newest_first = [i["id"] for i in api.list(rows_per_page=100).data["items"]]
     assert sorted(newest_first) == sorted(set(created) - {created[6]})
