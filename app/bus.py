@@ -93,9 +93,16 @@ class MemoryBackend(_Backend):
 
 class RedisBackend(_Backend):
     """Redis pub/sub. redis-py's own retries are off on the subscribing connection, so a lost
-    connection surfaces here (and the bus re-subscribes) instead of being half-repaired."""
+    connection surfaces here (and the bus re-subscribes) instead of being half-repaired.
+
+    ``subscribe`` returns once Redis has confirmed the subscription, not once the SUBSCRIBE is
+    sent: Redis orders the commands of one connection only, so a message published on another
+    connection right after a SUBSCRIBE that is still on its way (a slow link, a Redis starved
+    of CPU serving the other connection first) went to nobody. The reader task, which owns the
+    connection's replies, hands each confirmation to the subscribe waiting for it."""
 
     READ_TIMEOUT_SECONDS = 1.0
+    SUBSCRIBE_TIMEOUT_SECONDS = 10.0
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -105,8 +112,10 @@ class RedisBackend(_Backend):
 
         self._publisher = redis.Redis.from_url(url)
         self._listening = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
-        self._pubsub = self._listening.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._listening.pubsub()  # confirmations too: see ``subscribe``
         self._reader: asyncio.Task[None] | None = None
+        self._confirming: dict[str, list[asyncio.Future[None]]] = {}
+        """Per channel, the subscribes waiting for Redis' confirmation, oldest first."""
 
     async def connect(self) -> None:
         await self._listening.ping()  # type: ignore[misc]  # fails now when Redis is away
@@ -117,24 +126,55 @@ class RedisBackend(_Backend):
         try:
             while True:
                 message = await self._pubsub.get_message(timeout=self.READ_TIMEOUT_SECONDS)
-                if message is not None and message.get("type") == "message":
+                if message is None:
+                    continue
+                if message.get("type") == "message":
                     self._received(message["channel"].decode(), message["data"].decode())
+                elif message.get("type") == "subscribe":
+                    waiting = self._confirming.get(message["channel"].decode())
+                    if waiting:
+                        confirmed = waiting.pop(0)
+                        if not confirmed.done():
+                            confirmed.set_result(None)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self.fail(e)
+
+    def fail(self, error: BaseException) -> None:
+        super().fail(error)
+        self._abandon_confirmations(error)
+
+    def _abandon_confirmations(self, error: BaseException) -> None:
+        confirming, self._confirming = self._confirming, {}
+        for waiting in confirming.values():
+            for confirmed in waiting:
+                if not confirmed.done():
+                    confirmed.set_exception(error)
 
     async def disconnect(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
+        self._abandon_confirmations(ConnectionError("the Redis bus was disconnected"))
         for close in (self._pubsub.aclose, self._listening.aclose, self._publisher.aclose):
             with contextlib.suppress(Exception):
                 await close()
 
     async def subscribe(self, channel: str) -> None:
-        await self._pubsub.subscribe(channel)
+        """Subscribe and wait until Redis confirms it (see the class docstring)."""
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._confirming.setdefault(channel, [])
+        waiting.append(confirmed)
+        try:
+            await self._pubsub.subscribe(channel)
+            await asyncio.wait_for(confirmed, self.SUBSCRIBE_TIMEOUT_SECONDS)
+        finally:
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+            if not waiting and self._confirming.get(channel) is waiting:
+                del self._confirming[channel]
 
     async def unsubscribe(self, channel: str) -> None:
         await self._pubsub.unsubscribe(channel)
