@@ -131,10 +131,13 @@ class RedisBackend(_Backend):
                 if message.get("type") == "message":
                     self._received(message["channel"].decode(), message["data"].decode())
                 elif message.get("type") == "subscribe":
-                    waiting = self._confirming.get(message["channel"].decode())
-                    if waiting:
+                    channel = message["channel"].decode()
+                    waiting = self._confirming.get(channel)
+                    if waiting:  # replies come in the order of the commands
                         confirmed = waiting.pop(0)
-                        if not confirmed.done():
+                        if not waiting:
+                            del self._confirming[channel]
+                        if not confirmed.done():  # done: its subscribe gave up waiting
                             confirmed.set_result(None)
         except asyncio.CancelledError:
             raise
@@ -169,12 +172,15 @@ class RedisBackend(_Backend):
         waiting.append(confirmed)
         try:
             await self._pubsub.subscribe(channel)
-            await asyncio.wait_for(confirmed, self.SUBSCRIBE_TIMEOUT_SECONDS)
-        finally:
-            if confirmed in waiting:
-                waiting.remove(confirmed)
+        except BaseException:
+            waiting.remove(confirmed)  # not sent: no reply will come for it
+            confirmed.cancel()
             if not waiting and self._confirming.get(channel) is waiting:
                 del self._confirming[channel]
+            raise
+        # Sent: the reader takes ``confirmed`` off the list when the reply comes, also when this
+        # wait was cancelled or timed out, so that a later subscribe waits for its own reply.
+        await asyncio.wait_for(confirmed, self.SUBSCRIBE_TIMEOUT_SECONDS)
 
     async def unsubscribe(self, channel: str) -> None:
         await self._pubsub.unsubscribe(channel)
@@ -308,18 +314,20 @@ class Bus:
         ``RECONNECTED`` each time the bus came back from a lost connection. While the bus is
         down this still succeeds: the subscription starts when it is back."""
         queue: asyncio.Queue[Message] = asyncio.Queue()
-        async with self._lock:
-            first = channel not in self._queues
-            self._queues.setdefault(channel, set()).add(queue)
-            if first and self._up:
-                try:
-                    await self._backend.subscribe(channel)
-                except Exception as e:
-                    log.warning("subscribing to %s failed (%s); reconnecting the bus", channel, e)
-                    self._backend.fail(e)
         try:
+            async with self._lock:
+                first = channel not in self._queues
+                self._queues.setdefault(channel, set()).add(queue)
+                if first and self._up:
+                    try:
+                        await self._backend.subscribe(channel)
+                    except Exception as e:
+                        log.warning(
+                            "subscribing to %s failed (%s); reconnecting the bus", channel, e
+                        )
+                        self._backend.fail(e)
             yield _drained(queue)
-        finally:
+        finally:  # also when cancelled while subscribing: no queue is left behind
             queues = self._queues.get(channel, set())
             queues.discard(queue)
             if not queues and channel in self._queues:

@@ -108,6 +108,38 @@ async def test_a_redis_subscription_is_registered_before_subscribe_returns(
             await publisher.disconnect()
 
 
+async def test_a_redis_subscribe_cancelled_in_flight_leaves_nothing_behind(
+    redis_url: str,
+) -> None:
+    """A subscriber that gives up while its SUBSCRIBE is on its way (a log follower leaving at
+    once) leaves no queue behind, and the next subscribe to that channel waits for its own
+    confirmation, not for the reply to the abandoned one."""
+    port = int(redis_url.rsplit(":", 1)[1])
+    publisher = Bus(redis_url)
+    await publisher.connect()
+    async with slow_link(port, delay=0.3) as slow_port:
+        subscriber = Bus(f"redis://127.0.0.1:{slow_port}")
+        await subscriber.connect()
+        try:
+
+            async def subscribe_and_wait() -> None:
+                async with subscriber.subscribe("dockyard.test.left"):
+                    await asyncio.Event().wait()
+
+            leaving = asyncio.ensure_future(subscribe_and_wait())
+            await asyncio.sleep(0.1)  # its SUBSCRIBE is in the slow link
+            leaving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leaving
+            assert "dockyard.test.left" not in subscriber._queues
+            async with subscriber.subscribe("dockyard.test.left") as messages:
+                await publisher.publish("dockyard.test.left", {"n": 2})
+                assert await asyncio.wait_for(anext(messages), 5) == {"n": 2}
+        finally:
+            await subscriber.disconnect()
+            await publisher.disconnect()
+
+
 async def _until_delivered(publisher: Bus, messages: AsyncIterator[Message], n: int) -> Message:
     """Publish ``{"n": n}`` until it arrives (the publisher's own connection may still be
     coming back); other messages that arrive first are skipped."""
