@@ -173,7 +173,10 @@ class RedisBackend(_Backend):
         try:
             await self._pubsub.subscribe(channel)
         except BaseException:
-            waiting.remove(confirmed)  # not sent: no reply will come for it
+            # Not sent, or the connection is gone with it: no reply will come for it.
+            waiting.remove(confirmed)
+            if confirmed.done() and not confirmed.cancelled():
+                confirmed.exception()  # failed meanwhile (``fail``); raised below anyway
             confirmed.cancel()
             if not waiting and self._confirming.get(channel) is waiting:
                 del self._confirming[channel]
