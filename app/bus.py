@@ -93,9 +93,16 @@ class MemoryBackend(_Backend):
 
 class RedisBackend(_Backend):
     """Redis pub/sub. redis-py's own retries are off on the subscribing connection, so a lost
-    connection surfaces here (and the bus re-subscribes) instead of being half-repaired."""
+    connection surfaces here (and the bus re-subscribes) instead of being half-repaired.
+
+    ``subscribe`` returns once Redis has confirmed the subscription, not once the SUBSCRIBE is
+    sent: Redis orders the commands of one connection only, so a message published on another
+    connection right after a SUBSCRIBE that is still on its way (a slow link, a Redis starved
+    of CPU serving the other connection first) went to nobody. The reader task, which owns the
+    connection's replies, hands each confirmation to the subscribe waiting for it."""
 
     READ_TIMEOUT_SECONDS = 1.0
+    SUBSCRIBE_TIMEOUT_SECONDS = 10.0
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -105,8 +112,10 @@ class RedisBackend(_Backend):
 
         self._publisher = redis.Redis.from_url(url)
         self._listening = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0))
-        self._pubsub = self._listening.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._listening.pubsub()  # confirmations too: see ``subscribe``
         self._reader: asyncio.Task[None] | None = None
+        self._confirming: dict[str, list[asyncio.Future[None]]] = {}
+        """Per channel, the subscribes waiting for Redis' confirmation, oldest first."""
 
     async def connect(self) -> None:
         await self._listening.ping()  # type: ignore[misc]  # fails now when Redis is away
@@ -117,24 +126,64 @@ class RedisBackend(_Backend):
         try:
             while True:
                 message = await self._pubsub.get_message(timeout=self.READ_TIMEOUT_SECONDS)
-                if message is not None and message.get("type") == "message":
+                if message is None:
+                    continue
+                if message.get("type") == "message":
                     self._received(message["channel"].decode(), message["data"].decode())
+                elif message.get("type") == "subscribe":
+                    channel = message["channel"].decode()
+                    waiting = self._confirming.get(channel)
+                    if waiting:  # replies come in the order of the commands
+                        confirmed = waiting.pop(0)
+                        if not waiting:
+                            del self._confirming[channel]
+                        if not confirmed.done():  # done: its subscribe gave up waiting
+                            confirmed.set_result(None)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self.fail(e)
+
+    def fail(self, error: BaseException) -> None:
+        super().fail(error)
+        self._abandon_confirmations(error)
+
+    def _abandon_confirmations(self, error: BaseException) -> None:
+        confirming, self._confirming = self._confirming, {}
+        for waiting in confirming.values():
+            for confirmed in waiting:
+                if not confirmed.done():
+                    confirmed.set_exception(error)
 
     async def disconnect(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
+        self._abandon_confirmations(ConnectionError("the Redis bus was disconnected"))
         for close in (self._pubsub.aclose, self._listening.aclose, self._publisher.aclose):
             with contextlib.suppress(Exception):
                 await close()
 
     async def subscribe(self, channel: str) -> None:
-        await self._pubsub.subscribe(channel)
+        """Subscribe and wait until Redis confirms it (see the class docstring)."""
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._confirming.setdefault(channel, [])
+        waiting.append(confirmed)
+        try:
+            await self._pubsub.subscribe(channel)
+        except BaseException:
+            # Not sent, or the connection is gone with it: no reply will come for it.
+            waiting.remove(confirmed)
+            if confirmed.done() and not confirmed.cancelled():
+                confirmed.exception()  # failed meanwhile (``fail``); raised below anyway
+            confirmed.cancel()
+            if not waiting and self._confirming.get(channel) is waiting:
+                del self._confirming[channel]
+            raise
+        # Sent: the reader takes ``confirmed`` off the list when the reply comes, also when this
+        # wait was cancelled or timed out, so that a later subscribe waits for its own reply.
+        await asyncio.wait_for(confirmed, self.SUBSCRIBE_TIMEOUT_SECONDS)
 
     async def unsubscribe(self, channel: str) -> None:
         await self._pubsub.unsubscribe(channel)
@@ -268,18 +317,20 @@ class Bus:
         ``RECONNECTED`` each time the bus came back from a lost connection. While the bus is
         down this still succeeds: the subscription starts when it is back."""
         queue: asyncio.Queue[Message] = asyncio.Queue()
-        async with self._lock:
-            first = channel not in self._queues
-            self._queues.setdefault(channel, set()).add(queue)
-            if first and self._up:
-                try:
-                    await self._backend.subscribe(channel)
-                except Exception as e:
-                    log.warning("subscribing to %s failed (%s); reconnecting the bus", channel, e)
-                    self._backend.fail(e)
         try:
+            async with self._lock:
+                first = channel not in self._queues
+                self._queues.setdefault(channel, set()).add(queue)
+                if first and self._up:
+                    try:
+                        await self._backend.subscribe(channel)
+                    except Exception as e:
+                        log.warning(
+                            "subscribing to %s failed (%s); reconnecting the bus", channel, e
+                        )
+                        self._backend.fail(e)
             yield _drained(queue)
-        finally:
+        finally:  # also when cancelled while subscribing: no queue is left behind
             queues = self._queues.get(channel, set())
             queues.discard(queue)
             if not queues and channel in self._queues:

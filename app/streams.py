@@ -72,7 +72,10 @@ log = logging.getLogger(__name__)
 MAX_RESUME_LINES = 10_000
 """At most this many lines are replayed to a client resuming with ``Last-Event-ID``."""
 MISSED_HEARTBEATS = 3
-"""A subscriber silent for this many heartbeat intervals is forgotten (its replica died)."""
+"""A subscriber silent for this many heartbeat rounds of this process is forgotten (its replica
+died). Rounds, not seconds: after this process's event loop stalled (CPU starvation, a long
+synchronous step) the round that ends the stall comes before the heartbeats that arrived
+meanwhile are read, so a stall of any length counts as one round, never as a silent replica."""
 PUMP_LOOKBACK_NS = 2 * NS
 """A new pump starts this far back, so lines written while subscribers read their backlog are
 never missed (they deduplicate by id)."""
@@ -382,7 +385,10 @@ class LogHub:
         self._serial = itertools.count(1)
         self._channels: dict[str, _Channel] = {}
         self._status_waiters: dict[str, set[asyncio.Queue[str]]] = {}
-        self._demand: dict[str, dict[str, float]] = {}
+        self._demand: dict[str, dict[str, int]] = {}
+        """Per container, its subscribers and the heartbeat round they were last heard in."""
+        self._round = 0
+        """Heartbeat rounds this process has lived through (``_heartbeat_loop``)."""
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -684,6 +690,7 @@ class LogHub:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.demand_heartbeat_seconds)
+            self._round += 1
             for container_id, channel in list(self._channels.items()):
                 for key in list(channel.subscribers):
                     self._announce(container_id, key, "heartbeat")
@@ -710,11 +717,11 @@ class LogHub:
                 if message.get("op") == "leave":
                     subscribers.pop(subscriber, None)
                 else:
-                    subscribers[subscriber] = time.monotonic()
+                    subscribers[subscriber] = self._round
                 self._update_pump(container_id)
 
     def _expire_demand(self) -> None:
-        horizon = time.monotonic() - MISSED_HEARTBEATS * self.demand_heartbeat_seconds
+        horizon = self._round - MISSED_HEARTBEATS
         for subscribers in list(self._demand.values()):
             for key, seen in list(subscribers.items()):
                 if seen < horizon:

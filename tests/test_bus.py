@@ -52,6 +52,94 @@ async def test_a_message_published_right_after_subscribing_arrives(
             await subscriber.disconnect()
 
 
+@contextlib.asynccontextmanager
+async def slow_link(port: int, delay: float) -> AsyncIterator[int]:
+    """A TCP relay on 127.0.0.1 to ``port`` that holds what its clients send for ``delay``
+    seconds before passing it on (a slow link from a replica to Redis); replies pass at once.
+    Yields the relay's own port."""
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lag: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(lag)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def accept(client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        server, to_server = await asyncio.open_connection("127.0.0.1", port)
+        pipes.add(asyncio.create_task(pipe(client, to_server, delay)))
+        pipes.add(asyncio.create_task(pipe(server, to_client, 0)))
+
+    relay = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield int(relay.sockets[0].getsockname()[1])
+    finally:
+        relay.close()
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        await relay.wait_closed()
+
+
+async def test_a_redis_subscription_is_registered_before_subscribe_returns(
+    redis_url: str,
+) -> None:
+    """Redis orders the commands of one connection only. A subscriber whose SUBSCRIBE is still
+    on its way (here a slow link; under CPU contention, a Redis that serves the publisher's
+    connection first) must not return from ``subscribe`` yet: a message published right after
+    on another connection would be processed first and reach nobody."""
+    port = int(redis_url.rsplit(":", 1)[1])
+    publisher = Bus(redis_url)
+    await publisher.connect()
+    async with slow_link(port, delay=0.3) as slow_port:
+        subscriber = Bus(f"redis://127.0.0.1:{slow_port}")
+        await subscriber.connect()
+        try:
+            async with subscriber.subscribe("dockyard.test.slow") as messages:
+                await publisher.publish("dockyard.test.slow", {"n": 1})
+                assert await asyncio.wait_for(anext(messages), 5) == {"n": 1}
+        finally:
+            await subscriber.disconnect()
+            await publisher.disconnect()
+
+
+async def test_a_redis_subscribe_cancelled_in_flight_leaves_nothing_behind(
+    redis_url: str,
+) -> None:
+    """A subscriber that gives up while its SUBSCRIBE is on its way (a log follower leaving at
+    once) leaves no queue behind, and the next subscribe to that channel waits for its own
+    confirmation, not for the reply to the abandoned one."""
+    port = int(redis_url.rsplit(":", 1)[1])
+    publisher = Bus(redis_url)
+    await publisher.connect()
+    async with slow_link(port, delay=0.3) as slow_port:
+        subscriber = Bus(f"redis://127.0.0.1:{slow_port}")
+        await subscriber.connect()
+        try:
+
+            async def subscribe_and_wait() -> None:
+                async with subscriber.subscribe("dockyard.test.left"):
+                    await asyncio.Event().wait()
+
+            leaving = asyncio.ensure_future(subscribe_and_wait())
+            await asyncio.sleep(0.1)  # its SUBSCRIBE is in the slow link
+            leaving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leaving
+            assert "dockyard.test.left" not in subscriber._queues
+            async with subscriber.subscribe("dockyard.test.left") as messages:
+                await publisher.publish("dockyard.test.left", {"n": 2})
+                assert await asyncio.wait_for(anext(messages), 5) == {"n": 2}
+        finally:
+            await subscriber.disconnect()
+            await publisher.disconnect()
+
+
 async def _until_delivered(publisher: Bus, messages: AsyncIterator[Message], n: int) -> Message:
     """Publish ``{"n": n}`` until it arrives (the publisher's own connection may still be
     coming back); other messages that arrive first are skipped."""

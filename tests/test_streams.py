@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -269,6 +270,33 @@ async def test_demand_from_a_silent_replica_expires(hub: LogHub, runtime: Script
     await until(lambda: hub.pumps == 1)
     await until(lambda: hub.pumps == 0, within=2)
     await until(lambda: runtime.open == 0)  # the cancelled pump closes its stream
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_stalled_event_loop_does_not_forget_a_live_subscriber(
+    kind: str, runtime: ScriptedRuntime, request: pytest.FixtureRequest
+) -> None:
+    # A CPU-starved process runs the heartbeat round that ends a stall before it reads the
+    # heartbeats sent meanwhile. Counted in seconds, the stall looked like a dead replica: the
+    # pump was cancelled (losing the lines it had not published yet) and restarted from a
+    # look-back that a burst outruns.
+    heartbeat = 0.05 if kind == "memory" else 0.2
+    hub = LogHub(Bus(bus_url(kind, request)), runtime, demand_heartbeat_seconds=heartbeat)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        events = hub.logs("c1", tail=0, follow=True)
+        reader = asyncio.ensure_future(take(events, 1))
+        await until(lambda: runtime.follow_opened == 1)
+        stall = heartbeat * (streams.MISSED_HEARTBEATS + 2)
+        # Block the event loop on purpose, as CPU starvation or a long synchronous step does.
+        time.sleep(stall)  # noqa: ASYNC251
+        await asyncio.sleep(stall)  # heartbeat rounds after the stall
+        assert hub.pumps == 1 and runtime.follow_opened == 1  # the same pump, never reopened
+        runtime.write("after the stall", at=datetime.now(UTC) + timedelta(seconds=1))
+        assert [e.line for e in await reader] == ["after the stall"]
+        await events.aclose()  # type: ignore[attr-defined]
+    finally:
+        await hub.stop()
 
 
 async def test_only_the_leader_pumps(runtime: ScriptedRuntime) -> None:
