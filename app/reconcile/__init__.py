@@ -324,9 +324,10 @@ class Reconciler:
         if self._leading:
             self._elected.set()
         self.on_endpoints: Callable[[str], Awaitable[None]] | None = None
-        """Awaited with the container id after the ready endpoints of its revisions changed,
-        before the status that moves traffic is written (this replica's data plane publishes
-        the new routes meanwhile, so "deployed" is not said before they can be served)."""
+        """Awaited with the container id after the ready endpoints of its revisions or its
+        status changed, before anyone is told of the change (this replica's data plane
+        publishes the new routes meanwhile, so "deployed" is not said before they are
+        served)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -609,12 +610,15 @@ class Reconciler:
             )
             for number, row in rows.items()
         }
-        # Before the status: the data plane must know the endpoints of a newly ready revision by
-        # the time traffic moves to it.
+        # The endpoints before the status: a routing table read in between never sends traffic
+        # to a revision whose endpoints it does not have. Then the routes are published (and
+        # served) before anyone hears the status: the status's ``ready_revision`` is what
+        # ``latest`` traffic follows, so a table published before it was written kept a new
+        # container's host without a backend (503) for a moment after it said ``deployed``.
         rows_changed = await asyncio.to_thread(self._write_revisions, container.id, rows, records)
-        if rows_changed and self.on_endpoints is not None:
-            await self.on_endpoints(container.id)
         changed = await asyncio.to_thread(self._write_status, container.id, generation, observed)
+        if (rows_changed or changed) and self.on_endpoints is not None:
+            await self.on_endpoints(container.id)
         if urls is not None:
             changed = await asyncio.to_thread(self._write_urls, container.id, urls) or changed
         if changed or rows_changed:

@@ -537,3 +537,29 @@ async def test_a_runtime_that_rolls_out_by_itself_gets_only_the_newest_revision(
     assert status(ctx, container_id) == ("deployed", None, 2)
     assert revision_of(ctx, container_id, 2).serving_state == "serving"
     assert [spec.revision for spec in runtime.applied] == [1, 2]
+
+
+async def test_routes_are_published_with_the_status_before_anyone_hears_it(
+    ctx: ServiceContext, runtime: MemoryRuntime, reconciler: Reconciler
+) -> None:
+    # The data plane publishes what the database says when on_endpoints is awaited; a first
+    # revision's host is routed only once ready_revision (written with the status) is there,
+    # so the publish must come after the status write and before the status is announced.
+    published: list[list[str]] = []
+    announced: list[list[str]] = []
+
+    async def publish(container_id: str) -> None:
+        published.append(routed(ctx, container_id))
+
+    async def announce(container_id: str, _kind: str) -> None:
+        announced.append(published[-1] if published else [])
+
+    reconciler.on_endpoints = publish
+    reconciler.on_status = announce
+    container_id = create(ctx)
+    await reconciler.reconcile(container_id)
+    runtime.set_phase(container_id, 1, Phase.READY)
+    await reconciler.reconcile(container_id)
+    assert status(ctx, container_id)[0] == "deployed"
+    assert published[-1] == ["127.0.0.1:40001"]
+    assert announced[-1] == ["127.0.0.1:40001"]  # the routes were out before the status
