@@ -1,0 +1,492 @@
+"""Starts, adopts, programs and restarts HAProxy, the second data plane engine.
+
+- HAProxy runs in master-worker mode (``-W``) with a master CLI socket (``-S``) and a stats socket
+  at admin level with ``expose-fd listeners``, so a reload hands the listening sockets to the new
+  worker (no refused connection). It runs in its own session: a ``kill -9`` of Dockyard leaves it
+  serving. Its pid file, configuration, map and sockets live in the serve run directory.
+- Start: a master already running for this run directory (its pid file names a process whose
+  command line names the directory) is adopted and reloaded with a configuration rendered from
+  the current table; otherwise one is spawned.
+- A routing table change is applied at run time over the stats socket (map entries, servers
+  added, re-weighted, put in maintenance and deleted once drained), never by a reload: a reload
+  closes the old worker's idle keep-alive connections, and a request racing that close fails.
+  Only when the configuration's spare backends run out is a new configuration loaded (a
+  seamless reload), with new spares.
+- A watch loop checks every ``check_interval`` that the master is alive and the stats socket
+  answers (else it starts HAProxy again, programmed with the current table), deletes drained
+  servers, and reloads if a run-time change could not be applied.
+- Stop: SIGUSR1 to the master (a soft stop: requests in flight finish), SIGTERM after 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from app.dataplane.haproxy import (
+    HAProxyOptions,
+    Plan,
+    backend_names,
+    map_text,
+    plan,
+    render,
+    server_address,
+    server_name,
+    spares_for,
+)
+from app.dataplane.routes import RoutingTable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BINARY = "/usr/sbin/haproxy"
+
+
+class HAProxyError(RuntimeError):
+    """HAProxy could not be found, did not come up, or refused a run-time command."""
+
+
+def haproxy_binary(configured: str | None = None) -> str | None:
+    """The HAProxy executable: the configured one, ``haproxy`` on ``PATH``, then Debian's."""
+    if configured:
+        return configured
+    found = shutil.which("haproxy")
+    if found is not None:
+        return found
+    if os.access(DEFAULT_BINARY, os.X_OK):
+        return DEFAULT_BINARY
+    return None
+
+
+async def cli(path: str, command: str, *, seconds: float = 5.0) -> str:
+    """One command on an HAProxy CLI socket (stats or master); its whole answer."""
+
+    async def exchange() -> str:
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(command.encode() + b"\n")
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            return (await reader.read()).decode(errors="replace")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(exchange(), seconds)
+    except (OSError, TimeoutError) as e:
+        raise HAProxyError(f"{command!r} on {path}: {e!r}") from e
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _names_directory(pid: int, directory: Path) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"haproxy" in command and str(directory).encode() in command and not _zombie(pid)
+
+
+class HAProxySupervisor:
+    """One HAProxy per Dockyard server, programmed with that server's routing table."""
+
+    def __init__(
+        self,
+        *,
+        options: HAProxyOptions,
+        directory: Path,
+        binary: str | None = None,
+        direct: Callable[[str], bool] | None = None,
+        check_interval: float = 1.0,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.options = options
+        self.directory = directory
+        self.binary = binary
+        self.direct = direct
+        """Which single addresses a host may reach without a backend (the activator's)."""
+        self.check_interval = check_interval
+        self.start_timeout = start_timeout
+        self.adopted = False
+        self.restarts = 0
+        self.reloads = 0
+        """Configuration reloads since start (spawns excluded): a route change makes none while
+        spare backends last."""
+        self._table: RoutingTable = ()
+        self._programmed: RoutingTable | None = None
+        """The table HAProxy holds; None: unknown (program it again)."""
+        self._map: dict[str, str] = {}
+        self._assigned: dict[str, str] = {}
+        """host -> its backend."""
+        self._servers: dict[str, dict[str, int]] = {}
+        """backend -> {address: weight} of its servers in service."""
+        self._draining: dict[str, set[str]] = {}
+        """backend -> addresses of its servers in maintenance, deleted once they have no
+        connection."""
+        self._free: list[str] = []
+        self._versions = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    # -- files ----------------------------------------------------------------------------------
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "haproxy.pid"
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "haproxy.cfg"
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def _pid(self) -> int | None:
+        """The master's pid, when it is a live HAProxy of this run directory."""
+        if self._process is not None and self._process.poll() is None:
+            return self._process.pid
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _names_directory(pid, self.directory) else None
+
+    async def _stats(self, command: str) -> str:
+        return await cli(self.options.stats_socket, command)
+
+    async def _answers(self) -> bool:
+        try:
+            return "Name: HAProxy" in await self._stats("show info")
+        except HAProxyError:
+            return False
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def start(self, table: RoutingTable) -> None:
+        self._table = table
+        async with self._lock:
+            pid = self._pid()
+            if pid is not None and await self._answers():
+                self.adopted = True
+                log.info("adopting the HAProxy already serving (master pid %d)", pid)
+                await self._load_locked(spawn=False)
+            else:
+                if pid is not None:  # ours (its command line names our run directory), stuck
+                    await self._kill(pid)
+                await self._load_locked(spawn=True)
+        self._watch = asyncio.create_task(self._watch_loop(), name="haproxy-watch")
+
+    async def apply(self, table: RoutingTable) -> bool:
+        """Program ``table`` at run time (a reload only when spare backends ran out); True when
+        it differs from the last one."""
+        async with self._lock:
+            changed = table != self._table
+            self._table = table
+            if self._programmed == table:
+                return changed
+            try:
+                await self._program_locked(table)
+            except HAProxyError as e:
+                log.warning("run-time change refused (%s); reloading HAProxy", e)
+                self._programmed = None
+                await self._load_locked(spawn=False)
+            return changed
+
+    async def served(self, within: float = 10.0) -> bool:
+        """Wait until HAProxy routes by the last table handed to ``apply``."""
+        deadline = time.monotonic() + within
+        while self._programmed != self._table or self._lock.locked():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def converged(self, within: float = 10.0) -> bool:
+        """Every request is routed by the last table: run-time changes apply at once."""
+        return await self.served(within)
+
+    async def upstreams(self) -> dict[str, int]:
+        """Requests in flight per server address (``scur`` of ``show stat``)."""
+        names = {
+            (backend, server_name(address)): address
+            for backend, servers in self._servers.items()
+            for address in itertools.chain(servers, self._draining.get(backend, ()))
+        }
+        text = await self._stats("show stat -1 4 -1")
+        counts: dict[str, int] = {}
+        rows = csv.DictReader(io.StringIO(text.removeprefix("# ")))
+        for row in rows:
+            backend, server = row.get("pxname") or "", row.get("svname") or ""
+            if backend in ("api", "direct") or not server:
+                continue
+            address = names.get((backend, server)) or row.get("addr") or server
+            with contextlib.suppress(ValueError):
+                counts[address] = counts.get(address, 0) + int(row.get("scur") or 0)
+        return counts
+
+    async def stop(self) -> None:
+        """Stop watching and stop HAProxy gracefully (ours or adopted)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        pid = self._pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)  # soft stop: requests in flight finish
+            if not await self._gone(pid, 10):
+                await self._kill(pid)
+        if self._process is not None:
+            await asyncio.to_thread(self._process.wait, 5)
+            self._process = None
+
+    # -- run-time changes -----------------------------------------------------------------------
+
+    def _plan(self, table: RoutingTable) -> Plan:
+        return plan(table, direct=self.direct)
+
+    async def _command(self, command: str, *, ok: tuple[str, ...] = ()) -> None:
+        answer = (await self._stats(command)).strip()
+        if answer and not any(answer.startswith(expected) for expected in ok):
+            raise HAProxyError(f"{command!r}: {answer[:200]}")
+
+    async def _program_locked(self, table: RoutingTable) -> None:
+        wanted = self._plan(table)
+        new_hosts = [host for host in wanted.pools if host not in self._assigned]
+        if len(new_hosts) > len(self._free):
+            log.info("HAProxy's spare backends ran out; reloading with new ones")
+            self._programmed = None
+            await self._load_locked(spawn=False)
+            return
+        for host in new_hosts:
+            self._assigned[host] = self._free.pop(0)
+        # 1. servers of every pooled host, before any map entry points at them
+        for host, weights in wanted.pools.items():
+            backend = self._assigned[host]
+            servers = self._servers.setdefault(backend, {})
+            draining = self._draining.setdefault(backend, set())
+            for address, weight in weights.items():
+                name = f"{backend}/{server_name(address)}"
+                if address in servers and servers[address] == weight:
+                    continue
+                if address in servers or address in draining:
+                    await self._command(f"set server {name} weight {weight}")
+                    await self._command(f"set server {name} state ready")
+                    draining.discard(address)
+                else:
+                    await self._command(
+                        f"add server {name} {server_address(address)} weight {weight}",
+                        ok=("New server registered",),
+                    )
+                    await self._command(f"enable server {name}")
+                servers[address] = weight
+        # 2. the map
+        hosts = {
+            host: self._assigned[host] if host in wanted.pools else value
+            for host, value in wanted.hosts.items()
+        }
+        for host, value in hosts.items():
+            if host not in self._map:
+                await self._command(f"add map {self.options.map_file} {host} {value}")
+            elif self._map[host] != value:
+                await self._command(f"set map {self.options.map_file} {host} {value}")
+            self._map[host] = value
+        for host in [h for h in self._map if h not in hosts]:
+            await self._command(f"del map {self.options.map_file} {host}")
+            del self._map[host]
+        # 3. servers nothing routes to any more: out of service, deleted once drained
+        for host, weights in wanted.pools.items():
+            backend = self._assigned[host]
+            for address in [a for a in self._servers[backend] if a not in weights]:
+                await self._retire(backend, address)
+        for host in [h for h in self._assigned if h not in wanted.pools]:
+            backend = self._assigned.pop(host)
+            for address in list(self._servers.get(backend, {})):
+                await self._retire(backend, address)
+            self._free.append(backend)
+        self._programmed = table
+        await self._delete_drained()
+
+    async def _retire(self, backend: str, address: str) -> None:
+        await self._command(f"set server {backend}/{server_name(address)} state maint")
+        del self._servers[backend][address]
+        self._draining.setdefault(backend, set()).add(address)
+
+    async def _delete_drained(self) -> None:
+        """Delete servers in maintenance that have no connection left (others: next time)."""
+        for backend, addresses in self._draining.items():
+            for address in list(addresses):
+                answer = await self._stats(f"del server {backend}/{server_name(address)}")
+                if "deleted" in answer or "No such server" in answer:
+                    addresses.discard(address)
+
+    # -- configuration loads --------------------------------------------------------------------
+
+    def _write_config(self, table: RoutingTable) -> str:
+        """Render the configuration and map for ``table`` (with spare backends) and reset the
+        run-time bookkeeping to them; the version the new worker will report."""
+        wanted = self._plan(table)
+        names = backend_names(len(wanted.pools) + spares_for(len(wanted.pools)))
+        pooled = sorted(wanted.pools)
+        self._assigned = dict(zip(pooled, names, strict=False))
+        self._free = names[len(pooled) :]
+        self._servers = {self._assigned[h]: dict(wanted.pools[h]) for h in pooled}
+        self._servers.update({name: {} for name in self._free})
+        self._draining = {}
+        self._map = {
+            host: self._assigned[host] if host in wanted.pools else value
+            for host, value in wanted.hosts.items()
+        }
+        version = f"dockyard-{os.getpid()}-{next(self._versions)}-{time.time_ns()}"
+        _write_atomically(Path(self.options.map_file), map_text(self._map))
+        _write_atomically(self.config_file, render(self.options, self._servers, version=version))
+        return version
+
+    async def _load_locked(self, *, spawn: bool) -> None:
+        table = self._table
+        version = self._write_config(table)
+        if spawn:
+            await self._spawn(version)
+        else:
+            await self._reload(version)
+            self.reloads += 1
+        self._programmed = table
+
+    async def _spawn(self, version: str) -> None:
+        binary = haproxy_binary(self.binary)
+        if binary is None:
+            raise HAProxyError(
+                "no haproxy binary: apt-get install haproxy, or set DOCKYARD_HAPROXY_BIN"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.options.stats_socket)
+        command = [binary, "-W", "-S", f"{self.options.master_socket},mode,600"]
+        command += ["-f", str(self.config_file), "-p", str(self.pid_file)]
+        self._process = self._launch(command)
+        process = self._process
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise HAProxyError(f"haproxy exited ({process.returncode}): {self._tail()}")
+            if await self._reports(version):
+                self.adopted = False
+                log.info("haproxy started (master pid %d) on %s", process.pid, self.options.listen)
+                return
+            await asyncio.sleep(0.02)
+        await self._kill(process.pid)
+        raise HAProxyError(f"haproxy did not answer within {self.start_timeout}s: {self._tail()}")
+
+    def _launch(self, command: list[str]) -> subprocess.Popen[bytes]:
+        with (self.directory / "haproxy.log").open("ab") as output:
+            # A session of its own: HAProxy outlives a killed Dockyard and is adopted on restart.
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                start_new_session=True,
+            )
+
+    async def _reload(self, version: str) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                await cli(self.options.master_socket, "reload")
+                break
+            except HAProxyError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)  # the master re-executing for a previous reload
+        # The new worker answers with the new version; the old one stops accepting right after
+        # the new one is ready, so the version is read a few times in a row.
+        seen = 0
+        while seen < 3:
+            if time.monotonic() >= deadline:
+                raise HAProxyError(f"haproxy did not load its new configuration: {self._tail()}")
+            seen = seen + 1 if await self._reports(version) else 0
+            await asyncio.sleep(0.02)
+
+    async def _reports(self, version: str) -> bool:
+        try:
+            return f"description: {version}\n" in await self._stats("show info")
+        except HAProxyError:
+            return False
+
+    def _tail(self) -> str:
+        try:
+            return (self.directory / "haproxy.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    # -- watching -------------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                async with self._lock:
+                    pid = self._pid()
+                    if pid is None or not await self._answers():
+                        if pid is not None and not await self._answers():
+                            await self._kill(pid)
+                        log.warning("haproxy is gone; starting it again")
+                        self.restarts += 1
+                        await self._load_locked(spawn=True)
+                    elif self._programmed != self._table:
+                        await self._load_locked(spawn=False)
+                    else:
+                        await self._delete_drained()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not restart or program haproxy; trying again")
+
+    async def _gone(self, pid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.pid == pid:
+                if self._process.poll() is not None:
+                    return True
+            elif _zombie(pid):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _kill(self, pid: int) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if await self._gone(pid, 5):
+                break
+        if self._process is not None and self._process.pid == pid:
+            await asyncio.to_thread(self._process.wait, 5)
+            self._process = None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
