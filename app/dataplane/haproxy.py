@@ -76,13 +76,16 @@ class HAProxyOptions:
     threads: int | None = None
     """HAProxy threads; None: one per CPU (its default)."""
 
+    # Short names: HAProxy takes unix socket paths of at most 97 bytes, and ``run_dir`` keeps
+    # the directory under 84.
+
     @property
     def stats_socket(self) -> str:
-        return f"{self.directory}/haproxy-admin.sock"
+        return f"{self.directory}/ha-cli.sock"
 
     @property
     def master_socket(self) -> str:
-        return f"{self.directory}/haproxy-master.sock"
+        return f"{self.directory}/ha-mw.sock"
 
     @property
     def map_file(self) -> str:
