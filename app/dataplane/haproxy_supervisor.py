@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -190,7 +192,13 @@ class HAProxySupervisor:
             if pid is not None and await self._answers():
                 self.adopted = True
                 log.info("adopting the HAProxy already serving (master pid %d)", pid)
-                await self._load_locked(spawn=False)
+                adopted = False
+                try:
+                    adopted = await self._adopt_locked()
+                except HAProxyError as e:
+                    log.warning("could not read the adopted HAProxy's routes (%s)", e)
+                if not adopted:
+                    await self._load_locked(spawn=False)
             else:
                 if pid is not None:  # ours (its command line names our run directory), stuck
                     await self._kill(pid)
@@ -342,6 +350,60 @@ class HAProxySupervisor:
                 if "deleted" in answer or "No such server" in answer:
                     addresses.discard(address)
 
+    # -- adoption -------------------------------------------------------------------------------
+
+    def _fingerprint(self) -> str:
+        """Names the options a configuration was rendered with (in its version): an HAProxy
+        left running with the same ones is adopted without a reload."""
+        return "dockyard-" + hashlib.sha256(repr(self.options).encode()).hexdigest()[:12]
+
+    async def _adopt_locked(self) -> bool:
+        """Read the routes an HAProxy left running holds (its map, backends and servers) and
+        program the current table at run time: no reload, so no keep-alive connection of its
+        clients is closed. False when it was rendered with other options (or by something
+        else): then it is reloaded."""
+        info = await self._stats("show info")
+        described = re.search(r"^description: (\S+)$", info, re.MULTILINE)
+        if described is None or not described.group(1).startswith(self._fingerprint() + "-"):
+            return False
+        backends = [
+            name
+            for name in (await self._stats("show backend")).split()
+            if re.fullmatch(r"h\d+", name)
+        ]
+        hosts: dict[str, str] = {}
+        for line in (await self._stats(f"show map {self.options.map_file}")).splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                hosts[parts[1]] = parts[2]
+        servers: dict[str, dict[str, int]] = {name: {} for name in backends}
+        draining: dict[str, set[str]] = {name: set() for name in backends}
+        state = (await self._stats("show servers state")).splitlines()
+        columns: list[str] = []
+        for line in state:
+            if line.startswith("# "):
+                columns = line[2:].split()
+                continue
+            values = dict(zip(columns, line.split(), strict=False))
+            backend = values.get("be_name", "")
+            if backend not in servers:
+                continue
+            address = f"{values['srv_addr']}:{values['srv_port']}"
+            if server_name(address) != values["srv_name"]:
+                return False  # not a server this module named
+            if values["srv_admin_state"] == "0":
+                servers[backend][address] = int(values["srv_uweight"])
+            else:
+                draining[backend].add(address)
+        self._map = hosts
+        self._servers, self._draining = servers, draining
+        self._assigned = {h: v for h, v in hosts.items() if v in servers}
+        used = set(self._assigned.values())
+        self._free = [name for name in backends if name not in used]
+        self._programmed = None
+        await self._program_locked(self._table)
+        return True
+
     # -- configuration loads --------------------------------------------------------------------
 
     def _write_config(self, table: RoutingTable) -> str:
@@ -359,7 +421,7 @@ class HAProxySupervisor:
             host: self._assigned[host] if host in wanted.pools else value
             for host, value in wanted.hosts.items()
         }
-        version = f"dockyard-{os.getpid()}-{next(self._versions)}-{time.time_ns()}"
+        version = f"{self._fingerprint()}-{os.getpid()}-{next(self._versions)}-{time.time_ns()}"
         _write_atomically(Path(self.options.map_file), map_text(self._map))
         _write_atomically(self.config_file, render(self.options, self._servers, version=version))
         return version

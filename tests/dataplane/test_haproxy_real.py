@@ -303,6 +303,7 @@ async def test_an_haproxy_left_running_is_adopted(
         await second.start((route("app.localhost", (upstreams["two"], 1, 1)),))
         assert second.adopted
         assert second._pid() == pid
+        assert second.reloads == 0  # its routes were read and changed at run time
         await wait_until_serving(second, "app.localhost", "two")
         await second.apply((route("app.localhost", (upstreams["three"], 1, 1)),))
         await wait_until_serving(second, "app.localhost", "three")
