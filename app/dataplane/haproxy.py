@@ -109,9 +109,37 @@ def server_address(address: str) -> str:
     return address
 
 
-def server_name(address: str) -> str:
-    """A server name for an address (HAProxy names: letters, digits, ``_.:-``)."""
-    return "s" + re.sub(r"[^A-Za-z0-9]", "_", address.removeprefix("unix/"))
+@dataclass(frozen=True)
+class Slot:
+    """A server line of a backend: ``address`` None is an empty slot (in maintenance)."""
+
+    name: str
+    address: str | None = None
+    weight: int = 1
+
+
+PLACEHOLDER = "127.0.0.1:1"
+"""The address of an empty slot (never used: the slot is in maintenance)."""
+MIN_SLOTS = 4
+"""Server slots per backend at least: instances come and go at run time by changing a slot's
+address (``set server … addr``), because servers added with ``add server`` keep no idle
+connections in HAProxy 2.6 (every request would open a new upstream connection)."""
+
+
+def slots_for(addresses: Sequence[str]) -> list[Slot]:
+    """Slots for a backend's first instances, and room to add as many again (at least
+    ``MIN_SLOTS``)."""
+    count = max(MIN_SLOTS, 2 * len(addresses))
+    return [Slot(f"s{n + 1}") for n in range(count)]
+
+
+def ip_port(address: str) -> tuple[str, int] | None:
+    """``127.0.0.1:41234`` -> (ip, port); None for anything ``set server … addr`` cannot take
+    (a unix socket, a name)."""
+    if not _ipv4_port(address):
+        return None
+    host, _, port = address.rpartition(":")
+    return host, int(port)
 
 
 def scaled_weights(weights: Mapping[str, int]) -> dict[str, int]:
@@ -166,12 +194,12 @@ def _domain_regex(domain: str) -> str:
 
 def render(
     options: HAProxyOptions,
-    backends: Mapping[str, Mapping[str, int]],
+    backends: Mapping[str, Sequence[Slot]],
     *,
     version: str,
 ) -> str:
-    """The whole configuration: ``backends`` maps each backend name (``h<n>``) to its servers'
-    {address: weight} (empty for a spare)."""
+    """The whole configuration: ``backends`` maps each backend name (``h<n>``) to its server
+    slots (all empty for a spare)."""
     text = _PLAIN_TEXT
     lines = [
         "global",
@@ -247,10 +275,13 @@ def render(
         lines.append(f"    http-request return status 404 content-type {text} string {missing}")
     for name in sorted(backends, key=_backend_order):
         lines += ["", f"backend {name}", "    balance roundrobin"]
-        for address, weight in sorted(backends[name].items()):
-            lines.append(
-                f"    server {server_name(address)} {server_address(address)} weight {weight}"
-            )
+        for slot in backends[name]:
+            if slot.address is None:
+                # An empty slot: in maintenance until ``set server … addr`` gives it an instance.
+                lines.append(f"    server {slot.name} {PLACEHOLDER} weight 1 disabled")
+            else:
+                address = server_address(slot.address)
+                lines.append(f"    server {slot.name} {address} weight {slot.weight}")
     return "\n".join(lines) + "\n"
 
 

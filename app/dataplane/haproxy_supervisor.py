@@ -34,17 +34,21 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from app.dataplane.haproxy import (
+    PLACEHOLDER,
     HAProxyOptions,
     Plan,
+    Slot,
     backend_names,
+    ip_port,
     map_text,
     plan,
     render,
-    server_address,
-    server_name,
+    slots_for,
     spares_for,
 )
 from app.dataplane.routes import RoutingTable
@@ -108,6 +112,21 @@ def _names_directory(pid: int, directory: Path) -> bool:
     return b"haproxy" in command and str(directory).encode() in command and not _zombie(pid)
 
 
+@dataclass
+class _Server:
+    """One server slot of a backend, as HAProxy holds it."""
+
+    address: str | None
+    weight: int
+    state: Literal["ready", "draining", "free"]
+    """``draining``: in maintenance, its requests finishing; ``free`` once it holds no
+    connection (its address may then be changed)."""
+
+
+class _Reload(Exception):
+    """A change needs a new configuration (no spare backend or server slot left)."""
+
+
 class HAProxySupervisor:
     """One HAProxy per Dockyard server, programmed with that server's routing table."""
 
@@ -139,11 +158,8 @@ class HAProxySupervisor:
         self._map: dict[str, str] = {}
         self._assigned: dict[str, str] = {}
         """host -> its backend."""
-        self._servers: dict[str, dict[str, int]] = {}
-        """backend -> {address: weight} of its servers in service."""
-        self._draining: dict[str, set[str]] = {}
-        """backend -> addresses of its servers in maintenance, deleted once they have no
-        connection."""
+        self._backends: dict[str, dict[str, _Server]] = {}
+        """backend -> its server slots by name."""
         self._free: list[str] = []
         self._versions = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -237,9 +253,10 @@ class HAProxySupervisor:
     async def upstreams(self) -> dict[str, int]:
         """Requests in flight per server address (``scur`` of ``show stat``)."""
         names = {
-            (backend, server_name(address)): address
-            for backend, servers in self._servers.items()
-            for address in itertools.chain(servers, self._draining.get(backend, ()))
+            (backend, slot): server.address
+            for backend, servers in self._backends.items()
+            for slot, server in servers.items()
+            if server.state != "free" and server.address is not None
         }
         text = await self._stats("show stat -1 4 -1")
         counts: dict[str, int] = {}
@@ -248,7 +265,9 @@ class HAProxySupervisor:
             backend, server = row.get("pxname") or "", row.get("svname") or ""
             if backend in ("api", "direct") or not server:
                 continue
-            address = names.get((backend, server)) or row.get("addr") or server
+            address = names.get((backend, server))
+            if address is None:
+                continue
             with contextlib.suppress(ValueError):
                 counts[address] = counts.get(address, 0) + int(row.get("scur") or 0)
         return counts
@@ -281,35 +300,25 @@ class HAProxySupervisor:
             raise HAProxyError(f"{command!r}: {answer[:200]}")
 
     async def _program_locked(self, table: RoutingTable) -> None:
+        try:
+            await self._change_locked(table)
+        except _Reload as e:
+            log.info("%s; reloading HAProxy with a new configuration", e)
+            self._programmed = None
+            await self._load_locked(spawn=False)
+
+    async def _change_locked(self, table: RoutingTable) -> None:
         wanted = self._plan(table)
         new_hosts = [host for host in wanted.pools if host not in self._assigned]
         if len(new_hosts) > len(self._free):
-            log.info("HAProxy's spare backends ran out; reloading with new ones")
-            self._programmed = None
-            await self._load_locked(spawn=False)
-            return
+            raise _Reload("HAProxy's spare backends ran out")
         for host in new_hosts:
             self._assigned[host] = self._free.pop(0)
-        # 1. servers of every pooled host, before any map entry points at them
+        # 1. the servers of every pooled host, before any map entry points at them
         for host, weights in wanted.pools.items():
             backend = self._assigned[host]
-            servers = self._servers.setdefault(backend, {})
-            draining = self._draining.setdefault(backend, set())
             for address, weight in weights.items():
-                name = f"{backend}/{server_name(address)}"
-                if address in servers and servers[address] == weight:
-                    continue
-                if address in servers or address in draining:
-                    await self._command(f"set server {name} weight {weight}")
-                    await self._command(f"set server {name} state ready")
-                    draining.discard(address)
-                else:
-                    await self._command(
-                        f"add server {name} {server_address(address)} weight {weight}",
-                        ok=("New server registered",),
-                    )
-                    await self._command(f"enable server {name}")
-                servers[address] = weight
+                await self._serve(backend, address, weight)
         # 2. the map
         hosts = {
             host: self._assigned[host] if host in wanted.pools else value
@@ -324,31 +333,68 @@ class HAProxySupervisor:
         for host in [h for h in self._map if h not in hosts]:
             await self._command(f"del map {self.options.map_file} {host}")
             del self._map[host]
-        # 3. servers nothing routes to any more: out of service, deleted once drained
+        # 3. servers nothing routes to any more: in maintenance (requests in flight finish),
+        # their slot free again once they hold no connection
         for host, weights in wanted.pools.items():
             backend = self._assigned[host]
-            for address in [a for a in self._servers[backend] if a not in weights]:
-                await self._retire(backend, address)
+            for slot, server in self._backends[backend].items():
+                if server.state == "ready" and server.address not in weights:
+                    await self._retire(backend, slot)
         for host in [h for h in self._assigned if h not in wanted.pools]:
             backend = self._assigned.pop(host)
-            for address in list(self._servers.get(backend, {})):
-                await self._retire(backend, address)
+            for slot, server in self._backends[backend].items():
+                if server.state == "ready":
+                    await self._retire(backend, slot)
             self._free.append(backend)
         self._programmed = table
-        await self._delete_drained()
+        await self._reclaim()
 
-    async def _retire(self, backend: str, address: str) -> None:
-        await self._command(f"set server {backend}/{server_name(address)} state maint")
-        del self._servers[backend][address]
-        self._draining.setdefault(backend, set()).add(address)
+    async def _serve(self, backend: str, address: str, weight: int) -> None:
+        """Have ``address`` served by a slot of ``backend`` with ``weight``."""
+        slots = self._backends[backend]
+        for slot, server in slots.items():
+            if server.address == address and server.state != "free":
+                if server.state == "ready" and server.weight == weight:
+                    return
+                await self._command(f"set server {backend}/{slot} weight {weight}")
+                if server.state == "draining":
+                    await self._command(f"set server {backend}/{slot} state ready")
+                server.weight, server.state = weight, "ready"
+                return
+        target = ip_port(address)
+        free = next((slot for slot, server in slots.items() if server.state == "free"), None)
+        if target is None or free is None:
+            raise _Reload(f"no server slot of {backend} can take {address}")
+        ip, port = target
+        await self._command(
+            f"set server {backend}/{free} addr {ip} port {port}",
+            ok=("IP changed", "no need to change", "port changed"),
+        )
+        await self._command(f"set server {backend}/{free} weight {weight}")
+        await self._command(f"set server {backend}/{free} state ready")
+        slots[free] = _Server(address, weight, "ready")
 
-    async def _delete_drained(self) -> None:
-        """Delete servers in maintenance that have no connection left (others: next time)."""
-        for backend, addresses in self._draining.items():
-            for address in list(addresses):
-                answer = await self._stats(f"del server {backend}/{server_name(address)}")
-                if "deleted" in answer or "No such server" in answer:
-                    addresses.discard(address)
+    async def _retire(self, backend: str, slot: str) -> None:
+        await self._command(f"set server {backend}/{slot} state maint")
+        self._backends[backend][slot].state = "draining"
+
+    async def _reclaim(self) -> None:
+        """Free the slots in maintenance that hold no connection any more (HAProxy closes a
+        server's idle connections when it enters maintenance)."""
+        if not any(
+            server.state == "draining"
+            for servers in self._backends.values()
+            for server in servers.values()
+        ):
+            return
+        text = await self._stats("show stat -1 4 -1")
+        for row in csv.DictReader(io.StringIO(text.removeprefix("# "))):
+            server = self._backends.get(row.get("pxname") or "", {}).get(row.get("svname") or "")
+            if server is None or server.state != "draining":
+                continue
+            held = (row.get(column) or "0" for column in ("scur", "srv_icur", "used_conn_cur"))
+            if all(value == "0" for value in held):
+                server.state = "free"
 
     # -- adoption -------------------------------------------------------------------------------
 
@@ -376,28 +422,27 @@ class HAProxySupervisor:
             parts = line.split()
             if len(parts) == 3:
                 hosts[parts[1]] = parts[2]
-        servers: dict[str, dict[str, int]] = {name: {} for name in backends}
-        draining: dict[str, set[str]] = {name: set() for name in backends}
-        state = (await self._stats("show servers state")).splitlines()
+        slots: dict[str, dict[str, _Server]] = {name: {} for name in backends}
         columns: list[str] = []
-        for line in state:
+        for line in (await self._stats("show servers state")).splitlines():
             if line.startswith("# "):
                 columns = line[2:].split()
                 continue
             values = dict(zip(columns, line.split(), strict=False))
             backend = values.get("be_name", "")
-            if backend not in servers:
+            if backend not in slots:
                 continue
             address = f"{values['srv_addr']}:{values['srv_port']}"
-            if server_name(address) != values["srv_name"]:
-                return False  # not a server this module named
             if values["srv_admin_state"] == "0":
-                servers[backend][address] = int(values["srv_uweight"])
+                server = _Server(address, int(values["srv_uweight"]), "ready")
+            elif address == PLACEHOLDER:
+                server = _Server(None, 1, "free")
             else:
-                draining[backend].add(address)
+                server = _Server(address, int(values["srv_uweight"]), "draining")
+            slots[backend][values["srv_name"]] = server
         self._map = hosts
-        self._servers, self._draining = servers, draining
-        self._assigned = {h: v for h, v in hosts.items() if v in servers}
+        self._backends = slots
+        self._assigned = {h: v for h, v in hosts.items() if v in slots}
         used = set(self._assigned.values())
         self._free = [name for name in backends if name not in used]
         self._programmed = None
@@ -414,16 +459,29 @@ class HAProxySupervisor:
         pooled = sorted(wanted.pools)
         self._assigned = dict(zip(pooled, names, strict=False))
         self._free = names[len(pooled) :]
-        self._servers = {self._assigned[h]: dict(wanted.pools[h]) for h in pooled}
-        self._servers.update({name: {} for name in self._free})
-        self._draining = {}
+        rendered: dict[str, list[Slot]] = {}
+        for host in pooled:
+            weights = wanted.pools[host]
+            slots = slots_for(list(weights))
+            for n, (address, weight) in enumerate(sorted(weights.items())):
+                slots[n] = Slot(slots[n].name, address, weight)
+            rendered[self._assigned[host]] = slots
+        for name in self._free:
+            rendered[name] = slots_for([])
+        self._backends = {
+            name: {
+                slot.name: _Server(slot.address, slot.weight, "ready" if slot.address else "free")
+                for slot in slots
+            }
+            for name, slots in rendered.items()
+        }
         self._map = {
             host: self._assigned[host] if host in wanted.pools else value
             for host, value in wanted.hosts.items()
         }
         version = f"{self._fingerprint()}-{os.getpid()}-{next(self._versions)}-{time.time_ns()}"
         _write_atomically(Path(self.options.map_file), map_text(self._map))
-        _write_atomically(self.config_file, render(self.options, self._servers, version=version))
+        _write_atomically(self.config_file, render(self.options, rendered, version=version))
         return version
 
     async def _load_locked(self, *, spawn: bool) -> None:
@@ -520,7 +578,7 @@ class HAProxySupervisor:
                     elif self._programmed != self._table:
                         await self._load_locked(spawn=False)
                     else:
-                        await self._delete_drained()
+                        await self._reclaim()
             except asyncio.CancelledError:
                 raise
             except Exception:

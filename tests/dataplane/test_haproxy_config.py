@@ -12,13 +12,15 @@ from app.dataplane.haproxy import (
     FAILED,
     UNAVAILABLE,
     HAProxyOptions,
+    Slot,
     backend_names,
+    ip_port,
     map_text,
     plan,
     render,
     scaled_weights,
     server_address,
-    server_name,
+    slots_for,
 )
 from app.dataplane.haproxy_supervisor import haproxy_binary
 from app.dataplane.routes import Backend, HostRoute
@@ -65,7 +67,10 @@ def test_weights_fit_haproxy_and_keep_their_proportions() -> None:
 def test_addresses_and_names() -> None:
     assert server_address("unix//run/x.sock") == "unix@/run/x.sock"
     assert server_address("127.0.0.1:80") == "127.0.0.1:80"
-    assert server_name("127.0.0.1:80") == "s127_0_0_1_80"
+    assert ip_port("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert ip_port("unix//run/x.sock") is None
+    assert [s.name for s in slots_for([])] == ["s1", "s2", "s3", "s4"]
+    assert len(slots_for(["a", "b", "c"])) == 6  # room for as many again
     assert backend_names(3, ["h2"]) == ["h1", "h3", "h4"]
     assert map_text({"b.localhost": "h1", "a.localhost": "!503"}) == (
         "a.localhost !503\nb.localhost h1\n"
@@ -79,9 +84,8 @@ def test_render_has_the_routes_the_responders_and_the_api(tmp_path: Path) -> Non
         domain="apps.example.com",
         api=f"unix/{tmp_path}/api.sock",
     )
-    text = render(
-        options, {"h1": {"127.0.0.1:42000": 9, "127.0.0.1:42001": 1}, "h2": {}}, version="v7"
-    )
+    slots = [Slot("s1", "127.0.0.1:42000", 9), Slot("s2", "127.0.0.1:42001", 1), Slot("s3")]
+    text = render(options, {"h1": slots, "h2": slots_for([])}, version="v7")
     assert "description v7" in text
     assert "expose-fd listeners" in text and "master-worker" in text
     assert r"-m reg ^[^.]+\.apps\.example\.com$" in text  # one label under the domain
@@ -89,7 +93,8 @@ def test_render_has_the_routes_the_responders_and_the_api(tmp_path: Path) -> Non
     assert "hdr Retry-After 2" in text
     assert '"no container serves this host\\n"' in text
     assert f"server api unix@{tmp_path}/api.sock" in text
-    assert "server s127_0_0_1_42000 127.0.0.1:42000 weight 9" in text
+    assert "server s1 127.0.0.1:42000 weight 9" in text
+    assert "server s3 127.0.0.1:1 weight 1 disabled" in text  # an empty slot
     assert "backend h2\n    balance roundrobin\n" in text
     assert "timeout tunnel 1h" in text and "option redispatch 1" in text
 
@@ -99,7 +104,8 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     options = HAProxyOptions(listen="127.0.0.1:8000", directory=str(tmp_path), domain="localhost")
     (tmp_path / "hosts.map").write_text(map_text({"a.localhost": "h1"}))
     config = tmp_path / "haproxy.cfg"
-    config.write_text(render(options, {"h1": {"127.0.0.1:42000": 1}}, version="v1"))
+    slots = [Slot("s1", "127.0.0.1:42000", 1), *slots_for([])[1:]]
+    config.write_text(render(options, {"h1": slots, "h2": slots_for([])}, version="v1"))
     binary = haproxy_binary()
     assert binary is not None
     checked = subprocess.run(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import os
 import signal
 import time
@@ -26,7 +28,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 
 from app.dataplane.haproxy import HAProxyOptions
-from app.dataplane.haproxy_supervisor import HAProxySupervisor, haproxy_binary
+from app.dataplane.haproxy_supervisor import HAProxySupervisor, cli, haproxy_binary
 from app.dataplane.routes import RoutingTable
 from app.dataplane.supervisor import free_port, run_dir
 from tests.dataplane.test_caddy_real import route, upstream, upstreams
@@ -262,6 +264,24 @@ async def test_a_route_change_keeps_in_flight_requests_and_reports_them(
             break
         await asyncio.sleep(0.2)
     assert upstreams["one"] not in await proxy.upstreams()
+
+
+async def test_instances_added_at_run_time_keep_upstream_connections_alive(
+    proxy: HAProxySupervisor, upstreams: dict[str, str]
+) -> None:
+    """The throughput bar needs keep-alive to upstreams: an instance given to a server slot at
+    run time reuses its connections (a server made with ``add server`` would not, in 2.6)."""
+    await proxy.apply((route("app.localhost", (upstreams["one"], 1, 1)),))
+    await proxy.apply((route("app.localhost", (upstreams["two"], 1, 1)),))
+    async with httpx.AsyncClient(base_url=url(proxy)) as client:
+        for _ in range(50):
+            response = await client.get("/", headers={"Host": "app.localhost"})
+            assert response.json()["name"] == "two"
+    stat = await cli(proxy.options.stats_socket, "show stat -1 4 -1")
+    rows = [r for r in csv.DictReader(io.StringIO(stat.removeprefix("# "))) if r["scur"]]
+    (served,) = [r for r in rows if r["pxname"].startswith("h") and r["stot"] == "50"]
+    assert int(served["connect"]) <= 2 and int(served["reuse"]) >= 48, served
+    assert proxy.reloads == 0
 
 
 async def wait_until_serving(supervisor: HAProxySupervisor, host: str, name: str) -> None:
