@@ -19,11 +19,12 @@ How routes are programmed (``app.dataplane.haproxy_supervisor`` applies what thi
   ``0.0.0.0:0``, so the common case at scale, 100k containers mostly at zero, needs no backend
   each), or the name of a backend (``h<n>``) whose servers are the host's instances by weight.
   A host under the domain that the map lacks answers 404; every other host goes to the API.
-- The map and the servers change at run time (``set map``/``add map``/``del map``,
-  ``add server``/``set server``/``del server``), so a route change reloads nothing. New backends
-  cannot be created at run time, so the configuration carries spare empty backends; only when
-  they run out (and on start, adoption and restart) is a new configuration rendered from the
-  current table and loaded by a seamless reload (``expose-fd listeners``).
+- The map and the servers change at run time (``set map``/``add map``/``del map``, and
+  ``set server … addr/weight/state`` on server slots the configuration carries), so a route
+  change reloads nothing. New backends cannot be created at run time, so the configuration
+  carries spare empty backends; only when they or a backend's slots run out (and on start and
+  restart) is a new configuration rendered from the current table and loaded by a seamless
+  reload (``expose-fd listeners``).
 """
 
 from __future__ import annotations

@@ -5,16 +5,17 @@
   worker (no refused connection). It runs in its own session: a ``kill -9`` of Dockyard leaves it
   serving. Its pid file, configuration, map and sockets live in the serve run directory.
 - Start: a master already running for this run directory (its pid file names a process whose
-  command line names the directory) is adopted and reloaded with a configuration rendered from
-  the current table; otherwise one is spawned.
-- A routing table change is applied at run time over the stats socket (map entries, servers
-  added, re-weighted, put in maintenance and deleted once drained), never by a reload: a reload
-  closes the old worker's idle keep-alive connections, and a request racing that close fails.
-  Only when the configuration's spare backends run out is a new configuration loaded (a
-  seamless reload), with new spares.
+  command line names the directory) is adopted: its map and server slots are read and changed
+  to the current table at run time (reloaded only when it was rendered with other options);
+  otherwise one is spawned.
+- A routing table change is applied at run time over the stats socket (map entries; server
+  slots given an address, re-weighted, put in maintenance and free again once drained), never
+  by a reload: a reload closes the old worker's idle keep-alive connections, and a request
+  racing that close fails. Only when the configuration's spare backends or a backend's free
+  slots run out is a new configuration loaded (a seamless reload), with new spares.
 - A watch loop checks every ``check_interval`` that the master is alive and the stats socket
-  answers (else it starts HAProxy again, programmed with the current table), deletes drained
-  servers, and reloads if a run-time change could not be applied.
+  answers (else it starts HAProxy again, programmed with the current table), frees drained
+  slots, and reloads if a run-time change could not be applied.
 - Stop: SIGUSR1 to the master (a soft stop: requests in flight finish), SIGTERM after 10 s.
 """
 
