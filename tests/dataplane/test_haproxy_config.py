@@ -112,3 +112,21 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
         [binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_engine_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from app import server
+    from app.dataplane import haproxy_supervisor
+    from app.settings import Settings
+
+    monkeypatch.delenv("DOCKYARD_PROXY_ENGINE", raising=False)  # the suite may run on haproxy
+    monkeypatch.delenv("DOCKYARD_HAPROXY_BIN", raising=False)
+    assert server.proxy_engine(Settings(data_dir=tmp_path)) == "caddy"  # the default, for now
+    assert server.proxy_engine(Settings(data_dir=tmp_path, proxy_engine="haproxy")) == "haproxy"
+    monkeypatch.setenv("DOCKYARD_PROXY_ENGINE", "auto")
+    assert Settings(data_dir=tmp_path).proxy_engine == "auto"
+    found = server.proxy_engine(Settings(data_dir=tmp_path))
+    assert found == ("haproxy" if haproxy_binary() is not None else "caddy")
+    monkeypatch.setattr(haproxy_supervisor.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(haproxy_supervisor, "DEFAULT_BINARY", str(tmp_path / "missing"))
+    assert server.proxy_engine(Settings(data_dir=tmp_path)) == "caddy"  # auto, none installed
