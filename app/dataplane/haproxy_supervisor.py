@@ -124,6 +124,12 @@ class _Server:
     connection (its address may then be changed)."""
 
 
+BATCH_BYTES = 8000
+"""Commands per CLI line (HAProxy reads a line into one 16 KiB buffer)."""
+_OK = re.compile(r"(IP changed|no need to change|port changed)")
+"""The answers of ``set server … addr``; the other commands sent answer nothing."""
+
+
 class _Reload(Exception):
     """A change needs a new configuration (no spare backend or server slot left)."""
 
@@ -295,10 +301,25 @@ class HAProxySupervisor:
     def _plan(self, table: RoutingTable) -> Plan:
         return plan(table, direct=self.direct)
 
-    async def _command(self, command: str, *, ok: tuple[str, ...] = ()) -> None:
-        answer = (await self._stats(command)).strip()
-        if answer and not any(answer.startswith(expected) for expected in ok):
-            raise HAProxyError(f"{command!r}: {answer[:200]}")
+    async def _run(self, commands: list[str]) -> None:
+        """Send ``commands`` in order, as few connections as HAProxy's line buffer allows
+        (``;``-separated); any answer but the expected ones is an error."""
+        batch: list[str] = []
+        size = 0
+        for command in commands:
+            if batch and size + len(command) + 1 > BATCH_BYTES:
+                await self._send(batch)
+                batch, size = [], 0
+            batch.append(command)
+            size += len(command) + 1
+        if batch:
+            await self._send(batch)
+
+    async def _send(self, commands: list[str]) -> None:
+        answer = await self._stats(";".join(commands))
+        unexpected = [line for line in answer.splitlines() if line.strip() and not _OK.match(line)]
+        if unexpected:
+            raise HAProxyError(f"{commands[0]!r} (of {len(commands)}): {unexpected[0][:200]}")
 
     async def _program_locked(self, table: RoutingTable) -> None:
         try:
@@ -315,11 +336,12 @@ class HAProxySupervisor:
             raise _Reload("HAProxy's spare backends ran out")
         for host in new_hosts:
             self._assigned[host] = self._free.pop(0)
+        commands: list[str] = []
         # 1. the servers of every pooled host, before any map entry points at them
         for host, weights in wanted.pools.items():
             backend = self._assigned[host]
             for address, weight in weights.items():
-                await self._serve(backend, address, weight)
+                self._serve(backend, address, weight, commands)
         # 2. the map
         hosts = {
             host: self._assigned[host] if host in wanted.pools else value
@@ -327,12 +349,12 @@ class HAProxySupervisor:
         }
         for host, value in hosts.items():
             if host not in self._map:
-                await self._command(f"add map {self.options.map_file} {host} {value}")
+                commands.append(f"add map {self.options.map_file} {host} {value}")
             elif self._map[host] != value:
-                await self._command(f"set map {self.options.map_file} {host} {value}")
+                commands.append(f"set map {self.options.map_file} {host} {value}")
             self._map[host] = value
         for host in [h for h in self._map if h not in hosts]:
-            await self._command(f"del map {self.options.map_file} {host}")
+            commands.append(f"del map {self.options.map_file} {host}")
             del self._map[host]
         # 3. servers nothing routes to any more: in maintenance (requests in flight finish),
         # their slot free again once they hold no connection
@@ -340,26 +362,27 @@ class HAProxySupervisor:
             backend = self._assigned[host]
             for slot, server in self._backends[backend].items():
                 if server.state == "ready" and server.address not in weights:
-                    await self._retire(backend, slot)
+                    self._retire(backend, slot, commands)
         for host in [h for h in self._assigned if h not in wanted.pools]:
             backend = self._assigned.pop(host)
             for slot, server in self._backends[backend].items():
                 if server.state == "ready":
-                    await self._retire(backend, slot)
+                    self._retire(backend, slot, commands)
             self._free.append(backend)
+        await self._run(commands)
         self._programmed = table
         await self._reclaim()
 
-    async def _serve(self, backend: str, address: str, weight: int) -> None:
+    def _serve(self, backend: str, address: str, weight: int, commands: list[str]) -> None:
         """Have ``address`` served by a slot of ``backend`` with ``weight``."""
         slots = self._backends[backend]
         for slot, server in slots.items():
             if server.address == address and server.state != "free":
                 if server.state == "ready" and server.weight == weight:
                     return
-                await self._command(f"set server {backend}/{slot} weight {weight}")
+                commands.append(f"set server {backend}/{slot} weight {weight}")
                 if server.state == "draining":
-                    await self._command(f"set server {backend}/{slot} state ready")
+                    commands.append(f"set server {backend}/{slot} state ready")
                 server.weight, server.state = weight, "ready"
                 return
         target = ip_port(address)
@@ -367,16 +390,13 @@ class HAProxySupervisor:
         if target is None or free is None:
             raise _Reload(f"no server slot of {backend} can take {address}")
         ip, port = target
-        await self._command(
-            f"set server {backend}/{free} addr {ip} port {port}",
-            ok=("IP changed", "no need to change", "port changed"),
-        )
-        await self._command(f"set server {backend}/{free} weight {weight}")
-        await self._command(f"set server {backend}/{free} state ready")
+        commands.append(f"set server {backend}/{free} addr {ip} port {port}")
+        commands.append(f"set server {backend}/{free} weight {weight}")
+        commands.append(f"set server {backend}/{free} state ready")
         slots[free] = _Server(address, weight, "ready")
 
-    async def _retire(self, backend: str, slot: str) -> None:
-        await self._command(f"set server {backend}/{slot} state maint")
+    def _retire(self, backend: str, slot: str, commands: list[str]) -> None:
+        commands.append(f"set server {backend}/{slot} state maint")
         self._backends[backend][slot].state = "draining"
 
     async def _reclaim(self) -> None:
