@@ -227,8 +227,8 @@ def render(
         # A refused connect (an instance just retired) is tried again, on another server.
         f"    retries {options.retries}",
         "    option redispatch 1",
-        "    retry-on conn-failure empty-response",
-        "    http-reuse safe",
+        "    retry-on conn-failure",
+        "    http-reuse always",
         "",
         "frontend dockyard",
         f"    bind {options.listen}",

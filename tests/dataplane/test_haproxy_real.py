@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection
@@ -303,11 +304,16 @@ async def test_killed_haproxy_is_restarted_and_reprogrammed(
     await proxy.apply((route("app.localhost", (upstreams["two"], 1, 1)),))  # at run time
     pid = proxy._pid()
     assert pid is not None
+    workers = psutil.Process(pid).children()
+    assert workers
     os.kill(pid, signal.SIGKILL)  # the HAProxy master this test's supervisor started
     await asyncio.sleep(0.5)
     await wait_until_serving(proxy, "app.localhost", "two")
     assert proxy.restarts == 1
     assert proxy._pid() not in (None, pid)
+    # Its worker left with it: no stale HAProxy shares the port.
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert all(w.status() == psutil.STATUS_ZOMBIE for w in alive), alive
 
 
 async def test_an_haproxy_left_running_is_adopted(
