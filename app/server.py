@@ -26,6 +26,9 @@ from app.console import oidc as console_oidc
 from app.dataplane.activator import Activator, ActivatorOptions
 from app.dataplane.caddy import ProxyOptions
 from app.dataplane.controller import DataPlane
+from app.dataplane.engine import ProxySupervisor
+from app.dataplane.haproxy import HAProxyOptions
+from app.dataplane.haproxy_supervisor import HAProxySupervisor, haproxy_binary
 from app.dataplane.routes import host_domain
 from app.dataplane.supervisor import CaddySupervisor, run_dir
 from app.db import installation_id, make_engine, migrate, observations_engine
@@ -81,6 +84,13 @@ def serve_address(settings: Settings, host: str, port: int) -> ServeAddress:
     return ServeAddress(listen=listen, directory=run_dir(settings.data_dir, f"serve-{port}"))
 
 
+def proxy_engine(settings: Settings) -> Literal["caddy", "haproxy"]:
+    """The data plane engine ``dockyard serve`` runs: ``auto`` is HAProxy when it is installed."""
+    if settings.proxy_engine == "auto":
+        return "haproxy" if haproxy_binary(settings.haproxy_bin) is not None else "caddy"
+    return settings.proxy_engine
+
+
 def _data_plane(
     settings: Settings, state: AppState, serve: ServeAddress, activator: Activator | None
 ) -> DataPlane:
@@ -91,9 +101,26 @@ def _data_plane(
         api=f"unix/{serve.api_socket}",
         trusted_proxies=tuple(settings.proxy_trusted_proxies),
     )
-    supervisor = CaddySupervisor(
-        options=options, directory=serve.directory, binary=settings.caddy_bin
-    )
+    supervisor: ProxySupervisor
+    engine = proxy_engine(settings)
+    log.info("data plane engine: %s", engine)
+    if engine == "haproxy":
+        supervisor = HAProxySupervisor(
+            options=HAProxyOptions(
+                listen=serve.listen,
+                directory=str(serve.directory),
+                domain=options.domain,
+                api=options.api,
+                trusted_proxies=options.trusted_proxies,
+            ),
+            directory=serve.directory,
+            binary=settings.haproxy_bin,
+            direct=activator.serves if activator is not None else None,
+        )
+    else:
+        supervisor = CaddySupervisor(
+            options=options, directory=serve.directory, binary=settings.caddy_bin
+        )
     return DataPlane(
         engine=state.ctx.engine,
         supervisor=supervisor,

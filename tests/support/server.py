@@ -83,17 +83,20 @@ class Server:
         )
 
     def caddy_pid(self) -> int | None:
-        try:
-            return int(self.caddy_pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
+        """The proxy's pid: Caddy's, or HAProxy's master with DOCKYARD_PROXY_ENGINE=haproxy."""
+        for pid_file in (self.caddy_pid_file, self.caddy_pid_file.with_name("haproxy.pid")):
+            try:
+                return int(pid_file.read_text().strip())
+            except (OSError, ValueError):
+                continue
+        return None
 
     def stop_left_data_plane(self) -> None:
         """The Caddy and the route resolver this server started survive a SIGKILL of the server
         by design; a test that ends with the server killed stops them here (each only while its
         pid file still names a process of this server's run directory)."""
         directory = self.caddy_pid_file.parent
-        for name in ("caddy.pid", "dnsd.pid"):
+        for name in ("caddy.pid", "dnsd.pid", "haproxy.pid"):
             try:
                 pid = int((directory / name).read_text().strip())
                 command = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -132,6 +135,3 @@ class Server:
 
     def through_ingress(self, container: dict[str, Any]) -> httpx.Response:
         return httpx.get(f"{self.url}/", headers={"Host": container["urls"][0]}, timeout=10)
-
-
-
