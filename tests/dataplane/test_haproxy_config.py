@@ -121,10 +121,9 @@ def test_the_engine_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
     monkeypatch.delenv("DOCKYARD_PROXY_ENGINE", raising=False)  # the suite may run on haproxy
     monkeypatch.delenv("DOCKYARD_HAPROXY_BIN", raising=False)
-    assert server.proxy_engine(Settings(data_dir=tmp_path)) == "caddy"  # the default, for now
+    assert Settings(data_dir=tmp_path).proxy_engine == "auto"  # the default
     assert server.proxy_engine(Settings(data_dir=tmp_path, proxy_engine="haproxy")) == "haproxy"
-    monkeypatch.setenv("DOCKYARD_PROXY_ENGINE", "auto")
-    assert Settings(data_dir=tmp_path).proxy_engine == "auto"
+    assert server.proxy_engine(Settings(data_dir=tmp_path, proxy_engine="caddy")) == "caddy"
     found = server.proxy_engine(Settings(data_dir=tmp_path))
     assert found == ("haproxy" if haproxy_binary() is not None else "caddy")
     monkeypatch.setattr(haproxy_supervisor.shutil, "which", lambda _name: None)
