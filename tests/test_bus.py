@@ -86,6 +86,21 @@ async def slow_link(port: int, delay: float) -> AsyncIterator[int]:
         await relay.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def slow_subscriber(redis_url: str) -> AsyncIterator[tuple[Bus, Bus]]:
+    """A publisher on Redis and a subscriber whose commands reach it through ``slow_link``."""
+    publisher = Bus(redis_url)
+    await publisher.connect()
+    async with slow_link(int(redis_url.rsplit(":", 1)[1]), delay=0.3) as slow_port:
+        subscriber = Bus(f"redis://127.0.0.1:{slow_port}")
+        await subscriber.connect()
+        try:
+            yield publisher, subscriber
+        finally:
+            await subscriber.disconnect()
+            await publisher.disconnect()
+
+
 async def test_a_redis_subscription_is_registered_before_subscribe_returns(
     redis_url: str,
 ) -> None:
@@ -93,19 +108,12 @@ async def test_a_redis_subscription_is_registered_before_subscribe_returns(
     on its way (here a slow link; under CPU contention, a Redis that serves the publisher's
     connection first) must not return from ``subscribe`` yet: a message published right after
     on another connection would be processed first and reach nobody."""
-    port = int(redis_url.rsplit(":", 1)[1])
-    publisher = Bus(redis_url)
-    await publisher.connect()
-    async with slow_link(port, delay=0.3) as slow_port:
-        subscriber = Bus(f"redis://127.0.0.1:{slow_port}")
-        await subscriber.connect()
-        try:
-            async with subscriber.subscribe("dockyard.test.slow") as messages:
-                await publisher.publish("dockyard.test.slow", {"n": 1})
-                assert await asyncio.wait_for(anext(messages), 5) == {"n": 1}
-        finally:
-            await subscriber.disconnect()
-            await publisher.disconnect()
+    async with (
+        slow_subscriber(redis_url) as (publisher, subscriber),
+        subscriber.subscribe("dockyard.test.slow") as messages,
+    ):
+        await publisher.publish("dockyard.test.slow", {"n": 1})
+        assert await asyncio.wait_for(anext(messages), 5) == {"n": 1}
 
 
 async def test_a_redis_subscribe_cancelled_in_flight_leaves_nothing_behind(
@@ -114,30 +122,21 @@ async def test_a_redis_subscribe_cancelled_in_flight_leaves_nothing_behind(
     """A subscriber that gives up while its SUBSCRIBE is on its way (a log follower leaving at
     once) leaves no queue behind, and the next subscribe to that channel waits for its own
     confirmation, not for the reply to the abandoned one."""
-    port = int(redis_url.rsplit(":", 1)[1])
-    publisher = Bus(redis_url)
-    await publisher.connect()
-    async with slow_link(port, delay=0.3) as slow_port:
-        subscriber = Bus(f"redis://127.0.0.1:{slow_port}")
-        await subscriber.connect()
-        try:
+    async with slow_subscriber(redis_url) as (publisher, subscriber):
 
-            async def subscribe_and_wait() -> None:
-                async with subscriber.subscribe("dockyard.test.left"):
-                    await asyncio.Event().wait()
+        async def subscribe_and_wait() -> None:
+            async with subscriber.subscribe("dockyard.test.left"):
+                await asyncio.Event().wait()
 
-            leaving = asyncio.ensure_future(subscribe_and_wait())
-            await asyncio.sleep(0.1)  # its SUBSCRIBE is in the slow link
-            leaving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await leaving
-            assert "dockyard.test.left" not in subscriber._queues
-            async with subscriber.subscribe("dockyard.test.left") as messages:
-                await publisher.publish("dockyard.test.left", {"n": 2})
-                assert await asyncio.wait_for(anext(messages), 5) == {"n": 2}
-        finally:
-            await subscriber.disconnect()
-            await publisher.disconnect()
+        leaving = asyncio.ensure_future(subscribe_and_wait())
+        await asyncio.sleep(0.1)  # its SUBSCRIBE is in the slow link
+        leaving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        assert "dockyard.test.left" not in subscriber._queues
+        async with subscriber.subscribe("dockyard.test.left") as messages:
+            await publisher.publish("dockyard.test.left", {"n": 2})
+            assert await asyncio.wait_for(anext(messages), 5) == {"n": 2}
 
 
 async def _until_delivered(publisher: Bus, messages: AsyncIterator[Message], n: int) -> Message:

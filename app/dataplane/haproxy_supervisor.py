@@ -53,6 +53,7 @@ from app.dataplane.haproxy import (
     spares_for,
 )
 from app.dataplane.routes import RoutingTable
+from app.dataplane.supervisor import exited, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +98,12 @@ async def cli(path: str, command: str, *, seconds: float = 5.0) -> str:
         raise HAProxyError(f"{command!r} on {path}: {e!r}") from e
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
-
-
 def _names_directory(pid: int, directory: Path) -> bool:
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"haproxy" in command and str(directory).encode() in command and not _zombie(pid)
+    return b"haproxy" in command and str(directory).encode() in command and not exited(pid)
 
 
 @dataclass
@@ -501,8 +494,8 @@ class HAProxySupervisor:
             for host, value in wanted.hosts.items()
         }
         version = f"{self._fingerprint()}-{os.getpid()}-{next(self._versions)}-{time.time_ns()}"
-        _write_atomically(Path(self.options.map_file), map_text(self._map))
-        _write_atomically(self.config_file, render(self.options, rendered, version=version))
+        write_atomically(Path(self.options.map_file), map_text(self._map))
+        write_atomically(self.config_file, render(self.options, rendered, version=version))
         return version
 
     async def _load_locked(self, *, spawn: bool) -> None:
@@ -611,7 +604,7 @@ class HAProxySupervisor:
             if self._process is not None and self._process.pid == pid:
                 if self._process.poll() is not None:
                     return True
-            elif _zombie(pid):
+            elif exited(pid):
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -625,9 +618,3 @@ class HAProxySupervisor:
         if self._process is not None and self._process.pid == pid:
             await asyncio.to_thread(self._process.wait, 5)
             self._process = None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

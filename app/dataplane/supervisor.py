@@ -132,7 +132,7 @@ def _is_resolver(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"app.dataplane.dnsd" in command and not _zombie(pid)
+    return b"app.dataplane.dnsd" in command and not exited(pid)
 
 
 class CaddySupervisor:
@@ -207,7 +207,7 @@ class CaddySupervisor:
             "resolver": resolver,
             "responders": [responders.unknown, responders.unavailable, responders.failed],
         }
-        _write_atomically(self.ports_file, json.dumps(document))
+        write_atomically(self.ports_file, json.dumps(document))
 
     def _use_ports(self, resolver: int, responders: Responders) -> None:
         self.options = dataclasses.replace(
@@ -223,7 +223,7 @@ class CaddySupervisor:
         if body == self._written:
             return False
         version = version_of(body)
-        _write_atomically(self.table_file, versioned_json(body, version))
+        write_atomically(self.table_file, versioned_json(body, version))
         self._written, self._version = body, version
         pid = self._resolver_pid()
         if pid is not None:
@@ -346,7 +346,7 @@ class CaddySupervisor:
                 with contextlib.suppress(OSError, ValueError):
                     bound = int(port_file.read_text().strip())
                     self._resolver = process
-                    _write_atomically(self.resolver_pid_file, f"{process.pid}\n")
+                    write_atomically(self.resolver_pid_file, f"{process.pid}\n")
                     log.info("route resolver started (pid %d) on 127.0.0.1:%d", process.pid, bound)
                     return bound
                 await asyncio.sleep(0.02)
@@ -514,7 +514,7 @@ def _seconds(duration: str) -> float:
     return float(duration.removesuffix("s"))
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """Readers see the old file or the new one, never half of it."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
@@ -528,16 +528,18 @@ async def _wait_gone(pid: int, *, seconds: float) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
-        if _zombie(pid):  # exited, waiting for a parent that is not us to reap it
+        if exited(pid):  # exited, waiting for a parent that is not us to reap it
             return
         await asyncio.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
 
 
-def _zombie(pid: int) -> bool:
+def exited(pid: int) -> bool:
+    """Whether the process ``pid`` is gone or a zombie (exited, not yet reaped by a parent
+    that may not be us)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
+        return True
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
