@@ -32,7 +32,7 @@ from app.dataplane.haproxy import HAProxyOptions
 from app.dataplane.haproxy_supervisor import HAProxySupervisor, cli, haproxy_binary
 from app.dataplane.routes import RoutingTable
 from app.dataplane.supervisor import free_port, run_dir
-from tests.dataplane.test_caddy_real import route, upstream, upstreams
+from tests.dataplane.test_caddy_real import route, split_counts, upstream, upstreams
 
 __all__ = ["upstreams"]  # the fixture, shared with the Caddy tests
 
@@ -219,22 +219,8 @@ async def test_ninety_ten_split_and_tag_host(
         ),
     )
     await proxy.apply(table)
-    counts: Counter[str] = Counter()
     total = 10_000
-    async with httpx.AsyncClient(base_url=url(proxy)) as client:
-
-        async def worker(n: int) -> None:
-            for _ in range(n):
-                response = await client.get("/", headers={"Host": "app.localhost"})
-                counts[response.json()["name"]] += 1
-
-        await asyncio.gather(*(worker(total // 8) for _ in range(8)))
-        tagged = Counter(
-            [
-                (await client.get("/", headers={"Host": "next---app.localhost"})).json()["name"]
-                for _ in range(50)
-            ]
-        )
+    counts, tagged = await split_counts(url(proxy), total)
     assert abs((counts["one"] + counts["two"]) / total - 0.9) <= 0.02, counts
     assert abs(counts["three"] / total - 0.1) <= 0.02, counts
     assert tagged == {"three": 50}
